@@ -1,0 +1,100 @@
+"""Reading images from paths, PIL images and arrays into HxWx3 uint8 RGB arrays."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm")
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (and 32-bit integer) greyscale: map the full range down to 8 bits.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if img.mode == "F":
+        return array_to_rgb(np.asarray(img), "image")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels keep their colour (alpha dropped), as OpenCV and Ultralytics read them.
+        img = img.convert("RGBA").convert("RGB")
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB, applying its EXIF orientation."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image: file '{p}' not found")
+    try:
+        with Image.open(p) as img:
+            img = ImageOps.exif_transpose(img)
+            return _pil_to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"image: cannot read '{p}' as an image ({type(e).__name__}: {e})") from None
+
+
+def array_to_rgb(arr: np.ndarray, name: str = "image", image_format: str = "RGB") -> np.ndarray:
+    """Validate and convert an array to HxWx3 uint8 RGB.
+
+    Accepts HxW or HxWx1 (greyscale), HxWx3, HxWx4 (alpha dropped); uint8, uint16 (scaled by 1/257),
+    bool, or float in [0, 1] (scaled by 255). ``image_format`` is the channel order of a 3/4-channel
+    input, "RGB" or "BGR".
+    """
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"image_format: expected 'RGB' or 'BGR', got {image_format!r}")
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(f"{name}: expected an array of shape HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name}: image is empty, shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        pass
+    elif arr.dtype == np.uint16:
+        arr = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
+    elif arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
+            raise ValueError(
+                f"{name}: a float image must hold finite values in [0, 1], got range "
+                f"[{np.nanmin(arr):.4g}, {np.nanmax(arr):.4g}]; pass uint8 for 0-255 data"
+            )
+        arr = np.round(arr * 255.0).astype(np.uint8)
+    else:
+        raise ValueError(f"{name}: expected dtype uint8, uint16, bool or float in [0, 1], got {arr.dtype}")
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=-1)
+    arr = arr[..., :3]
+    if image_format == "BGR":
+        arr = arr[..., ::-1]
+    return np.ascontiguousarray(arr)
+
+
+def load_image(source: ImageLike, image_format: str = "RGB") -> np.ndarray:
+    """Any supported image source -> HxWx3 uint8 RGB.
+
+    ``image_format`` applies to numpy arrays only (files and PIL images carry their own mode).
+    """
+    if isinstance(source, np.ndarray):
+        return array_to_rgb(source, "image", image_format)
+    if isinstance(source, Image.Image):
+        return _pil_to_rgb(source)
+    if isinstance(source, (str, os.PathLike)):
+        return read_image(source)
+    raise TypeError(
+        f"image: expected a file path, a PIL image or an HxWx3 numpy array, got {type(source).__name__}"
+    )

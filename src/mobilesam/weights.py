@@ -1,0 +1,418 @@
+"""Pretrained weights: a registry of known checkpoints, a local cache, safe
+download and safe loading.
+
+This module knows nothing about model classes: it turns a name or a path into
+a local file (:func:`resolve_weights`) and a file into a ``state_dict``
+(:func:`load_state_dict`). Building the model is ``build.py``'s job.
+
+Environment variables:
+
+* ``MOBILESAM_HOME``: cache folder (default ``~/.cache/mobilesam``).
+* ``MOBILESAM_OFFLINE``: ``1``/``true``/``yes`` disables downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import pickle
+import re
+import secrets
+import shlex
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from tqdm import tqdm
+
+__all__ = [
+    "ALIASES",
+    "WEIGHTS",
+    "CheckpointError",
+    "WeightsEntry",
+    "cache_dir",
+    "download_file",
+    "get_weights_entry",
+    "is_offline",
+    "load_state_dict",
+    "resolve_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_USER_AGENT = "mobilesam-weights/1"
+_SAM_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One known checkpoint.
+
+    ``name`` is the file name (also the cache file name and the registry key);
+    ``size_mb`` is the approximate size in megabytes (10**6 bytes).
+    """
+
+    name: str
+    model_type: str
+    url: str
+    sha256: str
+    size_mb: float
+    description: str
+
+
+WEIGHTS: dict[str, WeightsEntry] = {
+    e.name: e
+    for e in (
+        WeightsEntry(
+            name="mobile_sam.pt",
+            model_type="vit_t",
+            url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+            size_mb=40.7,  # 38.8 MiB
+            description="MobileSAM: TinyViT-5M image encoder distilled from SAM ViT-H",
+        ),
+        WeightsEntry(
+            name="sam_vit_b_01ec64.pth",
+            model_type="vit_b",
+            url=_SAM_BASE_URL + "sam_vit_b_01ec64.pth",
+            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            size_mb=375.0,
+            description="Segment Anything, ViT-B image encoder (Meta AI)",
+        ),
+        WeightsEntry(
+            name="sam_vit_l_0b3195.pth",
+            model_type="vit_l",
+            url=_SAM_BASE_URL + "sam_vit_l_0b3195.pth",
+            sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            size_mb=1250.0,
+            description="Segment Anything, ViT-L image encoder (Meta AI)",
+        ),
+        WeightsEntry(
+            name="sam_vit_h_4b8939.pth",
+            model_type="vit_h",
+            url=_SAM_BASE_URL + "sam_vit_h_4b8939.pth",
+            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            size_mb=2560.0,
+            description="Segment Anything, ViT-H image encoder (Meta AI)",
+        ),
+    )
+}
+
+# Short names and the Ultralytics file names, mapped to registry keys.
+ALIASES: dict[str, str] = {
+    "mobile_sam": "mobile_sam.pt",
+    "vit_t": "mobile_sam.pt",
+    "sam_b.pt": "sam_vit_b_01ec64.pth",
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "sam_l.pt": "sam_vit_l_0b3195.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "sam_h.pt": "sam_vit_h_4b8939.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be found, downloaded or loaded."""
+
+
+def get_weights_entry(name: str) -> WeightsEntry | None:
+    """Return the registry entry for a file name or alias, or None."""
+    return WEIGHTS.get(ALIASES.get(name, name))
+
+
+def cache_dir() -> Path:
+    """Folder holding downloaded weights: ``$MOBILESAM_HOME`` or ``~/.cache/mobilesam``."""
+    home = os.environ.get("MOBILESAM_HOME", "").strip()
+    if home:
+        return Path(home).expanduser()
+    return Path.home() / ".cache" / "mobilesam"
+
+
+def is_offline() -> bool:
+    """True when ``$MOBILESAM_OFFLINE`` is ``1``, ``true`` or ``yes``."""
+    return os.environ.get("MOBILESAM_OFFLINE", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _known_names() -> str:
+    parts = []
+    for key in WEIGHTS:
+        aliases = [a for a, target in ALIASES.items() if target == key]
+        parts.append(f"{key} ({', '.join(aliases)})" if aliases else key)
+    return "; ".join(parts)
+
+
+def _manual_download_hint(entry: WeightsEntry, dest: Path) -> str:
+    return (
+        f"Download it by hand and put it at {dest}:\n"
+        f"    curl -L -o {shlex.quote(str(dest))} {shlex.quote(entry.url)}\n"
+        f"(expected SHA-256 {entry.sha256}, about {entry.size_mb:g} MB). "
+        "Set MOBILESAM_HOME to use another cache folder; "
+        "MOBILESAM_OFFLINE=1 turns downloads off."
+    )
+
+
+def _is_network_error(exc: BaseException | None) -> bool:
+    """True for 'cannot reach the server' errors, as opposed to bad answers."""
+    if exc is None or isinstance(exc, urllib.error.HTTPError):
+        return False
+    return isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError))
+
+
+def resolve_weights(
+    name_or_path: str | os.PathLike[str],
+    *,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> Path:
+    """Turn a file path or a known weights name into a local checkpoint file.
+
+    An existing file is returned as is. A known name (see :data:`WEIGHTS` and
+    :data:`ALIASES`) is looked up in :func:`cache_dir`, then in the current
+    folder, and otherwise downloaded into the cache unless ``offline``
+    (default: :func:`is_offline`).
+    """
+    raw = os.fspath(name_or_path)
+    path = Path(raw).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint: '{raw}' is a folder, not a checkpoint file")
+
+    entry = get_weights_entry(raw)
+    if entry is None:
+        raise CheckpointError(
+            f"checkpoint: file '{raw}' not found; known names are {_known_names()}"
+        )
+
+    cached = cache_dir() / entry.name
+    if cached.is_file():
+        return cached
+    local = Path.cwd() / entry.name
+    if local.is_file():
+        return local
+
+    if offline is None:
+        offline = is_offline()
+    if offline:
+        raise CheckpointError(
+            f"checkpoint: '{entry.name}' is not in {cached.parent} nor in the current "
+            "folder, and downloads are off (offline mode, MOBILESAM_OFFLINE). "
+            + _manual_download_hint(entry, cached)
+        )
+
+    logger.info("downloading %s from %s to %s", entry.name, entry.url, cached)
+    try:
+        download_file(entry.url, cached, entry.sha256, progress=progress)
+    except CheckpointError as err:
+        cause = err.__cause__
+        if _is_network_error(cause):
+            raise CheckpointError(
+                f"checkpoint: '{entry.name}' is missing from {cached.parent} and could "
+                f"not be downloaded: no network? ({type(cause).__name__}: {cause}). "
+                + _manual_download_hint(entry, cached)
+            ) from cause
+        raise CheckpointError(f"{err}\n" + _manual_download_hint(entry, cached)) from cause
+    return cached
+
+
+def _copy_response(
+    response: http.client.HTTPResponse, out: BinaryIO, bar: tqdm, tmp: Path
+) -> tuple[int, str]:
+    """Copy the body to ``out``; return the byte count and its SHA-256."""
+    digest = hashlib.sha256()
+    n = 0
+    while chunk := response.read(_CHUNK):
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            raise CheckpointError(f"download: could not write {tmp}: {exc}") from exc
+        digest.update(chunk)
+        n += len(chunk)
+        bar.update(len(chunk))
+    return n, digest.hexdigest()
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    sha256: str | None,
+    progress: bool = True,
+    timeout: float = 30,
+) -> None:
+    """Download ``url`` to ``dest`` atomically, checking its size and SHA-256.
+
+    The body goes to ``<dest>.<random>.part`` in the same folder and is moved
+    into place with :func:`os.replace` only once complete and verified, so
+    ``dest`` is never a partial file and no ``.part`` file is left behind.
+    Every failure raises :class:`CheckpointError`, chained to its cause.
+    """
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"download: cannot create folder {dest.parent}: {exc}") from exc
+    # Same folder as dest so that os.replace stays on one file system (atomic).
+    tmp = dest.with_name(f"{dest.name}.{secrets.token_hex(6)}.part")
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    try:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                length_header = response.headers.get("Content-Length")
+                expected = int(length_header) if length_header and length_header.isdigit() else None
+                with open(tmp, "xb") as out, tqdm(
+                    total=expected,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    disable=not progress,
+                ) as bar:
+                    got, digest = _copy_response(response, out, bar, tmp)
+        except urllib.error.HTTPError as exc:
+            raise CheckpointError(
+                f"download: {url} answered HTTP {exc.code} {exc.reason}; "
+                f"could not download {dest.name}"
+            ) from exc
+        except http.client.IncompleteRead as exc:
+            raise CheckpointError(
+                f"download: connection to {url} dropped after {len(exc.partial)} bytes "
+                f"of {dest.name}; try again"
+            ) from exc
+        except urllib.error.URLError as exc:
+            raise CheckpointError(
+                f"download: cannot reach {url} for {dest.name}: {exc.reason}"
+            ) from exc
+        except TimeoutError as exc:
+            raise CheckpointError(
+                f"download: {url} timed out after {timeout} s while fetching {dest.name}"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise CheckpointError(
+                f"download: fetching {dest.name} from {url} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+        # http.client may report a dropped connection as a short read rather than
+        # IncompleteRead, so the byte count must be checked here.
+        if expected is not None and got != expected:
+            raise CheckpointError(
+                f"download: {dest.name} from {url} is incomplete: got {got} of "
+                f"{expected} bytes (connection dropped?); try again"
+            )
+        if sha256 is not None and digest != sha256.lower():
+            raise CheckpointError(
+                f"download: checksum mismatch for {dest.name} from {url}: "
+                f"expected SHA-256 {sha256.lower()}, got {digest}; the file was discarded"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _registry_hint(path: Path) -> str:
+    entry = WEIGHTS.get(path.name)
+    return f" (it can be fetched again from {entry.url})" if entry else ""
+
+
+def _diagnose_load_error(path: Path, exc: Exception) -> CheckpointError:
+    """Explain why ``torch.load`` failed, by looking at the file itself.
+
+    torch's own messages differ between failure kinds and versions, so the
+    file's header and zip structure decide what is reported.
+    """
+    message = str(exc)
+    first_line = message.strip().splitlines()[0] if message.strip() else ""
+    if len(first_line) > 120 and ". " in first_line:
+        first_line = first_line.split(". ", 1)[0] + "."  # torch appends long boilerplate
+    detail = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+    redownload = f"delete it and download it again{_registry_hint(path)}"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as read_exc:
+        return CheckpointError(f"checkpoint: cannot read '{path}': {read_exc}")
+
+    if size == 0:
+        return CheckpointError(
+            f"checkpoint: '{path}' is empty; it looks truncated: {redownload}"
+        )
+    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in message:
+        found = re.search(r"GLOBAL (\S+)", message)
+        what = f" ({found.group(1)})" if found else ""
+        return CheckpointError(
+            f"checkpoint: '{path}' holds Python objects other than tensors{what}; "
+            "mobilesam refuses to unpickle arbitrary objects for safety (loading "
+            "uses torch.load(weights_only=True)). If it is a pickled model, save "
+            "its weights with torch.save(model.state_dict(), path) and load that"
+        )
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            return CheckpointError(
+                f"checkpoint: '{path}' looks truncated or corrupt (incomplete zip "
+                f"archive, {size} bytes; {detail}): {redownload}"
+            )
+        return CheckpointError(
+            f"checkpoint: '{path}' is a zip archive but not a readable PyTorch "
+            f"checkpoint ({detail}); if it was downloaded it may be corrupt: {redownload}"
+        )
+    # Legacy (pre-zip) torch files are pickles starting with the protocol byte 0x80.
+    if head[:1] == b"\x80" and (
+        isinstance(exc, EOFError) or "EOF" in message or "truncated" in message
+    ):
+        return CheckpointError(
+            f"checkpoint: '{path}' looks truncated or corrupt ({detail}): {redownload}"
+        )
+    return CheckpointError(
+        f"checkpoint: '{path}' is not a PyTorch checkpoint ({detail}); "
+        "pass a .pt/.pth file saved with torch.save"
+    )
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file safely and return its ``state_dict``.
+
+    Always uses ``torch.load(..., weights_only=True)``. Accepts a flat
+    ``state_dict``, ``{"model": sd}`` or ``{"state_dict": sd}``, and strips the
+    ``module.`` prefix that DistributedDataParallel adds.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: file '{path}' not found")
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure is diagnosed below
+        raise _diagnose_load_error(path, exc) from exc
+
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"checkpoint: '{path}' holds a {type(obj).__name__}, expected a state_dict "
+            "(a dict of tensors, possibly under 'model' or 'state_dict')"
+        )
+    if not obj:
+        raise CheckpointError(f"checkpoint: '{path}' holds an empty dict, no weights")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint: '{path}' is not a dict of tensors: entry {key!r} is a "
+                f"{type(value).__name__}; expected a state_dict"
+            )
+
+    prefix = "module."
+    # Only strip when every key has it (a DDP wrapper); a partial match is a real name.
+    if all(key.startswith(prefix) for key in obj):
+        return {key[len(prefix):]: value for key, value in obj.items()}
+    return dict(obj)

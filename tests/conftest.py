@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from oracle import reference_model  # noqa: E402
+
+from mobilesam.modeling import Sam, build_model  # noqa: E402
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+def parity_images() -> dict[str, np.ndarray]:
+    """A real photograph, a wide synthetic greyscale image and a very small one."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:180, 0:640]
+    grey = ((np.sin(xx / 23.0) + np.cos(yy / 17.0)) * 60 + 128 + rng.normal(0, 8, xx.shape)).clip(0, 255)
+    grey[40:120, 200:330] = 230  # a bright rectangle: an object to segment
+    tiny = rng.integers(0, 256, (19, 27, 3), dtype=np.uint8)
+    return {"photo": data.chelsea(), "grey_wide": grey.astype(np.uint8), "tiny": tiny}
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, np.ndarray]:
+    return parity_images()
+
+
+_MODELS: dict[str, tuple[torch.nn.Module, Sam]] = {}
+
+
+def reference_and_ours(model_type: str) -> tuple[torch.nn.Module, Sam]:
+    """The perturbed official model and ours loaded (strictly) from its state_dict; cached per session."""
+    if model_type not in _MODELS:
+        ref = reference_model(model_type, seed=0)
+        ours = build_model(model_type)
+        ours.load_state_dict(ref.state_dict(), strict=True)
+        _MODELS[model_type] = (ref, ours)
+    return _MODELS[model_type]
+
+
+@pytest.fixture(scope="session")
+def vit_t_pair() -> tuple[torch.nn.Module, Sam]:
+    return reference_and_ours("vit_t")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, vit_t_pair) -> Path:
+    """A randomly initialised, perturbed vit_t checkpoint in the official flat format, with an odd name."""
+    path = tmp_path_factory.mktemp("ckpt") / "my weights v2.bin"
+    torch.save(vit_t_pair[0].state_dict(), path)
+    return path
