@@ -1,3 +1,23 @@
-"""MobileSAM: Segment Anything with a 5.7M-parameter TinyViT image encoder."""
+"""MobileSAM: Segment Anything with a 5.7M-parameter TinyViT image encoder.
+
+Low level (official API): ``build_sam``, ``sam_model_registry``, ``SamPredictor``.
+"""
+
+from .build import build_sam, detect_model_type, sam_model_registry
+from .modeling import MODEL_CONFIGS, Sam
+from .predictor import SamPredictor
+from .weights import WEIGHTS, CheckpointError
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "WEIGHTS",
+    "CheckpointError",
+    "Sam",
+    "SamPredictor",
+    "build_sam",
+    "detect_model_type",
+    "sam_model_registry",
+    "__version__",
+]
