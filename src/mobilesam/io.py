@@ -80,7 +80,10 @@ def array_to_rgb(arr: np.ndarray, name: str = "image", image_format: str = "RGB"
         return np.repeat(arr[..., None], 3, axis=-1)
     arr = arr[..., :3]
     if image_format == "BGR":
-        arr = arr[..., ::-1]
+        import cv2
+
+        # cv2's channel swap is several times faster than a strided numpy copy on large images.
+        return cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(arr)
 
 
@@ -98,3 +101,78 @@ def load_image(source: ImageLike, image_format: str = "RGB") -> np.ndarray:
     raise TypeError(
         f"image: expected a file path, a PIL image or an HxWx3 numpy array, got {type(source).__name__}"
     )
+
+
+def is_url(source: object) -> bool:
+    """True for an ``http://`` or ``https://`` address given as a str."""
+    return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+
+
+def read_url(url: str, timeout: float = 20.0, max_bytes: int = 100 * 2**20) -> np.ndarray:
+    """Download an image over http(s) into memory and decode it as HxWx3 uint8 RGB.
+
+    Network failures raise ``ConnectionError`` naming the address; a body that is not an image
+    raises ``ValueError``; bodies over ``max_bytes`` are refused.
+    """
+    import io as _io
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "mobilesam"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as e:
+        raise ConnectionError(f"source: '{url}' answered HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise ConnectionError(
+            f"source: cannot download '{url}' ({e.reason}); no network? Download the image and pass its file path"
+        ) from None
+    except (TimeoutError, OSError) as e:
+        raise ConnectionError(f"source: downloading '{url}' failed ({type(e).__name__}: {e})") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"source: '{url}' is larger than {max_bytes // 2**20} MiB; download it and pass the file path")
+    try:
+        with Image.open(_io.BytesIO(data)) as img:
+            return _pil_to_rgb(ImageOps.exif_transpose(img))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"source: '{url}' is not an image ({type(e).__name__}: {e})") from None
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A reader never sees a partial file, and an existing file is only replaced once the new one is complete.
+    """
+    import secrets
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder so os.replace stays on one file system; open(..., "xb") keeps the umask's permissions.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, image_format: str = "RGB") -> Path:
+    """Encode an HxW or HxWx3 uint8 image by the file suffix (.png, .jpg, ...) and write it atomically."""
+    import cv2
+
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"image_format: expected 'RGB' or 'BGR', got {image_format!r}")
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES or suffix == ".gif":
+        raise ValueError(f"path: cannot write an image with suffix {suffix!r} ('{path}'); use .png or .jpg")
+    if image.ndim == 3 and image_format == "RGB":
+        image = image[..., ::-1]
+    ok, buf = cv2.imencode(suffix, np.ascontiguousarray(image))
+    if not ok:
+        raise ValueError(f"path: OpenCV could not encode an image as {suffix!r} for '{path}'")
+    return atomic_write_bytes(path, buf.tobytes())

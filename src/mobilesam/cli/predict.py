@@ -1,0 +1,220 @@
+"""``mobilesam predict``: segment images from point / box prompts (or everything) and save the results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import CLIError
+
+EXAMPLES = """\
+examples:
+  mobilesam predict zidane.jpg --points 900,370                       one object from one point
+  mobilesam predict zidane.jpg --points 400,370 900,370               two objects, one point each
+  mobilesam predict zidane.jpg --points '[[[400,370],[900,370]]]' --labels '[[1,0]]'
+                                                                      one object: a positive and a negative point
+  mobilesam predict zidane.jpg --bboxes 100,50,700,700                one object from a box
+  mobilesam predict images/ --bboxes 10,10,200,200 300,40,600,400     two boxes on every image of a folder
+  mobilesam predict 'photos/*.jpg' --model mobile_sam.pt --device cpu  no prompt: segment everything
+
+For each image, SAVE_DIR gets NAME.png (overlay), NAME_masks/mask_000.png ... (one 0/255 PNG per
+mask) and NAME.json (scores, boxes, COCO RLE masks). Mask i answers prompt i.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="segment images from point or box prompts (no prompt: everything)",
+        description="Segment images from point or box prompts and save overlays, masks and JSON. "
+        "With no prompt, every object is segmented (segment-everything, fast mode).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source",
+        help="image file, folder, glob pattern (quote it) or http(s) URL; e.g. zidane.jpg, images/, 'images/*.png'",
+    )
+    p.add_argument(
+        "--model",
+        default="mobile_sam.pt",
+        help="checkpoint file or known weights name (default: %(default)s); e.g. --model weights/my_sam.pth",
+    )
+    p.add_argument(
+        "--points",
+        nargs="+",
+        metavar="X,Y",
+        help="point prompts in pixels, one object per point: --points 400,370 900,370; for several points "
+        "per object give the nesting as JSON: --points '[[[400,370],[900,370]]]'",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="L",
+        help="one label per point, 1 = foreground, 0 = background (default: all 1): --labels 1 0; "
+        "nested as JSON to match --points: --labels '[[1,0]]'",
+    )
+    p.add_argument(
+        "--bboxes",
+        nargs="+",
+        metavar="X1,Y1,X2,Y2",
+        help="box prompts in pixels, one object per box: --bboxes 100,50,700,700 20,30,90,120; "
+        "with --points, box i and point i describe the same object",
+    )
+    p.add_argument(
+        "--multimask",
+        action="store_true",
+        help="three candidate masks per prompt instead of one: --multimask",
+    )
+    p.add_argument(
+        "--conf",
+        type=float,
+        default=None,
+        help="drop masks whose predicted IoU is below this (off by default: every prompt keeps its mask): --conf 0.5",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("fast", "exact"),
+        default="fast",
+        help="segment-everything mode, used only without prompts (default: %(default)s): --mode exact",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available): --device cpu")
+    p.add_argument(
+        "--save-dir",
+        default=None,
+        help="output folder (default: runs/predict, or runs/predict2, ... if that is not empty): --save-dir out/",
+    )
+    p.set_defaults(func=run)
+
+
+def _numbers(text: str, option: str, width: int, example: str) -> list[float]:
+    parts = text.split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) != width:
+        raise CLIError(
+            f"{option}: expected {width} comma-separated numbers such as {example} (or a JSON list), got {text!r}",
+            exit_code=2,
+        )
+    return values
+
+
+def _prompt_arg(values: list[str] | None, option: str, width: int, example: str) -> Any:
+    """``["900,370", ...]`` -> [[900, 370], ...]; a single JSON value (``'[[[1,2],[3,4]]]'``) is taken as is."""
+    if values is None:
+        return None
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            return json.loads(values[0])
+        except json.JSONDecodeError as e:
+            raise CLIError(f"{option}: {values[0]!r} is not valid JSON ({e.msg})", exit_code=2) from None
+    if width == 1:
+        out = []
+        for v in values:
+            if v.strip() not in ("0", "1"):
+                raise CLIError(f"{option}: expected 1 (foreground) or 0 (background), got {v!r}", exit_code=2)
+            out.append(int(v))
+        return out
+    return [_numbers(v, option, width, example) for v in values]
+
+
+def _default_save_dir() -> Path:
+    base = Path("runs/predict")
+    path, k = base, 1
+    while path.exists() and any(path.iterdir()):
+        k += 1
+        path = base.with_name(f"{base.name}{k}")
+    return path
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, list):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    return x
+
+
+def save_result(result: Any, save_dir: Path, stem: str) -> tuple[Path, Path, Path]:
+    """Write the overlay PNG, one PNG per mask and the JSON of ``result``; returns their paths."""
+    from ..io import atomic_write_bytes, write_image
+
+    overlay = save_dir / f"{stem}.png"
+    mask_dir = save_dir / f"{stem}_masks"
+    meta = save_dir / f"{stem}.json"
+    write_image(overlay, result.plot(), image_format="BGR")
+    records = result.summary()
+    masks = result.masks.numpy().data.astype(bool)
+    for i, (m, rec) in enumerate(zip(masks, records)):
+        path = mask_dir / f"mask_{i:03d}.png"
+        write_image(path, m.astype(np.uint8) * 255)
+        rec["file"] = str(path.relative_to(save_dir))
+    # Masks of an earlier run into the same folder that this result does not have: they would
+    # not match the JSON.
+    for stale in mask_dir.glob("mask_*.png") if mask_dir.is_dir() else ():
+        index = stale.stem[len("mask_"):]
+        if index.isdigit() and int(index) >= len(records):
+            stale.unlink()
+    doc = {
+        "image": result.path,
+        "orig_shape": list(result.orig_shape),
+        "prompts": _jsonable(result.prompts),
+        "speed_ms": result.speed,
+        "masks": records,
+    }
+    atomic_write_bytes(meta, (json.dumps(doc, indent=2) + "\n").encode())
+    return overlay, mask_dir, meta
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..model import SAM, parse_prompts
+    from ..sources import resolve_sources
+
+    points = _prompt_arg(args.points, "--points", 2, "900,370")
+    labels = _prompt_arg(args.labels, "--labels", 1, "1")
+    bboxes = _prompt_arg(args.bboxes, "--bboxes", 4, "100,50,700,700")
+    if args.conf is not None and not 0.0 <= args.conf <= 1.0:
+        raise CLIError(f"--conf: expected a number in [0, 1], got {args.conf}", exit_code=2)
+    try:
+        parse_prompts(points, labels, bboxes)  # fail on bad prompts before loading anything
+    except ValueError as e:
+        raise CLIError(str(e), exit_code=2) from None
+    resolve_sources(args.source)  # a missing file fails here, before the model loads
+
+    model = SAM(args.model, device=args.device)
+    save_dir = Path(args.save_dir) if args.save_dir else _default_save_dir()
+    stems: set[str] = set()
+    n_images = 0
+    for result in model.predict(
+        args.source,
+        stream=True,
+        points=points,
+        labels=labels,
+        bboxes=bboxes,
+        multimask_output=args.multimask,
+        conf=args.conf,
+        mode=args.mode,
+    ):
+        stem = Path(result.path).stem or "image"
+        unique, k = stem, 1
+        while unique in stems:
+            k += 1
+            unique = f"{stem}_{k}"
+        stems.add(unique)
+        overlay, mask_dir, meta = save_result(result, save_dir, unique)
+        n_images += 1
+        print(f"{result.path}: {result.verbose()} -> {overlay}, {meta}, {mask_dir}/")
+    if model.skipped:
+        print(f"mobilesam predict: skipped {len(model.skipped)} file(s) that could not be read", flush=True)
+    if n_images == 0:
+        raise CLIError(f"no image of {args.source!r} could be read")
+    print(f"Results saved to {save_dir}")
+    return 0

@@ -1,0 +1,565 @@
+"""``SAM``: the one-line API. Sources and nested prompts in, one ``Results`` per image out.
+
+    from mobilesam import SAM
+    model = SAM("mobile_sam.pt")
+    model.predict("image.jpg", points=[900, 370], labels=[1])
+
+Pre-processing is the official one (``SamPredictor``), so each mask equals what ``SamPredictor`` gives
+for the same prompt. Image embeddings are cached (bounded LRU, keyed by image content), so prompting
+the same image again only runs the mask decoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io as _io
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .build import build_sam, detect_model_type
+from .device import select_device
+from .masks import masks_to_boxes
+from .modeling import Sam
+from .predictor import SamPredictor, validate_boxes
+from .results import Results
+from .sources import LoadedImage, Source, iter_entries, resolve_sources
+
+logger = logging.getLogger("mobilesam")
+
+# Predictor factories by backend name. A predictor has SamPredictor's interface: set_image(image,
+# image_format), set_embedding(features, original_size, input_size), get_image_embedding(),
+# predict_torch(...), transform, original_size, input_size.
+BACKENDS: dict[str, Callable[[Sam], Any]] = {"torch": SamPredictor}
+
+_POINT_FORMS = (
+    "points=[x, y] (one object from one point); "
+    "points=[[x1, y1], [x2, y2], ...] (one object per point); "
+    "points=[[[x1, y1], [x2, y2]], ...] (one object per inner list, from several points)"
+)
+
+
+class ModelInfo(NamedTuple):
+    """What ``SAM.info()`` returns."""
+
+    layers: int
+    parameters: int
+    gradients: int
+    gflops: float  # encoder at 1024 x 1024 + mask decoder for one point prompt
+    size_mb: float  # size of the fp32 state_dict saved with torch.save, in 10**6 bytes
+
+
+@dataclass
+class Prompts:
+    """Prompts in original-image pixels, one entry per object (B objects)."""
+
+    count: int
+    points: list[np.ndarray] | None = None  # B arrays (n_i, 2)
+    labels: list[np.ndarray] | None = None  # B arrays (n_i,), 1 = foreground, 0 = background
+    bboxes: np.ndarray | None = None  # (B, 4) XYXY
+    masks: np.ndarray | None = None  # (B, 1, 256, 256) low-res logits
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``Results.prompts``: stacked arrays when every object has the same number of points."""
+        out: dict[str, Any] = {}
+        if self.points is not None:
+            same = len({len(p) for p in self.points}) <= 1
+            out["points"] = np.stack(self.points) if same and self.points else list(self.points)
+            out["labels"] = np.stack(self.labels) if same and self.labels else list(self.labels or [])
+        if self.bboxes is not None:
+            out["bboxes"] = self.bboxes.copy()
+        return out
+
+
+def _as_numpy(x: Any) -> Any:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+def _floats(x: Any, name: str) -> np.ndarray:
+    """Numbers -> float64 array; raises on ragged nesting (handled by the caller) and non-numbers."""
+    try:
+        arr = np.asarray(_as_numpy(x), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected numbers, got {x!r:.100}") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: all values must be finite, got NaN or inf")
+    return arr
+
+
+def _parse_ragged_points(points: Any) -> list[np.ndarray]:
+    """Objects with different numbers of points: a list of (n_i, 2) lists."""
+    if not isinstance(points, (list, tuple)):
+        raise ValueError(f"points: expected numbers, got {type(points).__name__}; accepted forms: {_POINT_FORMS}")
+    objs = []
+    for i, obj in enumerate(points):
+        try:
+            o = _floats(obj, f"points[{i}]")
+        except ValueError as e:
+            raise ValueError(
+                f"points[{i}]: expected a list of [x, y] points ({e}); accepted forms: {_POINT_FORMS}"
+            ) from None
+        if o.ndim != 2 or o.shape[1] != 2 or o.shape[0] == 0:
+            raise ValueError(
+                f"points[{i}]: expected shape (n, 2) for one object's points, got shape {o.shape}; "
+                f"accepted forms: {_POINT_FORMS}"
+            )
+        objs.append(o)
+    return objs
+
+
+def _parse_points(points: Any) -> tuple[list[np.ndarray], str]:
+    """Nested points -> one (n_i, 2) array per object, and the form: 'single', 'flat' or 'nested'."""
+    try:
+        arr = _floats(points, "points")
+    except ValueError as e:
+        if "finite" in str(e):
+            raise
+        arr = None
+    if arr is None:
+        return _parse_ragged_points(points), "nested"
+    if arr.size == 0:
+        return [], "flat"
+    if arr.shape == (2,):
+        return [arr[None]], "single"
+    if arr.ndim == 2 and arr.shape[1] == 2:
+        return [p[None] for p in arr], "flat"
+    if arr.ndim == 3 and arr.shape[2] == 2 and arr.shape[1] > 0:
+        return list(arr), "nested"
+    raise ValueError(f"points: got shape {arr.shape}; accepted forms: {_POINT_FORMS}")
+
+
+def _parse_labels(labels: Any, points: list[np.ndarray], form: str) -> list[np.ndarray]:
+    counts = [len(p) for p in points]
+    if labels is None:
+        return [np.ones(n, np.int64) for n in counts]
+    expected = {"single": "labels=[1]", "flat": f"labels of shape ({len(points)},), one per object",
+                "nested": f"labels of shape ({len(points)}, n): one list per object, one label per point"}[form]
+    try:
+        arr = _floats(labels, "labels")
+        per_obj = None
+    except ValueError as e:
+        if "finite" in str(e) or form != "nested" or not isinstance(labels, (list, tuple)):
+            raise ValueError(f"labels: expected {expected}, got {labels!r}") from None
+        per_obj = [_floats(lab, "labels").reshape(-1) for lab in labels]
+        arr = None
+
+    if per_obj is None:
+        if form == "single" and arr.size == 1:
+            per_obj = [arr.reshape(1)]
+        elif form == "flat" and (arr.shape == (len(points),) or arr.shape == (len(points), 1) or (
+                arr.ndim == 0 and len(points) == 1)):
+            per_obj = [a.reshape(1) for a in arr.reshape(len(points), 1)]
+        elif form == "nested" and arr.ndim == 2 and arr.shape[0] == len(points):
+            per_obj = list(arr)
+        elif form == "nested" and arr.ndim == 1 and len(points) == 1:
+            per_obj = [arr]
+        else:
+            hint = ""
+            if form == "flat" and arr.ndim == 2 and arr.shape[0] == 1 and arr.shape[1] == len(points):
+                hint = (f"; points of shape ({len(points)}, 2) are {len(points)} objects with one point each; "
+                        f"for one object from {len(points)} points nest them: points=[[[x1, y1], [x2, y2]]], "
+                        "labels=[[1, 0]]")
+            raise ValueError(f"labels: expected {expected}, got shape {arr.shape}{hint}")
+    if len(per_obj) != len(points) or any(len(lab) != n for lab, n in zip(per_obj, counts)):
+        raise ValueError(
+            f"labels: expected one label per point ({counts} points per object), got "
+            f"{[len(lab) for lab in per_obj]} labels per object"
+        )
+    for lab in per_obj:
+        if not np.isin(lab, (0, 1)).all():
+            raise ValueError(f"labels: expected 1 (foreground) or 0 (background), got {lab.tolist()}")
+    return [lab.astype(np.int64) for lab in per_obj]
+
+
+def _parse_masks(masks: Any) -> np.ndarray:
+    arr = np.asarray(_as_numpy(masks), dtype=np.float32)
+    if arr.shape == (256, 256):
+        arr = arr[None]
+    if arr.ndim == 3 and arr.shape[1:] == (256, 256):
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[1:] != (1, 256, 256):
+        raise ValueError(
+            "masks: expected low-resolution logits of shape (256, 256), (B, 256, 256) or (B, 1, 256, 256) "
+            f"(the low_res_logits of an earlier result), got shape {tuple(np.shape(masks))}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError("masks: all values must be finite, got NaN or inf")
+    return arr
+
+
+def parse_prompts(points: Any = None, labels: Any = None, bboxes: Any = None, masks: Any = None) -> Prompts | None:
+    """Ultralytics-style nested prompts -> one entry per object; None when no prompt is given.
+
+    ``points`` / ``labels`` follow ``_POINT_FORMS``; ``bboxes`` (4,) or (B, 4) XYXY; ``masks`` low-res
+    logits. Points, boxes and masks given together pair up per object, so their counts must agree.
+    """
+    if points is None and bboxes is None and masks is None:
+        if labels is not None:
+            raise ValueError("labels: given without points; pass points=[x, y] with labels=[1]")
+        return None
+    counts: dict[str, int] = {}
+    p = lab = box = msk = None
+    if points is not None:
+        p, form = _parse_points(points)
+        lab = _parse_labels(labels, p, form)
+        counts["points"] = len(p)
+    elif labels is not None:
+        raise ValueError("labels: given without points; pass points=[x, y] with labels=[1]")
+    if bboxes is not None:
+        arr = _floats(bboxes, "bboxes")
+        box = np.zeros((0, 4)) if arr.size == 0 else validate_boxes(arr, "bboxes")
+        counts["bboxes"] = len(box)
+    if masks is not None:
+        msk = _parse_masks(masks)
+        counts["masks"] = len(msk)
+    if len(set(counts.values())) > 1:
+        raise ValueError(
+            f"prompts: points, bboxes and masks pair up per object, but they give different numbers of objects: "
+            f"{counts}; for one object from several points nest them: points=[[[x1, y1], [x2, y2]]]"
+        )
+    return Prompts(next(iter(counts.values())), p, lab, box, msk)
+
+
+def _image_key(rgb: np.ndarray) -> str:
+    digest = hashlib.sha1(memoryview(np.ascontiguousarray(rgb)).cast("B"), usedforsecurity=False).hexdigest()
+    return f"{digest}-{rgb.shape[0]}x{rgb.shape[1]}"
+
+
+class SAM:
+    """MobileSAM / SAM with the Ultralytics interface.
+
+    Args:
+        model: a checkpoint path (any name), a known weights name (``mobile_sam.pt``, ``sam_b.pt``, ...)
+            or a ``Sam`` module.
+        device: "cpu", "cuda", "cuda:1", "mps"; None picks CUDA, then MPS, then CPU.
+        backend: "torch" (the only one in this version).
+        cache_size: how many image embeddings to keep (LRU); each is 4 MB.
+    """
+
+    task = "segment"
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Sam = "mobile_sam.pt",
+        device: str | torch.device | None = None,
+        backend: str = "torch",
+        cache_size: int = 8,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {sorted(BACKENDS)}, got {backend!r}")
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size: expected an int >= 0, got {cache_size!r}")
+        if isinstance(model, Sam):
+            sam, self.ckpt_path = model, None
+        elif isinstance(model, (str, os.PathLike)):
+            sam, self.ckpt_path = build_sam(model, device="cpu"), os.fspath(model)
+        else:
+            raise TypeError(f"model: expected a checkpoint path or name, or a Sam module, got {type(model).__name__}")
+        self.model: Sam = sam.eval().to(select_device(device))
+        self.model_type = detect_model_type(sam.state_dict())
+        self.backend = backend
+        self.predictor = BACKENDS[backend](self.model)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = OrderedDict()
+        self._info: ModelInfo | None = None
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of files skipped in the last run
+
+    # --- device -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def to(self, device: str | torch.device | None) -> SAM:
+        dev = select_device(device)
+        if dev != self.device:
+            self.model.to(dev)
+            self.clear_cache()
+        return self
+
+    def clear_cache(self) -> None:
+        """Forget the cached image embeddings."""
+        self._cache.clear()
+
+    # --- embedding cache --------------------------------------------------------------------------
+    def _set_image(self, rgb: np.ndarray, half: bool) -> bool:
+        """Make ``rgb`` the predictor's image; returns True when the embedding came from the cache."""
+        key = (_image_key(rgb), str(self.device), half)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            self.predictor.set_embedding(hit[0], hit[1], hit[2])
+            return True
+        with self._autocast(half):
+            self.predictor.set_image(rgb, image_format="RGB")
+        if self.cache_size:
+            self._cache[key] = (
+                self.predictor.get_image_embedding(),
+                tuple(self.predictor.original_size),
+                tuple(self.predictor.input_size),
+            )
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return False
+
+    def _autocast(self, half: bool) -> contextlib.AbstractContextManager:
+        # Half precision as autocast: fp16 matmuls and convolutions, fp32 weights and reductions.
+        return torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
+
+    # --- prediction -------------------------------------------------------------------------------
+    def __call__(self, source: Source = None, stream: bool = False, **kwargs: Any):
+        """Same as :meth:`predict`."""
+        return self.predict(source, stream=stream, **kwargs)
+
+    def predict(
+        self,
+        source: Source = None,
+        stream: bool = False,
+        bboxes: Any = None,
+        points: Any = None,
+        labels: Any = None,
+        masks: Any = None,
+        multimask_output: bool = False,
+        conf: float | None = None,
+        device: str | torch.device | None = None,
+        half: bool = False,
+        image_format: str = "BGR",
+        verbose: bool = True,
+        mode: str = "fast",
+        **everything_kwargs: Any,
+    ) -> list[Results] | Iterator[Results]:
+        """Segment the images of ``source``; one ``Results`` per image (a generator with ``stream=True``).
+
+        Args:
+            source: a path, folder, glob, http(s) URL, PIL image, numpy array (BGR, as ``cv2.imread``
+                gives; pass ``image_format="RGB"`` otherwise) or a list of these.
+            points: ``[x, y]`` one object; ``[[x, y], ...]`` one object per point; ``[[[x, y], ...], ...]``
+                one object per inner list. Pixels of the original image.
+            labels: same nesting as ``points``; 1 = foreground, 0 = background; omitted = all 1.
+            bboxes: ``[x1, y1, x2, y2]`` or (N, 4): one object per box (paired with points if both).
+            masks: low-res logits (B, 256, 256) from an earlier result's ``low_res_logits``, to refine.
+            multimask_output: three masks per prompt (masks 3i..3i+2 answer prompt i) instead of one.
+            conf: opt-in filter: drop masks whose predicted IoU is below ``conf``. By default mask i
+                answers prompt i, always.
+            half: float16 autocast, CUDA only.
+            mode, everything_kwargs: with no prompt at all, every object is segmented by
+                ``mobilesam.everything.SamAutomaticMaskGenerator(model, mode=mode, **everything_kwargs)``.
+        """
+        if device is not None:
+            self.to(device)
+        if half and self.device.type != "cuda":
+            raise ValueError(
+                f"half: float16 inference runs on CUDA only, and this model is on {self.device.type}; "
+                "drop half=True, or pass device='cuda' on a machine with a GPU"
+            )
+        if conf is not None and not (isinstance(conf, (int, float)) and 0.0 <= conf <= 1.0):
+            raise ValueError(f"conf: expected a number in [0, 1] or None, got {conf!r}")
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format: expected 'BGR' (as cv2.imread gives) or 'RGB', got {image_format!r}")
+        prompts = parse_prompts(points, labels, bboxes, masks)
+        if prompts is not None and everything_kwargs:
+            raise TypeError(
+                f"predict() got unexpected keyword arguments {sorted(everything_kwargs)}; extra arguments go to "
+                "the segment-everything generator, which runs only when no prompt is given"
+            )
+        if prompts is None and mode not in ("fast", "exact"):
+            raise ValueError(f"mode: expected 'fast' or 'exact' (segment everything), got {mode!r}")
+        entries = resolve_sources(source)
+        self.skipped = []
+        images = iter_entries(entries, image_format, on_skip=lambda p, r: self.skipped.append((p, r)))
+        if len(entries) > 1 and verbose:
+            images = tqdm(images, total=len(entries), desc="mobilesam", unit="image")
+        gen = self._run(images, prompts, multimask_output, conf, half, mode, everything_kwargs)
+        return gen if stream else list(gen)
+
+    def _run(
+        self,
+        images: Iterator[LoadedImage],
+        prompts: Prompts | None,
+        multimask_output: bool,
+        conf: float | None,
+        half: bool,
+        mode: str,
+        everything_kwargs: dict[str, Any],
+    ) -> Iterator[Results]:
+        generator = None
+        for item in images:
+            if prompts is None:
+                if generator is None:
+                    generator = self._everything_generator(mode, everything_kwargs)
+                yield self._predict_everything(item, generator, half)
+            else:
+                yield self._predict_prompts(item, prompts, multimask_output, conf, half)
+
+    def _predict_prompts(
+        self, item: LoadedImage, prompts: Prompts, multimask_output: bool, conf: float | None, half: bool
+    ) -> Results:
+        t0 = time.perf_counter()
+        rgb = item.image
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        h, w = rgb.shape[:2]
+        c = 3 if multimask_output else 1
+        dev = self.device
+        if prompts.count == 0:
+            return Results(bgr, item.path, {}, torch.zeros((0, 6), device=dev),
+                           torch.zeros((0, h, w), dtype=torch.bool, device=dev),
+                           torch.zeros((0, 256, 256), device=dev), prompts.as_dict(),
+                           {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0})
+        t1 = time.perf_counter()
+        self._set_image(rgb, half)
+        masks = torch.empty((prompts.count, c, h, w), dtype=torch.bool, device=dev)
+        scores = torch.empty((prompts.count, c), dtype=torch.float32, device=dev)
+        low_res = torch.empty((prompts.count, c, 256, 256), dtype=torch.float32, device=dev)
+        with self._autocast(half):
+            for idx, m, s, lr in self._decode(prompts, multimask_output):
+                masks[idx], scores[idx], low_res[idx] = m, s.float(), lr.float()
+        t2 = time.perf_counter()
+        masks, scores, low_res = masks.flatten(0, 1), scores.flatten(0, 1), low_res.flatten(0, 1)
+        cls = torch.arange(prompts.count, device=dev).repeat_interleave(c).float()
+        boxes = torch.cat([masks_to_boxes(masks).float(), scores[:, None], cls[:, None]], dim=1)
+        if conf is not None:
+            keep = scores >= conf
+            masks, boxes, low_res = masks[keep], boxes[keep], low_res[keep]
+        names = {i: str(i) for i in range(prompts.count)}
+        t3 = time.perf_counter()
+        speed = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        return Results(bgr, item.path, names, boxes, masks, low_res, prompts.as_dict(), speed)
+
+    def _decode(
+        self, prompts: Prompts, multimask_output: bool
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batched decoding: one ``predict_torch`` call per number of points per object (one call usually)."""
+        pred, dev = self.predictor, self.device
+        size = pred.original_size
+        groups: dict[int, list[int]] = {}
+        for i in range(prompts.count):
+            groups.setdefault(len(prompts.points[i]) if prompts.points is not None else 0, []).append(i)
+        for idx in groups.values():
+            coords_t = labels_t = boxes_t = masks_t = None
+            if prompts.points is not None:
+                coords = pred.transform.apply_coords(np.stack([prompts.points[i] for i in idx]), size)
+                coords_t = torch.as_tensor(coords, dtype=torch.float, device=dev)
+                labels_t = torch.as_tensor(np.stack([prompts.labels[i] for i in idx]), dtype=torch.int, device=dev)
+            if prompts.bboxes is not None:
+                boxes = pred.transform.apply_boxes(prompts.bboxes[idx], size)
+                boxes_t = torch.as_tensor(boxes, dtype=torch.float, device=dev)
+            if prompts.masks is not None:
+                masks_t = torch.as_tensor(prompts.masks[idx], device=dev)
+            m, s, lr = pred.predict_torch(coords_t, labels_t, boxes_t, masks_t, multimask_output=multimask_output)
+            yield idx, m, s, lr
+
+    def _everything_generator(self, mode: str, kwargs: dict[str, Any]) -> Any:
+        try:
+            from .everything import SamAutomaticMaskGenerator
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.everything":
+                raise
+            raise RuntimeError(
+                "segment everything (predict with no prompt) needs mobilesam.everything, which this "
+                "installation lacks; pass points=, bboxes= or masks="
+            ) from None
+        return SamAutomaticMaskGenerator(self.model, mode=mode, **kwargs)
+
+    def _predict_everything(self, item: LoadedImage, generator: Any, half: bool) -> Results:
+        from .masks import decode_rle
+
+        t0 = time.perf_counter()
+        rgb = item.image
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        h, w = rgb.shape[:2]
+        with self._autocast(half):
+            records = generator.generate(rgb)
+        t1 = time.perf_counter()
+        records = sorted(records, key=lambda r: -int(r["area"]))
+        segs = [r["segmentation"] for r in records]
+        segs = [decode_rle(s) if isinstance(s, dict) else np.asarray(s, dtype=bool) for s in segs]
+        masks = torch.as_tensor(np.stack(segs) if segs else np.zeros((0, h, w), bool))
+        boxes = torch.zeros((len(records), 6))
+        for i, r in enumerate(records):
+            x, y, bw, bh = (float(v) for v in r["bbox"])
+            boxes[i] = torch.tensor([x, y, x + bw, y + bh, float(r["predicted_iou"]), float(i)])
+        t2 = time.perf_counter()
+        speed = {"preprocess": 0.0, "inference": (t1 - t0) * 1e3, "postprocess": (t2 - t1) * 1e3}
+        names = {i: str(i) for i in range(len(records))}
+        return Results(bgr, item.path, names, boxes, masks, None, {}, speed)
+
+    # --- summary ----------------------------------------------------------------------------------
+    def info(self, detailed: bool = False, verbose: bool = True) -> ModelInfo:
+        """Print (with ``verbose``) and return layers, parameters, gradients, GFLOPs at 1024 and size in MB.
+
+        GFLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device copy (no
+        compute): image encoder at 1024 x 1024 plus the mask decoder for one point prompt.
+        """
+        m = self.model
+        if self._info is None:
+            layers = sum(1 for mod in m.modules() if not list(mod.children()))
+            params = sum(p.numel() for p in m.parameters())
+            grads = sum(p.numel() for p in m.parameters() if p.requires_grad)
+            enc, dec = self._count_gflops()
+            buf = _io.BytesIO()
+            torch.save(m.state_dict(), buf)
+            self._info = ModelInfo(layers, params, grads, enc + dec, buf.tell() / 1e6)
+            self._gflops_parts = (enc, dec)
+        info = self._info
+        if verbose:
+            print(
+                f"{self.name} summary: {info.layers:,} layers, {info.parameters:,} parameters, "
+                f"{info.gradients:,} gradients, {info.gflops:.1f} GFLOPs, {info.size_mb:.1f} MB"
+            )
+            if detailed:
+                enc, dec = self._gflops_parts
+                for part, gf in (("image_encoder", enc), ("prompt_encoder", None), ("mask_decoder", dec)):
+                    n = sum(p.numel() for p in getattr(m, part).parameters())
+                    extra = f"{gf:10.2f} GFLOPs" if gf is not None else ""
+                    print(f"  {part:<15} {n:>12,} parameters {extra}")
+        return info
+
+    @property
+    def name(self) -> str:
+        return {"vit_t": "MobileSAM"}.get(self.model_type or "", "SAM") + (
+            f" ({self.model_type})" if self.model_type else ""
+        )
+
+    def _count_gflops(self) -> tuple[float, float]:
+        """(image encoder, prompt encoder + mask decoder) GFLOPs, counted on a meta-device copy."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        try:
+            # No parameter requires grad: FlopCounterMode's module tracker then hooks no autograd
+            # (with grads, or under no_grad, it fails on meta tensors in some torch versions).
+            meta = copy.deepcopy(self.model).to("meta").requires_grad_(False)
+            size = meta.image_encoder.img_size
+            with FlopCounterMode(display=False) as enc_counter:
+                emb = meta.image_encoder(torch.empty(1, 3, size, size, device="meta"))
+            points = (torch.zeros(1, 1, 2, device="meta"), torch.ones(1, 1, dtype=torch.int, device="meta"))
+            with FlopCounterMode(display=False) as dec_counter:
+                sparse, dense = meta.prompt_encoder(points=points, boxes=None, masks=None)
+                meta.mask_decoder(
+                    image_embeddings=emb,
+                    image_pe=meta.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=False,
+                )
+        except Exception as e:  # noqa: BLE001 - a layer without a meta kernel: report, don't guess
+            logger.warning("mobilesam: could not count FLOPs (%s: %s)", type(e).__name__, e)
+            return math.nan, math.nan
+        return enc_counter.get_total_flops() / 1e9, dec_counter.get_total_flops() / 1e9
+
+    def __repr__(self) -> str:
+        model = self.ckpt_path or self.model_type
+        return f"SAM(model={model!r}, device={str(self.device)!r}, backend={self.backend!r})"
+
+
+__all__ = ["BACKENDS", "SAM", "ModelInfo", "Prompts", "parse_prompts"]

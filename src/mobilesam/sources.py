@@ -1,0 +1,149 @@
+"""Turning a ``source`` argument into images: paths, folders, globs, lists, PIL images, arrays and URLs.
+
+Numpy arrays are taken as BGR by default, as ``cv2.imread`` gives them (the Ultralytics convention).
+Files named one by one must be readable; files found by expanding a folder or a glob that cannot be
+read are reported (logged and passed to ``on_skip``) and skipped, so one bad file does not stop a run.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from .io import IMAGE_SUFFIXES, array_to_rgb, is_url, load_image, read_image, read_url
+
+logger = logging.getLogger("mobilesam")
+
+Source = Union[str, os.PathLike, Image.Image, np.ndarray, list, tuple]
+SkipHandler = Callable[[str, str], None]
+
+_ACCEPTED = "a file path, a folder, a glob pattern, an http(s) URL, a PIL image, a numpy array (BGR) or a list of these"
+
+
+@dataclass
+class LoadedImage:
+    """One image of a source: ``image`` HxWx3 uint8 RGB; ``path`` the file/URL or ``imageN.jpg`` for in-memory."""
+
+    image: np.ndarray
+    path: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image to read: ``kind`` is "file", "url", "pil" or "array"."""
+
+    kind: str
+    obj: Any
+    name: str
+    skippable: bool = False  # found by expanding a folder or glob: report and skip on failure
+
+
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _expand_files(files: list[Path]) -> list[Entry]:
+    return [Entry("file", f, str(f), skippable=True) for f in sorted(files, key=lambda p: str(p)) if f.is_file()]
+
+
+def _entries(source: Any, counter: list[int]) -> list[Entry]:
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("source: the list of sources is empty")
+        out: list[Entry] = []
+        for item in source:
+            if isinstance(item, (list, tuple)):
+                raise TypeError(f"source: expected {_ACCEPTED}; nested lists are not accepted")
+            out.extend(_entries(item, counter))
+        return out
+    if isinstance(source, np.ndarray):
+        counter[0] += 1
+        return [Entry("array", source, f"image{counter[0] - 1}.jpg")]
+    if isinstance(source, Image.Image):
+        counter[0] += 1
+        name = getattr(source, "filename", "") or f"image{counter[0] - 1}.jpg"
+        return [Entry("pil", source, str(name))]
+    if isinstance(source, os.PathLike) or isinstance(source, str):
+        raw = os.fspath(source)
+        if not raw:
+            raise ValueError(f"source: expected {_ACCEPTED}, got an empty string")
+        if is_url(raw):
+            return [Entry("url", raw, raw)]
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            files = [p for p in path.iterdir() if not p.name.startswith(".")]
+            entries = _expand_files(files)
+            if not any(e.obj.suffix.lower() in IMAGE_SUFFIXES for e in entries):
+                raise FileNotFoundError(
+                    f"source: folder '{raw}' holds no image files (looked for {', '.join(IMAGE_SUFFIXES)})"
+                )
+            return entries
+        if path.is_file():
+            return [Entry("file", path, str(path))]
+        if _has_magic(raw):
+            entries = _expand_files([Path(p) for p in _glob.glob(os.path.expanduser(raw), recursive=True)])
+            if not entries:
+                raise FileNotFoundError(f"source: the pattern '{raw}' matches no file")
+            return entries
+        raise FileNotFoundError(f"source: file '{raw}' not found")
+    raise TypeError(f"source: expected {_ACCEPTED}, got {type(source).__name__}")
+
+
+def resolve_sources(source: Source) -> list[Entry]:
+    """Expand folders and globs and check that every named file exists, before any image is read."""
+    if source is None:
+        raise ValueError(f"source: expected {_ACCEPTED}, got None")
+    return _entries(source, [0])
+
+
+def _load(entry: Entry, image_format: str) -> np.ndarray:
+    if entry.kind == "array":
+        return array_to_rgb(entry.obj, f"source '{entry.name}'", image_format)
+    if entry.kind == "pil":
+        return load_image(entry.obj)
+    if entry.kind == "url":
+        return read_url(entry.obj)
+    if entry.skippable and entry.obj.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"not an image file (suffix {entry.obj.suffix or 'none'!r})")
+    return read_image(entry.obj)
+
+
+def _log_skip(path: str, reason: str) -> None:
+    logger.warning("mobilesam: skipped '%s': %s", path, reason)
+
+
+def iter_images(
+    source: Source, image_format: str = "BGR", on_skip: SkipHandler | None = None
+) -> Iterator[LoadedImage]:
+    """Yield the images of ``source`` one by one, read lazily.
+
+    ``image_format`` ("BGR" or "RGB") is the channel order of numpy arrays. Files found through a
+    folder or glob that cannot be read are logged, passed to ``on_skip(path, reason)`` and skipped.
+    """
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"image_format: expected 'BGR' (as cv2.imread gives) or 'RGB', got {image_format!r}")
+    entries = resolve_sources(source)
+    return iter_entries(entries, image_format, on_skip)
+
+
+def iter_entries(entries: list[Entry], image_format: str, on_skip: SkipHandler | None) -> Iterator[LoadedImage]:
+    for entry in entries:
+        try:
+            rgb = _load(entry, image_format)
+        except (ValueError, OSError) as e:
+            if not entry.skippable:
+                raise
+            reason = str(e).replace(f"image: cannot read '{entry.name}' as an image ", "").strip()
+            _log_skip(entry.name, reason)
+            if on_skip is not None:
+                on_skip(entry.name, reason)
+            continue
+        yield LoadedImage(rgb, entry.name)
