@@ -377,6 +377,21 @@ def _diagnose_load_error(path: Path, exc: Exception) -> CheckpointError:
     )
 
 
+def load_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with readable errors.
+
+    The one place files are unpickled: tensors, containers and plain values only, never arbitrary
+    objects. Use :func:`load_state_dict` for model weights.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: file '{path}' not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure is diagnosed below
+        raise _diagnose_load_error(path, exc) from exc
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a checkpoint file safely and return its ``state_dict``.
 
@@ -385,13 +400,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     ``module.`` prefix that DistributedDataParallel adds.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint: file '{path}' not found")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every failure is diagnosed below
-        raise _diagnose_load_error(path, exc) from exc
-
+    obj = load_checkpoint(path)
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):

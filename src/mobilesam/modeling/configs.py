@@ -72,10 +72,11 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
 }
 
 
-def build_image_encoder(cfg: ModelConfig) -> nn.Module:
+def build_image_encoder(cfg: ModelConfig, img_size: int = IMAGE_SIZE) -> nn.Module:
+    """The image encoder of ``cfg`` for square inputs of ``img_size`` (SAM's decoder expects 1024)."""
     if cfg.encoder == "tiny_vit":
         return TinyViT(
-            img_size=IMAGE_SIZE,
+            img_size=img_size,
             embed_dims=cfg.embed_dims,
             depths=cfg.depths,
             num_heads=cfg.num_heads,
@@ -84,7 +85,7 @@ def build_image_encoder(cfg: ModelConfig) -> nn.Module:
         )
     if cfg.encoder == "vit":
         return ImageEncoderViT(
-            img_size=IMAGE_SIZE,
+            img_size=img_size,
             embed_dim=cfg.embed_dims[0],
             depth=cfg.depths[0],
             num_heads=cfg.num_heads[0],

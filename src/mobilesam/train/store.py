@@ -1,0 +1,264 @@
+"""Teacher embeddings on disk: one fp16 ``.npy`` per image, read back by image without loading the rest.
+
+Layout of an embeddings folder ``EMB``::
+
+    EMB/meta.json               teacher, model type, img_size, shape (256, S/16, S/16), dtype float16
+    EMB/<image path>.npy        one (256, 64, 64) float16 array per image; <image path> is the image's
+                                path relative to the image folder, extension kept (a.jpg -> a.jpg.npy)
+
+Each file is written atomically, so a file that exists is complete: an interrupted ``embed``
+resumes by computing only the missing ones. At 1024 px an embedding takes 256*64*64*2 bytes
+= 2 MiB (2.1 MB) plus a 128-byte header.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..build import detect_model_type
+from ..io import IMAGE_SUFFIXES, atomic_write_bytes, read_image
+from ..modeling import Sam
+from ..modeling.configs import IMAGE_SIZE, PROMPT_EMBED_DIM
+from ..transforms import ResizeLongestSide
+from . import dist as _dist
+from .models import PATCH, check_img_size, load_teacher
+
+FORMAT = "mobilesam-embeddings"
+VERSION = 1
+META = "meta.json"
+
+
+def list_images(root: str | os.PathLike) -> list[str]:
+    """Image files under ``root`` (recursive, hidden entries skipped), as sorted POSIX paths relative to it."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"data: '{root}' is not a folder of images")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append((Path(dirpath) / name).relative_to(base).as_posix())
+    if not found:
+        raise FileNotFoundError(f"data: folder '{root}' holds no image files (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return sorted(found)
+
+
+def embedding_shape(img_size: int) -> tuple[int, int, int]:
+    return (PROMPT_EMBED_DIM, img_size // PATCH, img_size // PATCH)
+
+
+class EmbeddingStore:
+    """An embeddings folder: ``meta`` (dict), ``has``/``read``/``write`` by relative image path."""
+
+    def __init__(self, root: str | os.PathLike, meta: dict[str, Any]) -> None:
+        self.root = Path(root).expanduser()
+        self.meta = meta
+        self.shape = tuple(int(s) for s in meta["shape"])
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> EmbeddingStore:
+        """Open an existing folder written by ``embed``."""
+        path = Path(root).expanduser() / META
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"embeddings: '{root}' is not an embeddings folder (no {META}); create it with 'mobilesam embed'"
+            )
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"embeddings: cannot read '{path}' ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"embeddings: '{path}' is not a {FORMAT} file")
+        if meta.get("version") != VERSION:
+            raise ValueError(f"embeddings: '{path}' has format version {meta.get('version')}, this code reads {VERSION}")
+        return cls(root, meta)
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, teacher: str, model_type: str, img_size: int) -> EmbeddingStore:
+        """Open ``root`` for writing, creating meta.json; an existing folder must hold the same teacher setup."""
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "teacher": teacher,
+            "model_type": model_type,
+            "img_size": img_size,
+            "shape": list(embedding_shape(img_size)),
+            "dtype": "float16",
+        }
+        base = Path(root).expanduser()
+        if (base / META).is_file():
+            old = cls.open(base).meta
+            diff = [f"{k}: {old.get(k)!r} there, {meta[k]!r} now" for k in ("model_type", "img_size", "shape")
+                    if old.get(k) != meta[k]]
+            if diff:
+                raise ValueError(
+                    f"embeddings: '{root}' already holds embeddings of another teacher setup ({'; '.join(diff)}); "
+                    "use another --out or --overwrite"
+                )
+            return cls(base, old)
+        base.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(base / META, (json.dumps(meta, indent=2) + "\n").encode())
+        return cls(base, meta)
+
+    def path_for(self, rel: str) -> Path:
+        return self.root / (rel + ".npy")
+
+    def has(self, rel: str) -> bool:
+        return self.path_for(rel).is_file()
+
+    def missing(self, rels: Iterable[str]) -> list[str]:
+        return [r for r in rels if not self.has(r)]
+
+    def read(self, rel: str) -> np.ndarray:
+        """The stored float16 embedding of image ``rel``: (256, E, E)."""
+        path = self.path_for(rel)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"embeddings: no embedding for image '{rel}' ({path} is missing); run 'mobilesam embed' again "
+                "on the same folders to compute the missing ones"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise ValueError(f"embeddings: '{path}' is not a readable .npy file ({e}); delete it and run embed again") from None
+        if arr.shape != self.shape or arr.dtype != np.float16:
+            raise ValueError(
+                f"embeddings: '{path}' holds {arr.dtype} {arr.shape}, expected float16 {self.shape}; "
+                "delete it and run embed again"
+            )
+        return arr
+
+    def write(self, rel: str, embedding: np.ndarray | torch.Tensor) -> Path:
+        """Store one embedding (256, E, E) as float16, atomically."""
+        if isinstance(embedding, torch.Tensor):
+            embedding = embedding.detach().float().cpu().numpy()
+        if tuple(embedding.shape) != self.shape:
+            raise ValueError(f"embedding: expected shape {self.shape}, got {tuple(embedding.shape)} for '{rel}'")
+        half = embedding.astype(np.float16)
+        if not np.isfinite(half).all():
+            # fp16 tops out at 65504; SAM embeddings come out of a LayerNorm and are far below that.
+            raise ValueError(f"embedding of '{rel}' is not finite in float16 (max |x| = {np.abs(embedding).max():.4g})")
+        buf = io.BytesIO()
+        np.save(buf, half, allow_pickle=False)
+        return atomic_write_bytes(self.path_for(rel), buf.getvalue())
+
+
+class ResizedImages(torch.utils.data.Dataset):
+    """Images resized by the official ``ResizeLongestSide``: item -> (index, (3, h, w) uint8 tensor, (H, W))."""
+
+    def __init__(self, root: str | os.PathLike, rels: list[str], img_size: int) -> None:
+        self.root = Path(root).expanduser()
+        self.rels = rels
+        self.transform = ResizeLongestSide(img_size)
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, tuple[int, int]]:
+        rgb = read_image(self.root / self.rels[i])
+        resized = self.transform.apply_image(rgb)
+        return i, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1), (rgb.shape[0], rgb.shape[1])
+
+
+def preprocess_batch(sam: Sam, images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Resized uint8 images (3, h, w) -> the model input (B, 3, S, S), through the official ``Sam.preprocess``."""
+    return torch.cat([sam.preprocess(img.to(device, non_blocking=True)[None].float()) for img in images])
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32" or device.type != "cuda":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _collate(batch: list) -> tuple[list[int], list[torch.Tensor]]:
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+def embed_folder(
+    teacher: str | os.PathLike | Sam,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    img_size: int = IMAGE_SIZE,
+    batch_size: int = 1,
+    workers: int = 4,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    overwrite: bool = False,
+    teacher_name: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compute and store the teacher embedding of every image under ``data`` that ``out`` does not hold yet.
+
+    Under torchrun the images are split between ranks (image i goes to rank i % world_size), so
+    every rank computes a fixed share whatever was already done. ``precision`` is "fp32", "bf16" or
+    "fp16" (autocast on CUDA only). Returns counts and timing for this process.
+    """
+    check_img_size(img_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers: expected 0 or more, got {workers}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {precision!r}")
+    rels = list_images(data)
+    info = _dist.setup(device)
+    sam = load_teacher(teacher, img_size).to(info.device)
+    enc_sd = {"image_encoder." + k: v for k, v in sam.image_encoder.state_dict().items()}
+    model_type = detect_model_type(enc_sd) or "unknown"
+    name = teacher_name or (str(teacher) if not isinstance(teacher, Sam) else f"{model_type} (in-memory model)")
+    if overwrite and info.is_main and (Path(out) / META).is_file():
+        (Path(out) / META).unlink()
+    _dist.barrier(info)
+    store = EmbeddingStore.create(out, name, model_type, img_size) if info.is_main else None
+    _dist.barrier(info)
+    if store is None:
+        store = EmbeddingStore.open(out)
+    mine = rels[info.rank :: info.world_size]
+    todo = mine if overwrite else store.missing(mine)
+    loader = torch.utils.data.DataLoader(
+        ResizedImages(data, todo, img_size),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=info.device.type == "cuda",
+    )
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="embed" if not info.distributed else f"embed (rank 0 of {info.world_size})",
+               unit="img", disable=not progress or not info.is_main)
+    with torch.inference_mode():
+        for idxs, images in loader:
+            x = preprocess_batch(sam, images, info.device)
+            with _autocast(info.device, precision):
+                emb = sam.image_encoder(x)
+            emb = emb.float().cpu()
+            for i, e in zip(idxs, emb):
+                store.write(todo[i], e)
+            bar.update(len(idxs))
+    bar.close()
+    seconds = time.perf_counter() - start
+    _dist.barrier(info)
+    return {
+        "images": len(rels),
+        "this_rank": len(mine),
+        "computed": len(todo),
+        "skipped": len(mine) - len(todo),
+        "seconds": seconds,
+        "images_per_s": len(todo) / seconds if seconds > 0 and todo else 0.0,
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "out": str(store.root),
+        "model_type": model_type,
+    }
