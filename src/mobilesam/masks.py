@@ -83,12 +83,58 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"]}
 
 
+def rle_counts_total(counts: str) -> int:
+    """Sum of the runs of a compressed COCO RLE string (pycocotools' LEB128-like code), checking each run.
+
+    pycocotools trusts its input: runs that do not add up to H*W leave memory uninitialised, so
+    :func:`decode_rle` checks every compressed RLE with this before decoding it.
+    """
+    runs: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise ValueError("truncated run")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {counts[p]!r} is not part of the RLE alphabet")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+            if k > 13:
+                raise ValueError("run too long")
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            raise ValueError("negative run length")
+        runs.append(x)
+    return sum(runs)
+
+
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Boolean (H, W) mask from a COCO RLE (compressed str/bytes counts or uncompressed list counts)."""
-    if isinstance(rle.get("counts"), list):
-        rle = mask_utils.frPyObjects(rle, *rle["size"])
-    elif isinstance(rle.get("counts"), str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    """Boolean (H, W) mask from a COCO RLE (compressed str/bytes counts or uncompressed list counts).
+
+    Raises ValueError when the runs do not cover exactly H*W pixels.
+    """
+    h, w = (int(s) for s in rle["size"])
+    counts = rle.get("counts")
+    if isinstance(counts, list):
+        total = sum(int(c) for c in counts)
+    elif isinstance(counts, (str, bytes)):
+        counts = counts.decode("ascii") if isinstance(counts, bytes) else counts
+        total = rle_counts_total(counts)
+    else:
+        raise ValueError(f"rle: expected 'counts' as a str, bytes or list, got {type(counts).__name__}")
+    if total != h * w:
+        raise ValueError(f"rle: runs cover {total} pixels, expected {h} x {w} = {h * w}")
+    if isinstance(counts, list):
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    else:
+        rle = {"size": [h, w], "counts": counts.encode("ascii")}
     return mask_utils.decode(rle).astype(bool)
 
 

@@ -1,0 +1,556 @@
+"""The FastAPI app behind ``mobilesam serve``: JSON endpoints for images, prompts and labels, plus the page."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from .engine import Engine, EverythingUnavailable, PredictorLike
+from .images import (
+    DecodedImage,
+    ImageFolder,
+    ImageInputError,
+    decode_image,
+    read_limited,
+)
+from .labels import (
+    LabelError,
+    LabelObject,
+    LabelStore,
+    check_class_name,
+    class_list,
+    mask_from_rle,
+    mask_payload,
+    safe_stem,
+    to_coco,
+    to_png_zip,
+    to_yolo,
+)
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_POINTS = 64
+MAX_OBJECTS = 2000
+MAX_EVERYTHING_MASKS = 512
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+# -- request bodies ----------------------------------------------------------------------------------------
+
+
+class Prompts(BaseModel):
+    """One object's prompts in original-image pixels."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    points: list[tuple[float, float]] = Field(default_factory=list, max_length=MAX_POINTS)
+    labels: list[int] = Field(default_factory=list, max_length=MAX_POINTS)
+    box: tuple[float, float, float, float] | None = None
+
+
+class PredictBody(Prompts):
+    multimask: bool | None = None  # None: three candidates for a lone point (ambiguous), else one
+
+
+class ObjectBody(Prompts):
+    class_name: str
+    rle: dict[str, Any]
+    score: float | None = None
+
+
+class ObjectsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    objects: list[ObjectBody] = Field(max_length=MAX_OBJECTS)
+    classes: list[str] | None = Field(default=None, max_length=MAX_OBJECTS)
+
+
+class OpenBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+# -- state -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageRecord:
+    id: str
+    name: str
+    size: tuple[int, int]  # (h, w)
+    key: str
+    data: bytes | None = None  # an upload's bytes (kept to re-embed after cache eviction)
+    path: Path | None = None  # an image of the folder
+
+
+class Registry:
+    """Open images by random id; bounded by count and by the bytes of uploads kept."""
+
+    def __init__(self, max_images: int, max_bytes: int) -> None:
+        self.max_images, self.max_bytes = max_images, max_bytes
+        self._items: OrderedDict[str, ImageRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, rec: ImageRecord) -> None:
+        with self._lock:
+            self._items[rec.id] = rec
+            while len(self._items) > self.max_images or (
+                len(self._items) > 1 and sum(len(r.data or b"") for r in self._items.values()) > self.max_bytes
+            ):
+                self._items.popitem(last=False)
+
+    def get(self, image_id: str) -> ImageRecord:
+        with self._lock:
+            rec = self._items.get(image_id) if _ID_RE.match(image_id) else None
+            if rec is None:
+                raise HTTPException(404, f"image id: {image_id[:80]!r} is unknown or expired; open the image again")
+            self._items.move_to_end(image_id)
+            return rec
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# -- middleware --------------------------------------------------------------------------------------------
+
+
+class GuardMiddleware:
+    """Request body limit, same-origin check for state-changing requests, and security headers."""
+
+    HEADERS = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+        (
+            b"content-security-policy",
+            b"default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
+            b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    ]
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app, self.max_body = app, max_body
+
+    async def _reply(self, send: Send, status: int, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                + self.HEADERS,
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            origin = headers.get("origin")
+            if origin is not None and urlsplit(origin).netloc != headers.get("host"):
+                await self._reply(send, 403, f"cross-origin request from {origin!r} refused")
+                return
+        length = headers.get("content-length")
+        if length is not None and not length.isdigit():
+            await self._reply(send, 400, f"content-length: expected a number of bytes, got {length[:40]!r}")
+            return
+        if length is not None and int(length) > self.max_body:
+            await self._reply(send, 413, f"request body: {length} bytes is more than the limit of {self.max_body:,}")
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge()
+            return msg
+
+        async def send_with_headers(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+                msg = dict(msg)
+                msg["headers"] = list(msg.get("headers", [])) + self.HEADERS
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        except _BodyTooLarge:
+            if not started:
+                await self._reply(send, 413, f"request body: more than the limit of {self.max_body:,} bytes")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def check_prompts(
+    p: Prompts, size: tuple[int, int], where: str = ""
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Prompts as predictor arrays, checked against the image size (h, w); raises HTTP 422 with a message."""
+    h, w = size
+    if len(p.labels) != len(p.points):
+        raise HTTPException(422, f"{where}labels: expected one label per point ({len(p.points)}), got {len(p.labels)}")
+    for i, (x, y) in enumerate(p.points):
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise HTTPException(
+                422, f"{where}points[{i}]: ({x:g}, {y:g}) is outside the image (x in [0, {w}], y in [0, {h}])"
+            )
+    for i, lab in enumerate(p.labels):
+        if lab not in (0, 1):
+            raise HTTPException(422, f"{where}labels[{i}]: expected 1 (object) or 0 (background), got {lab}")
+    box = None
+    if p.box is not None:
+        x1, y1, x2, y2 = p.box
+        if not (0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h):
+            raise HTTPException(
+                422, f"{where}box: expected x1 <= x2 in [0, {w}] and y1 <= y2 in [0, {h}], got {list(p.box)}"
+            )
+        box = np.array(p.box, np.float64)
+    if not p.points and box is None:
+        raise HTTPException(422, f"{where}points, box: give at least one point or a box")
+    if not p.points:
+        return None, None, box
+    return np.array(p.points, np.float64), np.array(p.labels, np.int64), box
+
+
+def _prompts_dict(p: Prompts) -> dict[str, Any]:
+    return {"points": [list(xy) for xy in p.points], "labels": list(p.labels), "box": list(p.box) if p.box else None}
+
+
+def _objects(body: ObjectsBody, rec: ImageRecord) -> tuple[list[LabelObject], list[str] | None]:
+    objs = []
+    for i, o in enumerate(body.objects):
+        where = f"objects[{i}]."
+        name = check_class_name(o.class_name, where + "class_name")
+        if o.points or o.box:
+            check_prompts(o, rec.size, where)
+        objs.append(LabelObject(name, mask_from_rle(o.rle, rec.size, where + "rle"), o.score, _prompts_dict(o)))
+    known = [check_class_name(c, f"classes[{i}]") for i, c in enumerate(body.classes)] if body.classes else None
+    return objs, known
+
+
+def _saved_objects(objects: list[LabelObject], size: tuple[int, int]) -> list[dict[str, Any]]:
+    out = []
+    for o in objects:
+        prompts = {}
+        try:  # prompts are a convenience for editing; ones that do not check out are dropped
+            p = Prompts(**{k: o.prompts.get(k) or ([] if k != "box" else None) for k in ("points", "labels", "box")})
+            check_prompts(p, size)
+            prompts = _prompts_dict(p)
+        except Exception:  # noqa: BLE001
+            pass
+        out.append({"class_name": o.class_name, **prompts, **mask_payload(o.mask, o.score)})
+    return out
+
+
+# -- the app -----------------------------------------------------------------------------------------------
+
+
+def create_app(
+    model: Any = None,
+    images_dir: str | os.PathLike | None = None,
+    cache_size: int = 16,
+    *,
+    device: str | None = None,
+    predictor_factory: Callable[[], PredictorLike] | None = None,
+    generator_factory: Callable[[Any], Any] | None = None,
+    max_upload_bytes: int = 32 * 1024 * 1024,
+    max_pixels: int = 40_000_000,
+    max_images: int = 64,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """The web app. ``model`` is a ``Sam`` or a checkpoint (path or known name, built with ``build_sam``).
+
+    ``images_dir``: a folder whose images can be opened and labelled (labels are written beside them).
+    ``cache_size``: image embeddings kept (about 4 MB each). ``predictor_factory`` makes predictors
+    (default ``SamPredictor(model)``); ``generator_factory(model)`` makes the segment-everything generator.
+    ``allowed_hosts``: Host header values accepted (against DNS rebinding); None accepts any.
+    """
+    for name, value, least in (
+        ("max_upload_bytes", max_upload_bytes, 1024),
+        ("max_pixels", max_pixels, 1),
+        ("max_images", max_images, 1),
+        ("cache_size", cache_size, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    folder = ImageFolder(images_dir) if images_dir is not None else None  # checked before a slow model load
+    if model is not None and not hasattr(model, "image_encoder"):
+        from ..build import build_sam
+        from ..device import select_device
+
+        model = build_sam(model, device=select_device(device))
+    if predictor_factory is None:
+        if model is None:
+            raise ValueError("create_app: give a model (a Sam or a checkpoint) or a predictor_factory")
+        from ..predictor import SamPredictor
+
+        def predictor_factory() -> PredictorLike:
+            return SamPredictor(model)
+
+    store = LabelStore(folder.root) if folder else None
+    engine = Engine(predictor_factory, cache_size, model=model, generator_factory=generator_factory)
+    registry = Registry(max_images, max_bytes=16 * max_upload_bytes)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    app = FastAPI(
+        title="mobilesam serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.engine, app.state.registry, app.state.folder = engine, registry, folder
+    app.add_middleware(GuardMiddleware, max_body=max_upload_bytes + (1 << 20))
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        msgs = []
+        for e in exc.errors()[:5]:
+            if e.get("type") == "json_invalid":
+                err = (e.get("ctx") or {}).get("error", "cannot parse")
+                msgs.append(f"body: invalid JSON ({err}) at character {e.get('loc', ('', '?'))[-1]}")
+            else:
+                msgs.append(f"{_loc(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(msgs)}, status_code=422)
+
+    @app.exception_handler(ImageInputError)
+    @app.exception_handler(LabelError)
+    async def _input(request: Request, exc: ImageInputError | LabelError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(EverythingUnavailable)
+    async def _unavailable(request: Request, exc: EverythingUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=501)
+
+    def loader(rec: ImageRecord) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            data = rec.data if rec.data is not None else read_limited(rec.path, max_upload_bytes)
+            return decode_image(data, rec.name, max_pixels).rgb
+
+        return load
+
+    def register(img: DecodedImage, name: str, data: bytes | None, path: Path | None) -> ImageRecord:
+        rec = ImageRecord(secrets.token_urlsafe(24), name, img.size, img.key, data, path)
+        registry.add(rec)
+        rgb = img.rgb
+        engine.submit_embedding(rec.key, lambda: rgb)  # start the encoder now: the first click is then fast
+        return rec
+
+    def describe(rec: ImageRecord) -> dict[str, Any]:
+        return {
+            "id": rec.id,
+            "name": rec.name,
+            "height": rec.size[0],
+            "width": rec.size[1],
+            "folder": rec.path is not None,
+        }
+
+    # -- page ----------------------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # -- images --------------------------------------------------------------------------------------------
+
+    @app.get("/api/info")
+    async def info() -> dict[str, Any]:
+        has_everything = generator_factory is not None or (
+            model is not None and importlib.util.find_spec("mobilesam.everything") is not None
+        )
+        return {
+            "version": __version__,
+            "folder": folder is not None,
+            "classes": store.classes() if store else [],
+            "everything": has_everything,
+            "cache_size": cache_size,
+            "max_upload_bytes": max_upload_bytes,
+            "max_pixels": max_pixels,
+        }
+
+    @app.get("/api/images")
+    async def list_images() -> dict[str, Any]:
+        if folder is None:
+            raise HTTPException(404, "images: no images folder; start the server with --images DIR")
+        return {"images": await run_in_threadpool(folder.list)}
+
+    @app.post("/api/images/upload")
+    async def upload(file: UploadFile = File(...)) -> dict[str, Any]:
+        name = os.path.basename((file.filename or "upload").replace("\\", "/"))[:200] or "upload"
+        data = await file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise ImageInputError(
+                f"file: '{name}' is more than the limit of {max_upload_bytes:,} bytes "
+                "(mobilesam serve --max-upload-mb)",
+                413,
+            )
+        if not data:
+            raise ImageInputError(f"file: '{name}' is empty")
+        img = await run_in_threadpool(decode_image, data, name, max_pixels)
+        return describe(register(img, name, data, None))
+
+    @app.post("/api/images/open")
+    async def open_image(body: OpenBody) -> dict[str, Any]:
+        if folder is None or store is None:
+            raise HTTPException(404, "open: no images folder; start the server with --images DIR, or upload the image")
+
+        def work() -> tuple[ImageRecord, list[dict[str, Any]], str | None]:
+            path = folder.resolve(body.name)
+            name = folder.relative(path)
+            img = decode_image(read_limited(path, max_upload_bytes), name, max_pixels)
+            rec = register(img, name, None, path)
+            try:
+                return rec, _saved_objects(store.load(path, img.size), img.size), None
+            except LabelError as e:
+                return rec, [], str(e)
+
+        rec, objects, error = await run_in_threadpool(work)
+        return {**describe(rec), "objects": objects, "labels_error": error}
+
+    @app.get("/api/images/{image_id}/image")
+    async def image_file(image_id: str) -> Response:
+        rec = registry.get(image_id)
+
+        def encode() -> bytes:
+            import cv2
+
+            ok, buf = cv2.imencode(".jpg", loader(rec)()[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
+            assert ok
+            return buf.tobytes()
+
+        return Response(
+            await run_in_threadpool(encode), media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"}
+        )
+
+    @app.post("/api/images/{image_id}/embed")
+    async def embed(image_id: str) -> dict[str, Any]:
+        rec = registry.get(image_id)
+        t0 = time.perf_counter()
+        emb, cached = await engine.embedding(rec.key, loader(rec))
+        return {
+            "id": rec.id,
+            "cached": cached,
+            "encoder_ms": round(emb.seconds * 1000, 1),
+            "wait_ms": round((time.perf_counter() - t0) * 1000, 1),
+        }
+
+    # -- prompts -------------------------------------------------------------------------------------------
+
+    @app.post("/api/images/{image_id}/predict")
+    async def predict(image_id: str, body: PredictBody) -> dict[str, Any]:
+        rec = registry.get(image_id)
+        points, labels, box = check_prompts(body, rec.size)
+        multimask = body.multimask if body.multimask is not None else (box is None and len(body.points) == 1)
+        emb, cached = await engine.embedding(rec.key, loader(rec))
+        t0 = time.perf_counter()
+        mask, score = await engine.predict(emb, points, labels, box, multimask)
+        decode_ms = (time.perf_counter() - t0) * 1000
+        payload = await engine.run_in_decoder_pool(mask_payload, mask, score)
+        return {**payload, "decode_ms": round(decode_ms, 1), "embedding_cached": cached}
+
+    @app.post("/api/images/{image_id}/everything")
+    async def everything(image_id: str) -> dict[str, Any]:
+        rec = registry.get(image_id)
+        t0 = time.perf_counter()
+        results = await engine.everything(loader(rec))
+        results.sort(key=lambda r: -int(r[0].sum()))  # large first, so small masks are drawn on top
+        masks = [await engine.run_in_decoder_pool(mask_payload, m, s) for m, s in results[:MAX_EVERYTHING_MASKS]]
+        return {
+            "masks": masks,
+            "ms": round((time.perf_counter() - t0) * 1000, 1),
+            "truncated": len(results) > MAX_EVERYTHING_MASKS,
+        }
+
+    # -- labels --------------------------------------------------------------------------------------------
+
+    @app.post("/api/images/{image_id}/export")
+    async def export(
+        image_id: str, body: ObjectsBody, format: Literal["coco", "yolo", "png"] = Query("coco")
+    ) -> Response:  # noqa: A002
+        rec = registry.get(image_id)
+        objects, known = await run_in_threadpool(_objects, body, rec)
+        classes = class_list(objects, known)
+        stem = safe_stem(Path(rec.name).stem)
+        if format == "coco":
+            doc = await run_in_threadpool(to_coco, objects, rec.name, rec.size, classes)
+            data, media, fname = json.dumps(doc).encode(), "application/json", f"{stem}.json"
+        elif format == "yolo":
+            text = await run_in_threadpool(to_yolo, objects, rec.size, classes)
+            data, media, fname = text.encode(), "text/plain; charset=utf-8", f"{stem}.txt"
+        else:
+            data = await run_in_threadpool(to_png_zip, objects, stem)
+            media, fname = "application/zip", f"{stem}_masks.zip"
+        return Response(
+            data,
+            media_type=media,
+            headers={
+                "content-disposition": f'attachment; filename="{fname}"',
+                "x-classes": json.dumps(classes, ensure_ascii=True),
+            },
+        )
+
+    @app.post("/api/images/{image_id}/save")
+    async def save(image_id: str, body: ObjectsBody) -> dict[str, Any]:
+        rec = registry.get(image_id)
+        if rec.path is None or store is None or folder is None:
+            raise HTTPException(
+                400, "save: this image was uploaded, not opened from the images folder; use export instead"
+            )
+        objects, _ = await run_in_threadpool(_objects, body, rec)
+
+        def write() -> list[Path]:
+            try:
+                return store.save(rec.path, objects, rec.size)
+            except OSError as e:
+                raise LabelError(
+                    f"save: cannot write labels beside '{rec.name}' ({type(e).__name__}: {e})", 403
+                ) from None
+
+        written = await run_in_threadpool(write)
+        return {"saved": [folder.relative(p) for p in written], "classes": store.classes()}
+
+    return app

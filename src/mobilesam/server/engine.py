@@ -1,0 +1,226 @@
+"""The model side of the server: embeddings computed once per image in an encoder thread and kept in a
+bounded LRU cache; clicks answered by the prompt encoder and mask decoder only, in another thread."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..masks import decode_rle
+
+
+class PredictorLike(Protocol):
+    """What the server needs of a predictor (``SamPredictor`` is one)."""
+
+    original_size: tuple[int, int] | None
+    input_size: tuple[int, int] | None
+
+    def set_image(self, image: np.ndarray) -> None: ...
+    def get_image_embedding(self) -> torch.Tensor: ...
+    def set_embedding(
+        self, features: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int] | None = None
+    ) -> None: ...
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def reset_image(self) -> None: ...
+
+
+class EverythingUnavailable(RuntimeError):
+    """Segment-everything cannot run in this installation (HTTP 501)."""
+
+
+@dataclass(frozen=True)
+class Embedding:
+    features: torch.Tensor  # (1, 256, 64, 64)
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    seconds: float  # encoder time
+
+
+def default_generator_factory(model: Any) -> Any:
+    """The fast segment-everything generator, imported only when first asked for."""
+    if model is None:
+        raise EverythingUnavailable("everything: this server runs without a SAM model, segment-everything is off")
+    try:
+        module = importlib.import_module("mobilesam.everything")
+    except ModuleNotFoundError as e:
+        if e.name in ("mobilesam.everything", "mobilesam"):
+            raise EverythingUnavailable(
+                "everything: segment-everything is not available in this installation (module mobilesam.everything "
+                "is missing)"
+            ) from None
+        raise
+    return module.SamAutomaticMaskGenerator(model, mode="fast")
+
+
+class Engine:
+    """Embeds images (one encoder thread pool) and decodes prompts (a separate decoder pool).
+
+    The decoder predictor is shared by all requests, so ``set_embedding`` + ``predict`` run under a lock;
+    the encoder never takes that lock, so an encoder pass never delays another image's clicks.
+    """
+
+    def __init__(
+        self,
+        predictor_factory: Callable[[], PredictorLike],
+        cache_size: int = 16,
+        model: Any = None,
+        generator_factory: Callable[[Any], Any] | None = None,
+        encoder_workers: int = 1,
+        decoder_workers: int = 2,
+    ) -> None:
+        if cache_size < 1:
+            raise ValueError(f"cache_size: expected at least 1 cached embedding, got {cache_size}")
+        self.cache_size = cache_size
+        self.model = model
+        self._factory = predictor_factory
+        self._generator_factory = generator_factory or default_generator_factory
+        self._generator: Any = None
+        self._decoder = predictor_factory()
+        self._decoder_lock = threading.Lock()
+        self._generator_lock = threading.Lock()
+        self._local = threading.local()
+        self._cache: OrderedDict[str, Embedding] = OrderedDict()
+        self._inflight: dict[str, Future] = {}
+        self._cache_lock = threading.Lock()
+        self._encoder_pool = ThreadPoolExecutor(encoder_workers, thread_name_prefix="mobilesam-encoder")
+        self._decoder_pool = ThreadPoolExecutor(decoder_workers, thread_name_prefix="mobilesam-decoder")
+        # Segment-everything takes seconds to minutes on a CPU: its own thread, so opening another image
+        # does not queue behind it.
+        self._everything_pool = ThreadPoolExecutor(1, thread_name_prefix="mobilesam-everything")
+        self.encoder_passes = 0
+
+    # -- embeddings ---------------------------------------------------------------------------------------
+
+    def cached(self, key: str) -> Embedding | None:
+        with self._cache_lock:
+            emb = self._cache.get(key)
+            if emb is not None:
+                self._cache.move_to_end(key)
+            return emb
+
+    def cached_keys(self) -> list[str]:
+        with self._cache_lock:
+            return list(self._cache)
+
+    def submit_embedding(self, key: str, load_rgb: Callable[[], np.ndarray]) -> Future:
+        """Start (or join) the encoder pass for ``key``; ``load_rgb`` runs in the encoder thread."""
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                done: Future = Future()
+                done.set_result(self._cache[key])
+                return done
+            fut = self._inflight.get(key)
+            if fut is None:
+                fut = self._encoder_pool.submit(self._encode, key, load_rgb)
+                self._inflight[key] = fut
+            return fut
+
+    async def embedding(self, key: str, load_rgb: Callable[[], np.ndarray]) -> tuple[Embedding, bool]:
+        """The embedding of an image, and whether it came from the cache."""
+        emb = self.cached(key)
+        if emb is not None:
+            return emb, True
+        return await asyncio.wrap_future(self.submit_embedding(key, load_rgb)), False
+
+    def _encoder_predictor(self) -> PredictorLike:
+        pred = getattr(self._local, "predictor", None)
+        if pred is None:
+            pred = self._local.predictor = self._factory()
+        return pred
+
+    def _encode(self, key: str, load_rgb: Callable[[], np.ndarray]) -> Embedding:
+        try:
+            rgb = load_rgb()
+            pred = self._encoder_predictor()
+            t0 = time.perf_counter()
+            pred.set_image(rgb)
+            features = pred.get_image_embedding()
+            assert pred.original_size is not None and pred.input_size is not None
+            emb = Embedding(features, tuple(pred.original_size), tuple(pred.input_size), time.perf_counter() - t0)
+            pred.reset_image()
+            self.encoder_passes += 1
+            with self._cache_lock:
+                self._cache[key] = emb
+                self._cache.move_to_end(key)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            return emb
+        finally:
+            with self._cache_lock:
+                self._inflight.pop(key, None)
+
+    # -- prompts ------------------------------------------------------------------------------------------
+
+    def _decode(
+        self,
+        emb: Embedding,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        multimask: bool,
+    ) -> tuple[np.ndarray, float]:
+        with self._decoder_lock:
+            self._decoder.set_embedding(emb.features, emb.original_size, emb.input_size)
+            masks, scores, _ = self._decoder.predict(points, labels, box, multimask_output=multimask)
+            self._decoder.reset_image()
+        best = int(np.argmax(scores))
+        return np.asarray(masks[best], dtype=bool), float(scores[best])
+
+    async def predict(
+        self,
+        emb: Embedding,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        multimask: bool,
+    ) -> tuple[np.ndarray, float]:
+        """Best mask (H, W) bool and its predicted IoU for one object's prompts (original-image pixels)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoder_pool, self._decode, emb, points, labels, box, multimask)
+
+    async def run_in_decoder_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Short CPU work (mask encoding) off the event loop, on the decoder side."""
+        return await asyncio.get_running_loop().run_in_executor(self._decoder_pool, fn, *args)
+
+    # -- segment everything -------------------------------------------------------------------------------
+
+    def _everything(self, load_rgb: Callable[[], np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        with self._generator_lock:
+            if self._generator is None:
+                self._generator = self._generator_factory(self.model)
+            records = self._generator.generate(load_rgb())
+        out = []
+        for r in records:
+            seg = r["segmentation"]
+            mask = decode_rle(seg) if isinstance(seg, dict) else np.asarray(seg, dtype=bool)
+            out.append((mask, float(r.get("predicted_iou", 0.0))))
+        return out
+
+    async def everything(self, load_rgb: Callable[[], np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        """All masks of an image with their predicted IoU (never on the decoder threads: it is slow)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._everything_pool, self._everything, load_rgb)
+
+    def close(self) -> None:
+        self._encoder_pool.shutdown(wait=False, cancel_futures=True)
+        self._decoder_pool.shutdown(wait=False, cancel_futures=True)
+        self._everything_pool.shutdown(wait=False, cancel_futures=True)
