@@ -1,9 +1,10 @@
 """MobileSAM: Segment Anything with a 5.7M-parameter TinyViT image encoder.
 
-High level (Ultralytics-style): ``SAM``, ``Results``.
+High level (Ultralytics-style): ``SAM``, ``Results``, ``auto_annotate``.
 Low level (official API): ``build_sam``, ``sam_model_registry``, ``SamPredictor``.
 """
 
+from .annotate import auto_annotate
 from .build import build_sam, detect_model_type, sam_model_registry
 from .model import SAM
 from .modeling import MODEL_CONFIGS, Sam
@@ -25,4 +26,5 @@ __all__ = [
     "detect_model_type",
     "sam_model_registry",
     "__version__",
+    "auto_annotate",
 ]

@@ -53,18 +53,95 @@ def mask_to_polygons(mask: np.ndarray, strategy: str = "largest", min_points: in
 def join_polygons(polys: list[np.ndarray]) -> np.ndarray:
     """Join several polygons into one ring, as Ultralytics writes a multi-part mask as one YOLO segment.
 
-    Each polygon is spliced into the ring at its point closest to the ring, going there and back along
-    the same zero-width bridge, so the filled ring covers the union of the parts.
+    The parts are linked by a minimum spanning tree of their shortest gaps (found through a Voronoi
+    labelling of their points, one distance transform), and each link is walked there and back along the
+    same zero-width bridge, so the filled ring covers the union of the parts. The first polygon starts the
+    ring. Linear in the image area: speckled masks with thousands of parts join in milliseconds.
     """
-    if not polys:
-        return np.zeros((0, 2), np.float32)
-    ring = polys[0]
-    for nxt in polys[1:]:
-        d = ((ring[:, None, :] - nxt[None, :, :]) ** 2).sum(-1)
-        i, j = np.unravel_index(np.argmin(d), d.shape)
-        detour = np.concatenate([nxt[j:], nxt[: j + 1]])
-        ring = np.concatenate([ring[: i + 1], detour, ring[i:]])
-    return ring.astype(np.float32)
+    polys = [np.asarray(p, np.float32).reshape(-1, 2) for p in polys if len(p)]
+    if len(polys) <= 1:
+        return polys[0].copy() if polys else np.zeros((0, 2), np.float32)
+    children = _spanning_links(polys)
+    out: list[np.ndarray] = []
+    # Depth-first walk; a frame is (polygon, its point order, next position in that order).
+    stack = [(0, np.arange(len(polys[0])), 0)]
+    while stack:
+        k, order, pos = stack.pop()
+        n = len(order) if k == 0 else len(order) - 1  # a child's last point repeats its first
+        links = children.get(k, {})
+        stop = next((q for q in range(pos, n) if int(order[q]) in links), None) if links else None
+        if stop is None:
+            out.append(polys[k][order[pos:]])
+            continue
+        out.append(polys[k][order[pos : stop + 1]])
+        a = int(order[stop])
+        c, j = links[a].pop(0)
+        if not links[a]:
+            del links[a]
+        stack.append((k, order, stop))  # back at point a after the child's loop
+        m = len(polys[c])
+        stack.append((c, np.r_[np.arange(j, m), np.arange(0, j + 1)], 0))
+    return np.concatenate(out).astype(np.float32)
+
+
+def _spanning_links(polys: list[np.ndarray]) -> dict[int, dict[int, list[tuple[int, int]]]]:
+    """{parent: {point index: [(child, child point index), ...]}}: a tree over the polygons rooted at 0
+    whose links are the shortest gaps between Voronoi-adjacent polygons (Kruskal)."""
+    pts = np.concatenate(polys)
+    owner = np.concatenate([np.full(len(p), k) for k, p in enumerate(polys)])
+    index = np.concatenate([np.arange(len(p)) for p in polys])
+    lo = pts.min(0)
+    # The Voronoi grid is the points' bounding box in pixels, coarsened if it is huge (general polygons).
+    scale = max(1.0, float(np.sqrt(np.prod(pts.max(0) - lo + 3) / 2**24)))
+    xy = np.round((pts - lo) / scale).astype(np.int64)
+    x0, y0 = xy.min(0)
+    xy -= (x0 - 1, y0 - 1)  # one pixel of margin all round
+    w, h = xy.max(0) + 2
+    site = np.full((h, w), -1, np.int64)
+    site[xy[:, 1], xy[:, 0]] = np.arange(len(xy))  # a pixel shared by points keeps the last
+    free = (site < 0).astype(np.uint8)
+    _, lab = cv2.distanceTransformWithLabels(free, cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL)
+    # DIST_LABEL_PIXEL numbers the zero pixels 1.. in raster order.
+    zero_sites = site.ravel()[np.flatnonzero(free.ravel() == 0)]
+    nearest = zero_sites[lab - 1]  # (h, w): the point each pixel is closest to
+    a = np.concatenate([nearest[:, :-1].ravel(), nearest[:-1, :].ravel()])
+    b = np.concatenate([nearest[:, 1:].ravel(), nearest[1:, :].ravel()])
+    cross = owner[a] != owner[b]
+    a, b = a[cross], b[cross]
+    d = ((pts[a] - pts[b]) ** 2).sum(1)
+    parent = list(range(len(polys)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    adj: dict[int, list[tuple[int, int, int]]] = {}
+    for e in np.argsort(d, kind="stable"):
+        p, q = int(owner[a[e]]), int(owner[b[e]])
+        rp, rq = find(p), find(q)
+        if rp == rq:
+            continue
+        parent[rp] = rq
+        adj.setdefault(p, []).append((int(index[a[e]]), q, int(index[b[e]])))
+        adj.setdefault(q, []).append((int(index[b[e]]), p, int(index[a[e]])))
+    children: dict[int, dict[int, list[tuple[int, int]]]] = {}
+    seen, todo = {0}, [0]
+    while todo:
+        p = todo.pop()
+        for i, q, j in adj.get(p, []):
+            if q not in seen:
+                seen.add(q)
+                todo.append(q)
+                children.setdefault(p, {}).setdefault(i, []).append((q, j))
+    # A polygon all of whose points coincide with others' has no Voronoi site: link it to polygon 0.
+    for q in range(len(polys)):
+        if q not in seen:
+            dq = ((polys[0][:, None, :] - polys[q][None, :, :]) ** 2).sum(-1)
+            i, j = np.unravel_index(np.argmin(dq), dq.shape)
+            children.setdefault(0, {}).setdefault(int(i), []).append((q, int(j)))
+    return children
 
 
 def polygons_to_mask(polys: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

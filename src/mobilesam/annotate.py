@@ -1,0 +1,561 @@
+"""Auto-annotation: a detector finds objects, SAM turns each box into a mask, and the masks are written
+as a YOLO segmentation dataset (and optionally COCO instance segmentation).
+
+    from mobilesam import auto_annotate
+    auto_annotate(data="path/to/images", det_model="yolo11x.pt", sam_model="mobile_sam.pt")
+
+Resumable (complete label files are skipped), atomic (a crash never leaves half a file), tolerant (an
+unreadable image is logged and counted) and distributed (under ``torchrun`` each rank takes a shard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .build import build_sam
+from .detectors import (
+    AnnotationInputError,
+    CocoBoxesDetector,
+    Detections,
+    Detector,
+    YoloLabelsDetector,
+    filter_detections,
+    make_detector,
+)
+from .device import select_device
+from .io import IMAGE_SUFFIXES, atomic_write_bytes, read_image
+from .masks import encode_rle, join_polygons, mask_area, mask_to_polygons, masks_to_boxes
+from .modeling import Sam
+from .predictor import SamPredictor
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("all", "largest")
+COCO_PARTS = ".coco_parts"  # per-image COCO pieces in output_dir, merged into one JSON at the end
+COCO_JSON = "instances.json"
+# Masks of one decoder call are upsampled to full image size as float32: bound B x H x W per call.
+MAX_MASK_ELEMENTS = 2**27
+
+
+@dataclass
+class AnnotateSummary:
+    """What a run did (totals over all ranks when distributed)."""
+
+    images: int = 0  # images found in data
+    annotated: int = 0  # images labelled by this run
+    objects: int = 0  # label lines written (= COCO annotations)
+    empty_masks: int = 0  # detections whose mask has no polygon: reported, no line written
+    background: int = 0  # labelled images without detections (empty label files)
+    skipped: int = 0  # images already labelled by an earlier run (resume)
+    failed: int = 0  # unreadable images or label errors: no label file, retried next run
+    seconds: float = 0.0
+    output_dir: Path | None = None
+    coco_json: Path | None = None
+    failed_files: list[str] = field(default_factory=list)
+    world_size: int = 1
+    per_rank: list[int] = field(default_factory=list)  # images labelled by each rank
+
+    def __str__(self) -> str:
+        ips = self.annotated / self.seconds if self.seconds > 0 else 0.0
+        ranks = f" on {self.world_size} ranks {self.per_rank}" if self.world_size > 1 else ""
+        s = (
+            f"auto_annotate: {self.images} images: {self.annotated} labelled{ranks} ({ips:.2f} img/s), "
+            f"{self.skipped} skipped (already labelled), {self.failed} failed; {self.objects} objects, "
+            f"{self.empty_masks} empty masks, {self.background} images without objects; "
+            f"{self.seconds:.1f} s -> {self.output_dir}"
+        )
+        if self.coco_json:
+            s += f" (COCO: {self.coco_json})"
+        if self.failed_files:
+            s += "\n  failed: " + ", ".join(self.failed_files[:10]) + (" ..." if len(self.failed_files) > 10 else "")
+        return s
+
+
+# ----------------------------------------------------------------------------------------------------
+# Images, paths, masks -> label lines
+
+
+def list_images(data: str | os.PathLike) -> tuple[Path, list[str]]:
+    """The data folder and its images' paths relative to it (POSIX, sorted, subfolders included).
+
+    ``data`` may also be a single image file.
+    """
+    p = Path(data).expanduser()
+    if p.is_file():
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"data: '{p}' is not an image ({', '.join(IMAGE_SUFFIXES)}) nor a folder")
+        return p.parent, [p.name]
+    if not p.is_dir():
+        raise FileNotFoundError(f"data: folder '{p}' not found")
+    names = sorted(
+        q.relative_to(p).as_posix()
+        for q in p.rglob("*")
+        if q.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in q.relative_to(p).parts)
+        and q.is_file()
+    )
+    if not names:
+        raise ValueError(f"data: no images ({', '.join(IMAGE_SUFFIXES)}) in '{p}'")
+    return p, names
+
+
+def default_output_dir(data: str | os.PathLike) -> Path:
+    """``<data>_auto_annotate_labels`` beside ``data``, as Ultralytics' ``auto_annotate``."""
+    p = Path(data).expanduser().resolve()
+    return p.parent / f"{p.stem}_auto_annotate_labels"
+
+
+def label_path(output_dir: Path, name: str) -> Path:
+    return output_dir / Path(name).with_suffix(".txt")
+
+
+def coco_part_path(output_dir: Path, name: str) -> Path:
+    return output_dir / COCO_PARTS / f"{name}.json"
+
+
+def mask_to_segment(mask: np.ndarray, strategy: str = "all") -> np.ndarray | None:
+    """One YOLO segment (K, 2) in pixels for a boolean (H, W) mask, or None if it has no polygon.
+
+    ``"all"`` joins every component's outer contour into one ring (as Ultralytics writes multi-part
+    masks; nothing is lost); ``"largest"`` keeps the largest component. Holes are not represented.
+    """
+    polys = mask_to_polygons(mask, "all" if strategy == "all" else "largest")
+    if not polys:
+        return None
+    return polys[0] if len(polys) == 1 else join_polygons(polys)
+
+
+def format_segment(cls: int, segment: np.ndarray, width: int, height: int) -> str:
+    """``class x1 y1 x2 y2 ...`` with pixel coordinates normalised to [0, 1] by the image size."""
+    xy = np.clip(segment / np.array([width, height], np.float64), 0.0, 1.0)
+    return f"{int(cls)} " + " ".join(f"{v:.6f}" for v in xy.reshape(-1))
+
+
+def _segment_boxes(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray) -> Iterator[np.ndarray]:
+    """Boolean (H, W) masks, one per XYXY box, in box order: one image embedding, all boxes decoded in
+    one batched pass (split only when B x H x W would exceed ``MAX_MASK_ELEMENTS``)."""
+    predictor.set_image(image)
+    h, w = image.shape[:2]
+    b = torch.as_tensor(boxes, dtype=torch.float32, device=predictor.device)
+    b = predictor.transform.apply_boxes_torch(b, (h, w))
+    step = max(1, MAX_MASK_ELEMENTS // (h * w))
+    for s in range(0, len(b), step):
+        masks, _, _ = predictor.predict_torch(None, None, b[s : s + step], multimask_output=False)
+        yield from masks[:, 0].cpu().numpy()
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Distributed
+
+
+class _Dist:
+    """Rank and world size from torchrun's environment; a gloo process group for barriers and gathers."""
+
+    def __init__(self) -> None:
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.group: Any = None
+        self.created = False
+        if self.world <= 1:
+            self.rank, self.world = 0, 1
+            return
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        if not dist.is_initialized():
+            if not all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT")):
+                raise RuntimeError(
+                    f"WORLD_SIZE={self.world} is set but MASTER_ADDR/MASTER_PORT are not: launch with "
+                    "torchrun --nproc-per-node N -m mobilesam annotate ..."
+                )
+            # Ranks meet only at the start and the end; the end waits for the slowest shard.
+            dist.init_process_group("gloo", timeout=timedelta(hours=24))
+            self.created = True
+        elif dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")  # CPU objects travel on gloo, whatever the main backend
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.group)
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def close(self) -> None:
+        if self.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dataset files
+
+
+def _read_names(path: Path) -> dict[int, str]:
+    if not path.is_file():
+        return {}
+    return {i: s.strip() for i, s in enumerate(path.read_text(encoding="utf-8").splitlines()) if s.strip()}
+
+
+def _final_names(known: dict[int, str], seen: set[int], previous: dict[int, str]) -> dict[int, str]:
+    """Contiguous {0..K-1: name}: the detector's names, else an earlier run's, else the number."""
+    top = max([*known, *seen, *previous, -1]) + 1
+    return {i: known.get(i) or previous.get(i) or str(i) for i in range(top)}
+
+
+def write_dataset_files(output_dir: Path, data_root: Path, names: dict[int, str], classes_txt: bool = True) -> None:
+    """``classes.txt`` (one name per line) and an Ultralytics ``data.yaml`` (written by hand: no YAML dependency)."""
+    q = lambda s: json.dumps(str(s), ensure_ascii=False)  # noqa: E731 - a JSON string is a YAML scalar
+    if classes_txt:
+        _write_text(output_dir / "classes.txt", "".join(f"{n}\n" for n in names.values()))
+    yaml = (
+        "# YOLO segmentation dataset written by mobilesam auto_annotate.\n"
+        "# Ultralytics finds an image's label by replacing '/images/' with '/labels/' in its path: to train,\n"
+        "# keep these labels in DATASET/labels for images in DATASET/images.\n"
+        f"train: {q(data_root.resolve())}\n"
+        f"val: {q(data_root.resolve())}\n"
+        f"labels: {q(output_dir.resolve())}\n"
+        f"nc: {len(names)}\n"
+        "names:\n" + "".join(f"  {i}: {q(n)}\n" for i, n in names.items())
+    )
+    _write_text(output_dir / "data.yaml", yaml)
+
+
+def merge_coco(
+    output_dir: Path, names_list: Sequence[str], names: dict[int, str], detector: Detector, path: Path
+) -> tuple[Path, int]:
+    """Merge the per-image COCO parts of ``names_list`` (image order) into one COCO instance-segmentation
+    JSON with RLE masks; returns its path and the number of images without a part (failed)."""
+    parts = []
+    missing = 0
+    for name in names_list:
+        p = coco_part_path(output_dir, name)
+        if not p.is_file():
+            missing += 1
+            continue
+        parts.append(json.loads(p.read_text(encoding="utf-8")))
+    kept_ids = [int(pt["id"]) for pt in parts if pt.get("id") is not None]
+    base = max(kept_ids, default=0)
+    images, annotations = [], []
+    for k, pt in enumerate(parts):
+        img_id = int(pt["id"]) if pt.get("id") is not None else base + k + 1
+        images.append({"id": img_id, "file_name": pt["file_name"], "width": pt["width"], "height": pt["height"]})
+        for a in pt["annotations"]:
+            annotations.append({"id": len(annotations) + 1, "image_id": img_id, **a})
+    categories = [{"id": detector.category_id(i), "name": n, "supercategory": ""} for i, n in names.items()]
+    coco = {
+        "info": {
+            "description": "YOLO boxes -> SAM masks, written by mobilesam auto_annotate",
+            "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    _write_text(path, json.dumps(coco, separators=(",", ":")))
+    return path, missing
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_args(conf: Any, iou: Any, imgsz: Any, max_det: Any, classes: Any, strategy: Any) -> list[int] | None:
+    for name, v in (("conf", conf), ("iou", iou)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"{name}: expected a number in [0, 1], got {v!r}")
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32:
+        raise ValueError(f"imgsz: expected an integer >= 32 (pixels, longest side), got {imgsz!r}")
+    if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
+        raise ValueError(f"max_det: expected an integer >= 1, got {max_det!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected 'all' (join every part of a mask) or 'largest', got {strategy!r}")
+    if classes is None:
+        return None
+    items = [classes] if isinstance(classes, int) else classes
+    try:
+        out = [int(c) for c in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"classes: expected a list of class indices such as [0, 2], got {classes!r}") from None
+    if any(c < 0 or isinstance(c, bool) for c in items) or any(float(a) != b for a, b in zip(items, out)):
+        raise ValueError(f"classes: expected non-negative integer class indices, got {classes!r}")
+    return out
+
+
+def _make_predictor(sam_model: Any, device: torch.device) -> SamPredictor:
+    if isinstance(sam_model, SamPredictor):
+        return sam_model
+    if isinstance(sam_model, Sam):
+        return SamPredictor(sam_model.to(device).eval())
+    if isinstance(sam_model, (str, os.PathLike)):
+        return SamPredictor(build_sam(sam_model, device=device))
+    raise TypeError(
+        f"sam_model: expected a checkpoint path or weights name ('mobile_sam.pt'), a Sam or a SamPredictor, "
+        f"got {type(sam_model).__name__}"
+    )
+
+
+def _check_not_overwriting_input(detector: Detector, out: Path, coco_path: Path | None) -> None:
+    if isinstance(detector, YoloLabelsDetector) and detector.labels_dir.resolve() == out.resolve():
+        raise ValueError(
+            f"output_dir: '{out}' is the box-label folder itself; its box labels would be skipped as done or "
+            "overwritten: choose another output_dir"
+        )
+    if (
+        isinstance(detector, CocoBoxesDetector)
+        and coco_path is not None
+        and coco_path.resolve() == detector.json_path.resolve()
+    ):
+        raise ValueError(f"save_coco: '{coco_path}' is the input box JSON; choose another path")
+
+
+def _pick_device(device: Any, dist: _Dist) -> torch.device:
+    if (device is None or device == "") and dist.world > 1 and torch.cuda.is_available():
+        return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+    return select_device(device)
+
+
+def auto_annotate(
+    data: str | os.PathLike,
+    det_model: Any = "yolo11x.pt",
+    sam_model: Any = "mobile_sam.pt",
+    device: str | torch.device | None = "",
+    conf: float = 0.25,
+    iou: float = 0.45,
+    imgsz: int = 640,
+    max_det: int = 300,
+    classes: Sequence[int] | None = None,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    save_coco: bool | str | os.PathLike = False,
+    strategy: str = "all",
+    verbose: bool = True,
+) -> AnnotateSummary:
+    """Label a folder of images with segmentation masks: detector boxes -> SAM masks -> YOLO polygons.
+
+    Args:
+        data: folder of images (subfolders included) or one image file.
+        det_model: Ultralytics weights (``"yolo11x.pt"``, needs ``pip install 'mobilesam[annotate-yolo]'``),
+            a torchvision model name (``"fasterrcnn_resnet50_fpn_v2"``), a folder of YOLO box labels, a
+            COCO box JSON, a :class:`~mobilesam.detectors.Detector`, or a callable
+            ``image (H, W, 3) RGB uint8 -> (boxes XYXY, class_ids, scores[, names])``.
+        sam_model: SAM checkpoint path or weights name, a ``Sam`` or a ``SamPredictor``.
+        device: "" picks cuda, then mps, then cpu (under torchrun with CUDA: ``cuda:LOCAL_RANK``).
+        conf: minimum detection score. iou: class-aware NMS threshold. imgsz: detector input size
+            (longest side). max_det: most detections per image. classes: class indices to keep.
+            (Box labels keep every box: only ``classes``, and ``conf`` where labels carry scores, apply.)
+        output_dir: default ``<data>_auto_annotate_labels`` beside ``data``.
+        overwrite: redo images whose label file exists (default: skip them, so a rerun resumes).
+        save_coco: also write a COCO instance-segmentation JSON with RLE masks (``True``: ``output_dir/
+            instances.json``; or a path).
+        strategy: ``"all"`` joins every part of a mask into one polygon (as Ultralytics); ``"largest"``
+            keeps the largest part.
+        verbose: progress bar and summary (rank 0).
+
+    Writes one ``.txt`` per image (``class x1 y1 x2 y2 ...`` normalised, one line per object in
+    detection order, empty for an image without objects), ``classes.txt`` and ``data.yaml``.
+    Returns an :class:`AnnotateSummary`.
+    """
+    t0 = time.perf_counter()
+    classes = _check_args(conf, iou, imgsz, max_det, classes, strategy)
+    root, names_list = list_images(data)
+    out = Path(output_dir).expanduser() if output_dir is not None else default_output_dir(data)
+    coco_path = None
+    if save_coco:
+        coco_path = out / COCO_JSON if save_coco is True else Path(save_coco).expanduser()
+    labels = [label_path(out, n) for n in names_list]
+    seen_label: dict[Path, str] = {}
+    for n, lp in zip(names_list, labels):
+        if lp in seen_label:
+            raise ValueError(f"data: '{seen_label[lp]}' and '{n}' would share the label file '{lp}'; rename one")
+        seen_label[lp] = n
+
+    dist = _Dist()
+    pool: ThreadPoolExecutor | None = None
+    try:
+        dev = _pick_device(device, dist)
+        detector = make_detector(det_model, device=dev)
+        _check_not_overwriting_input(detector, out, coco_path)
+        detector.configure(conf=float(conf), iou=float(iou), imgsz=imgsz, max_det=max_det, classes=classes, device=dev)
+        out.mkdir(parents=True, exist_ok=True)
+
+        def complete(i: int) -> bool:
+            return labels[i].is_file() and (coco_path is None or coco_part_path(out, names_list[i]).is_file())
+
+        pending = [i for i in range(len(names_list)) if overwrite or not complete(i)]
+        dist.barrier()  # every rank has its pending list before anyone writes
+        shard = pending[dist.rank :: dist.world]
+        stats = dict(annotated=0, objects=0, empty_masks=0, background=0, failed=0)
+        failed_files: list[str] = []
+        seen: set[int] = set()
+        predictor = _make_predictor(sam_model, dev) if shard else None  # a bad checkpoint fails before any work
+        # Mask -> polygon work runs on CPU threads while the next image waits; ranks of a node share the cores.
+        workers = min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="annotate") if workers > 1 and shard else None
+        bar = tqdm(
+            shard, desc="auto_annotate", unit="img", disable=not (verbose and dist.rank == 0), dynamic_ncols=True
+        )
+        for i in bar:
+            name = names_list[i]
+            try:
+                try:
+                    image = read_image(root / name)
+                except Exception as e:  # noqa: BLE001 - any unreadable file is this image's problem only
+                    raise AnnotationInputError(str(e)) from None
+                dets = filter_detections(
+                    detector.detect(image, name), conf=float(conf), iou=float(iou), max_det=max_det,
+                    classes=classes, is_model=detector.is_model,
+                )  # fmt: skip
+            except AnnotationInputError as e:
+                stats["failed"] += 1
+                failed_files.append(name)
+                logger.warning("auto_annotate: %s skipped: %s", name, e)
+                continue
+            lines, anns, empty = _label_image(predictor, image, dets, detector, strategy, coco_path is not None, pool)
+            if empty:
+                logger.warning(
+                    "auto_annotate: %s: %d of %d detections have an empty mask (detections %s, classes %s); "
+                    "no line written for them", name, len(empty), len(dets), empty,
+                    [int(dets.classes[j]) for j in empty],
+                )  # fmt: skip
+            h, w = image.shape[:2]
+            if coco_path is not None:
+                # The part goes first: the label file is the mark of a complete image.
+                part = {"id": detector.image_id(name), "file_name": name, "width": w, "height": h, "annotations": anns}
+                _write_text(coco_part_path(out, name), json.dumps(part, separators=(",", ":")))
+            _write_text(labels[i], "".join(f"{line}\n" for line in lines))
+            seen.update(int(c) for c in dets.classes)
+            stats["annotated"] += 1
+            stats["objects"] += len(lines)
+            stats["empty_masks"] += len(empty)
+            stats["background"] += int(len(dets) == 0)
+            bar.set_postfix(objects=stats["objects"], failed=stats["failed"], refresh=False)
+        bar.close()
+        note = detector.report()
+        if note:
+            logger.warning("auto_annotate%s: %s", f" (rank {dist.rank})" if dist.world > 1 else "", note)
+
+        gathered = dist.gather((stats, failed_files, sorted(seen), detector.names))
+        summary = AnnotateSummary(
+            images=len(names_list),
+            skipped=len(names_list) - len(pending),
+            output_dir=out,
+            world_size=dist.world,
+            per_rank=[g[0]["annotated"] for g in gathered],
+        )
+        all_seen: set[int] = set()
+        known: dict[int, str] = {}
+        for st, ff, sn, nm in gathered:
+            for k, v in st.items():
+                setattr(summary, k, getattr(summary, k) + v)
+            summary.failed_files = sorted(summary.failed_files + ff)
+            all_seen.update(sn)
+            known.update(nm)
+        if dist.rank == 0:
+            clash = (out / "classes.txt") in seen_label
+            names = _final_names(known, all_seen, {} if clash else _read_names(out / "classes.txt"))
+            if clash:
+                logger.warning("auto_annotate: an image is named 'classes': classes.txt not written, see data.yaml")
+            write_dataset_files(out, root, names, classes_txt=not clash)
+            if coco_path is not None:
+                merge_coco(out, names_list, names, detector, coco_path)
+        dist.barrier()  # every rank returns once the dataset files are complete
+        summary.coco_json = coco_path
+        summary.seconds = time.perf_counter() - t0
+        if verbose and dist.rank == 0:
+            print(summary)
+        return summary
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        dist.close()
+
+
+def _mask_record(mask: np.ndarray, strategy: str, coco: bool) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """The YOLO segment of one mask and, with ``coco``, its RLE, area and box (runs in worker threads)."""
+    seg = mask_to_segment(mask, strategy)
+    if seg is None or not coco:
+        return seg, None
+    x1, y1, x2, y2 = masks_to_boxes(torch.from_numpy(mask)).tolist()
+    return seg, {"segmentation": encode_rle(mask), "area": mask_area(mask), "bbox": [x1, y1, x2 - x1 + 1, y2 - y1 + 1]}
+
+
+def _label_image(
+    predictor: SamPredictor | None,
+    image: np.ndarray,
+    dets: Detections,
+    detector: Detector,
+    strategy: str,
+    coco: bool,
+    pool: ThreadPoolExecutor | None = None,
+) -> tuple[list[str], list[dict[str, Any]], list[int]]:
+    """Label lines, COCO annotations and indices of detections with an empty mask, for one image.
+
+    Line k is detection j's polygon with detection j's class, j increasing: empty masks leave no line,
+    and never shift a class onto another object. Masks become polygons in ``pool``'s threads (OpenCV
+    releases the GIL), in order.
+    """
+    if len(dets) == 0:
+        return [], [], []
+    assert predictor is not None
+    h, w = image.shape[:2]
+    lines: list[str] = []
+    anns: list[dict[str, Any]] = []
+    empty: list[int] = []
+    masks = _segment_boxes(predictor, image, dets.boxes)
+    j = 0
+    while batch := list(islice(masks, 64)):
+        convert = partial(_mask_record, strategy=strategy, coco=coco)
+        for seg, extra in pool.map(convert, batch) if pool is not None else map(convert, batch):
+            if seg is None:
+                empty.append(j)
+            else:
+                cls = int(dets.classes[j])
+                lines.append(format_segment(cls, seg, w, h))
+                if extra is not None:
+                    score = round(float(dets.scores[j]), 5)
+                    anns.append({"category_id": detector.category_id(cls), **extra, "iscrowd": 0, "score": score})
+            j += 1
+    return lines, anns, empty
+
+
+__all__ = [
+    "AnnotateSummary",
+    "auto_annotate",
+    "default_output_dir",
+    "format_segment",
+    "list_images",
+    "mask_to_segment",
+]

@@ -1,0 +1,123 @@
+"""``mobilesam annotate``: detector boxes (or existing box labels) -> SAM masks -> a YOLO segmentation dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import CLIError
+
+EXAMPLES = """\
+examples:
+  mobilesam annotate images/                                     YOLO boxes (yolo11x.pt, needs ultralytics) -> masks
+  mobilesam annotate images/ --boxes labels/                     YOLO box labels -> segmentation labels
+  mobilesam annotate images/ --boxes instances_train.json --coco  COCO boxes -> YOLO + COCO masks
+  mobilesam annotate images/ --det-model fasterrcnn_resnet50_fpn_v2 --classes 0 2 --conf 0.5
+  mobilesam annotate images/ --det-model retinanet_resnet50_fpn_v2 --det-weights retina.pth
+  torchrun --nproc-per-node 4 -m mobilesam annotate images/ --boxes labels/   one shard per process
+
+Writes OUTPUT_DIR/<image>.txt (one 'class x1 y1 x2 y2 ...' line per object, normalised to [0, 1];
+an empty file for an image without objects), classes.txt and data.yaml. A rerun skips images already
+labelled (--overwrite redoes them).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "annotate",
+        help="auto-annotate images: detector boxes -> SAM masks -> YOLO segmentation labels",
+        description="Turn detections (a detector, or existing box labels) into segmentation labels with SAM.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("data", help="folder of images (subfolders included) or one image: images/")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--det-model",
+        default=None,
+        help="detector: Ultralytics weights (default yolo11x.pt; pip install 'mobilesam[annotate-yolo]') or a "
+        "torchvision model name: --det-model fasterrcnn_resnet50_fpn_v2",
+    )
+    src.add_argument(
+        "--boxes",
+        default=None,
+        metavar="LABELS",
+        help="existing box labels instead of a detector: a folder of YOLO .txt files (--boxes labels/) "
+        "or a COCO JSON (--boxes instances.json)",
+    )
+    p.add_argument(
+        "--det-weights",
+        default=None,
+        help="local state_dict for a torchvision --det-model (default: its pretrained COCO weights): "
+        "--det-weights frcnn.pth",
+    )
+    p.add_argument(
+        "--model",
+        default="mobile_sam.pt",
+        help="SAM checkpoint or weights name (default: %(default)s): --model my_sam.pt",
+    )
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 or mps (default: best available): --device cpu")
+    p.add_argument(
+        "--conf", type=float, default=0.25, help="minimum detection score (default: %(default)s): --conf 0.5"
+    )
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default: %(default)s): --iou 0.6")
+    p.add_argument(
+        "--imgsz", type=int, default=640, help="detector input size, longest side (default: %(default)s): --imgsz 1280"
+    )
+    p.add_argument(
+        "--max-det", type=int, default=300, help="most detections per image (default: %(default)s): --max-det 100"
+    )
+    p.add_argument(
+        "--classes", type=int, nargs="+", default=None, metavar="C", help="class indices to keep: --classes 0 2"
+    )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="label folder (default: <data>_auto_annotate_labels beside data): --output-dir dataset/labels",
+    )
+    p.add_argument("--coco", action="store_true", help="also write OUTPUT_DIR/instances.json (COCO, RLE masks): --coco")
+    p.add_argument("--overwrite", action="store_true", help="redo images that already have a label file: --overwrite")
+    p.add_argument(
+        "--strategy",
+        choices=("all", "largest"),
+        default="all",
+        help="a mask in several parts: join all parts into one polygon (as Ultralytics), or keep the largest "
+        "(default: %(default)s): --strategy largest",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary: --quiet")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..annotate import auto_annotate
+
+    det: object = args.boxes or args.det_model or "yolo11x.pt"
+    if args.det_weights is not None:
+        from ..detectors import TORCHVISION_MODELS, TorchvisionDetector
+
+        name = str(det).removeprefix("torchvision:")
+        if args.boxes or name not in TORCHVISION_MODELS and not str(det).startswith("torchvision:"):
+            raise CLIError(
+                f"--det-weights: only for a torchvision --det-model ({', '.join(TORCHVISION_MODELS)}), got {det!r}",
+                exit_code=2,
+            )
+        det = TorchvisionDetector(name, weights=args.det_weights)  # takes the run's device
+    try:
+        auto_annotate(
+            args.data,
+            det_model=det,
+            sam_model=args.model,
+            device=args.device,
+            conf=args.conf,
+            iou=args.iou,
+            imgsz=args.imgsz,
+            max_det=args.max_det,
+            classes=args.classes,
+            output_dir=args.output_dir,
+            overwrite=args.overwrite,
+            save_coco=args.coco,
+            strategy=args.strategy,
+            verbose=not args.quiet,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return 0

@@ -1,0 +1,687 @@
+"""Object detectors for auto-annotation, behind one small interface.
+
+A detector turns an image (H, W, 3) uint8 RGB into :class:`Detections` (XYXY pixel boxes, class ids,
+scores) and knows its class names. Implementations:
+
+* :class:`UltralyticsDetector`: YOLO / RT-DETR weights (``yolo11x.pt``) via the optional, AGPL-licensed
+  ``ultralytics`` package (``pip install 'mobilesam[annotate-yolo]'``), imported only when asked for;
+* :class:`TorchvisionDetector`: torchvision detection models by name (``fasterrcnn_resnet50_fpn_v2``, ...)
+  with COCO class names, pretrained or from a local state_dict (``pip install 'mobilesam[annotate]'``);
+* :class:`YoloLabelsDetector` / :class:`CocoBoxesDetector`: existing box labels (a folder of YOLO
+  detection ``.txt`` files, or a COCO detection JSON), which turns a box-labelled dataset into a
+  mask-labelled one;
+* :class:`CallableDetector`: any Python callable ``image -> (boxes, class_ids, scores[, names])``.
+
+:func:`make_detector` picks one from what the user gave; :func:`filter_detections` applies ``conf``,
+``classes``, class-aware NMS at ``iou`` and ``max_det`` the same way for every model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+# The 80 COCO classes in the order YOLO models and most datasets number them (class index 0..79).
+COCO80_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+# Their official COCO category ids (1..90 with gaps), which torchvision models predict as labels.
+COCO80_TO_91 = (
+    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83), *range(84, 91),
+)  # fmt: skip
+COCO91_TO_80 = {cat: i for i, cat in enumerate(COCO80_TO_91)}
+
+# torchvision detection models known by name (``det_model="fasterrcnn_resnet50_fpn_v2"``); any other
+# torchvision detection builder works with the "torchvision:" prefix.
+TORCHVISION_MODELS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "ssd300_vgg16",
+    "ssdlite320_mobilenet_v3_large",
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
+)
+
+# What Ultralytics loads: weights and exported models (det_model="best.pt", "yolo11n.onnx", ...).
+ULTRALYTICS_SUFFIXES = (".pt", ".yaml", ".yml", ".onnx", ".engine", ".torchscript", ".mlpackage", ".tflite", ".pb")
+
+# Boxes kept for NMS, best first (the NMS here holds an N x N IoU matrix: 5000 boxes take 100 MB).
+MAX_NMS = 5000
+
+
+class AnnotationInputError(ValueError):
+    """One image's input is unusable (unreadable image, malformed label file): it is logged, counted as
+    failed and skipped, and the run goes on."""
+
+
+@dataclass
+class Detections:
+    """Detections on one image. boxes (N, 4) float32 XYXY pixels; classes (N,) int64; scores (N,) float32."""
+
+    boxes: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        self.classes = np.asarray(self.classes, np.int64).reshape(-1)
+        self.scores = np.asarray(self.scores, np.float32).reshape(-1)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def select(self, idx: np.ndarray) -> Detections:
+        return Detections(self.boxes[idx], self.classes[idx], self.scores[idx])
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+
+
+class Detector:
+    """Base class: ``detect(image, name) -> Detections`` plus class ``names`` {index: name}.
+
+    ``image`` is (H, W, 3) uint8 RGB; ``name`` is the image's path relative to the data folder (POSIX),
+    which label-file detectors use to find its boxes. ``is_model`` is True for detectors whose output
+    ``conf``/``iou``/``max_det`` filter; box labels are kept whole (only ``classes`` and, where labels
+    carry scores, ``conf`` apply).
+    """
+
+    names: dict[int, str]
+    is_model: bool = True
+
+    def __init__(self) -> None:
+        self.names = {}
+
+    def configure(
+        self,
+        *,
+        conf: float,
+        iou: float,
+        imgsz: int,
+        max_det: int,
+        classes: Sequence[int] | None,
+        device: torch.device | None = None,
+    ) -> None:
+        """Pass the run's thresholds and device to the underlying model (a detector built without a
+        device takes the run's). No-op unless the model filters itself."""
+
+    def detect(self, image: np.ndarray, name: str) -> Detections:
+        raise NotImplementedError
+
+    def category_id(self, cls: int) -> int:
+        """COCO category id written for class index ``cls`` (default ``cls + 1``; COCO ids start at 1)."""
+        return int(cls) + 1
+
+    def image_id(self, name: str) -> int | None:
+        """COCO image id to keep for this image (box labels from a COCO JSON keep theirs), else None."""
+        return None
+
+    def report(self) -> str | None:
+        """A line for the end of the run (e.g. images without box labels), or None."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Filtering shared by every model
+
+
+def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    from .everything.amg import nms  # the package's one greedy NMS (torchvision-exact)
+
+    return nms(boxes, scores, iou_threshold)
+
+
+def filter_detections(
+    dets: Detections,
+    *,
+    conf: float,
+    iou: float,
+    max_det: int,
+    classes: Sequence[int] | None,
+    is_model: bool = True,
+) -> Detections:
+    """Keep scores >= ``conf`` and the ``classes`` asked for; for models also class-aware NMS at ``iou``
+    (as Ultralytics, ``agnostic=False``) and the ``max_det`` best. Models' output is ordered by
+    decreasing score; box labels keep their file order."""
+    keep = dets.scores >= conf
+    if classes is not None:
+        keep &= np.isin(dets.classes, np.asarray(list(classes), np.int64))
+    dets = dets.select(np.flatnonzero(keep))
+    if not is_model or len(dets) == 0:
+        return dets
+    order = np.argsort(-dets.scores, kind="stable")[:MAX_NMS]
+    dets = dets.select(order)
+    boxes = torch.from_numpy(dets.boxes).double()
+    # Class-aware NMS in one call: shift each class's boxes to its own region of the plane.
+    offset = torch.from_numpy(dets.classes).double()[:, None] * (boxes.abs().max() + 1.0)
+    kept = _nms(boxes + offset, torch.from_numpy(dets.scores), iou).numpy()
+    return dets.select(np.sort(kept)[:max_det])  # order is by score already; sort keeps it
+
+
+# ----------------------------------------------------------------------------------------------------
+# Python callables
+
+
+def _as_numpy(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: expected numbers, got {type(x).__name__} ({e})") from None
+
+
+def _names_dict(names: Any, where: str) -> dict[int, str]:
+    if names is None:
+        return {}
+    if isinstance(names, dict):
+        return {int(k): str(v) for k, v in names.items()}
+    if isinstance(names, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(names)}
+    raise TypeError(
+        f"{where}: class names must be a dict {{id: name}} or a list indexed by id, got {type(names).__name__}"
+    )
+
+
+def detections_from_output(out: Any, where: str) -> tuple[Detections, dict[int, str]]:
+    """Validate what a detector callable returned: ``Detections`` or ``(boxes, class_ids, scores[, names])``
+    (numpy arrays, tensors or lists; boxes (N, 4) XYXY pixels)."""
+    if isinstance(out, Detections):
+        return out, {}
+    if not isinstance(out, (tuple, list)) or len(out) not in (3, 4):
+        raise TypeError(
+            f"{where}: expected (boxes, class_ids, scores) or (boxes, class_ids, scores, names), "
+            f"got {type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+        )
+    boxes = _as_numpy(out[0], f"{where} boxes")
+    cls = _as_numpy(out[1], f"{where} class_ids")
+    scores = _as_numpy(out[2], f"{where} scores")
+    n = boxes.shape[0] if boxes.ndim == 2 else (0 if boxes.size == 0 else -1)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{where} boxes: expected shape (N, 4) as x1, y1, x2, y2 pixels, got shape {boxes.shape}")
+    if cls.shape != (n,) or scores.shape != (n,):
+        raise ValueError(
+            f"{where}: expected class_ids and scores of shape ({n},), one per box, got {cls.shape} and {scores.shape}"
+        )
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        raise ValueError(f"{where}: boxes and scores must be finite, got NaN or inf")
+    if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+        bad = boxes[(boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])][0]
+        raise ValueError(f"{where} boxes: expected XYXY with x1 <= x2 and y1 <= y2, got {bad.tolist()}")
+    if n and ((cls < 0).any() or (cls != np.round(cls)).any()):
+        bad = cls[(cls < 0) | (cls != np.round(cls))][:5]
+        raise ValueError(f"{where} class_ids: expected non-negative integers, got {bad.tolist()}")
+    names = _names_dict(out[3], f"{where} names") if len(out) == 4 else {}
+    return Detections(boxes, cls, scores), names
+
+
+class CallableDetector(Detector):
+    """Wrap ``fn(image) -> (boxes, class_ids, scores[, names])``; ``image`` is (H, W, 3) uint8 RGB.
+
+    ``names`` ({id: name} or a list indexed by id) comes from the argument, ``fn.names`` or the 4th
+    returned item; classes without a name are named by their number.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], Any], names: Any = None) -> None:
+        super().__init__()
+        if not callable(fn):
+            raise TypeError(f"det_model: expected a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.names = _names_dict(names if names is not None else getattr(fn, "names", None), "names")
+
+    def detect(self, image: np.ndarray, name: str) -> Detections:
+        dets, names = detections_from_output(self.fn(image), f"det_model {getattr(self.fn, '__name__', 'callable')}()")
+        self.names.update(names)
+        return dets
+
+    def __repr__(self) -> str:
+        return f"CallableDetector({getattr(self.fn, '__name__', type(self.fn).__name__)})"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Existing box labels
+
+
+def _read_classes_txt(path: Path) -> dict[int, str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return {i: s.strip() for i, s in enumerate(lines) if s.strip()}
+
+
+def _int_class(value: str, where: str) -> int:
+    try:
+        f = float(value)
+    except ValueError:
+        raise AnnotationInputError(f"{where}: class id must be a number, got {value!r}") from None
+    if f < 0 or not f.is_integer():
+        raise AnnotationInputError(f"{where}: class id must be a non-negative integer, got {value!r}")
+    return int(f)
+
+
+class YoloLabelsDetector(Detector):
+    """Boxes from a folder of YOLO detection labels: ``LABELS/<image path relative to data>.txt`` (or
+    ``LABELS/<stem>.txt``), lines ``class cx cy w h [conf]`` normalised to [0, 1]. Segmentation lines
+    (``class x1 y1 x2 y2 ...``) give their polygon's box, so existing masks can be redone with SAM.
+
+    Names come from ``names``, else ``LABELS/classes.txt``; a missing label file means no objects
+    (a background image), as in YOLO datasets, and is counted.
+    """
+
+    is_model = False
+
+    def __init__(self, labels_dir: str | os.PathLike, names: Any = None) -> None:
+        super().__init__()
+        self.labels_dir = Path(labels_dir)
+        if not self.labels_dir.is_dir():
+            raise FileNotFoundError(f"det_model: box-label folder '{self.labels_dir}' not found")
+        classes_txt = self.labels_dir / "classes.txt"
+        self.names = (
+            _names_dict(names, "names")
+            if names is not None
+            else (_read_classes_txt(classes_txt) if classes_txt.is_file() else {})
+        )
+        self.missing = 0
+
+    def label_file(self, name: str) -> Path | None:
+        rel = Path(name).with_suffix(".txt")
+        for cand in (self.labels_dir / rel, self.labels_dir / rel.name):
+            if cand.is_file() and cand.name != "classes.txt":
+                return cand
+        return None
+
+    def detect(self, image: np.ndarray, name: str) -> Detections:
+        path = self.label_file(name)
+        if path is None:
+            self.missing += 1
+            return Detections.empty()
+        h, w = image.shape[:2]
+        boxes, cls, scores = [], [], []
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise AnnotationInputError(f"box labels: cannot read '{path}' ({type(e).__name__}: {e})") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            where = f"box labels '{path}' line {lineno}"
+            if len(parts) not in (5, 6) and (len(parts) < 7 or len(parts) % 2 == 0):
+                raise AnnotationInputError(
+                    f"{where}: expected 'class cx cy w h [conf]' or a segment 'class x1 y1 x2 y2 x3 y3 ...', "
+                    f"got {len(parts)} values"
+                )
+            try:
+                vals = np.array([float(v) for v in parts[1:]], np.float64)
+            except ValueError:
+                raise AnnotationInputError(f"{where}: expected numbers, got {line.strip()!r}") from None
+            if not np.isfinite(vals).all():
+                raise AnnotationInputError(f"{where}: values must be finite, got {line.strip()!r}")
+            coords = vals[:4] if len(parts) in (5, 6) else vals
+            if (coords < -0.01).any() or (coords > 1.01).any():
+                raise AnnotationInputError(
+                    f"{where}: YOLO coordinates must be normalised to [0, 1] by the image size, got {line.strip()!r}"
+                )
+            cls.append(_int_class(parts[0], where))
+            if len(parts) in (5, 6):
+                cx, cy, bw, bh = vals[:4]
+                boxes.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+                scores.append(vals[4] if len(parts) == 6 else 1.0)
+            else:
+                xy = vals.reshape(-1, 2) * (w, h)
+                boxes.append([*xy.min(0), *xy.max(0)])
+                scores.append(1.0)
+        if not boxes:
+            return Detections.empty()
+        b = np.clip(np.asarray(boxes), 0, [w, h, w, h])
+        return Detections(b, np.asarray(cls), np.asarray(scores))
+
+    def report(self) -> str | None:
+        if self.missing:
+            return (
+                f"{self.missing} image(s) have no label file in '{self.labels_dir}': "
+                "written as background (empty label files)"
+            )
+        return None
+
+    def __repr__(self) -> str:
+        return f"YoloLabelsDetector('{self.labels_dir}')"
+
+
+class CocoBoxesDetector(Detector):
+    """Boxes from a COCO detection JSON (``images``, ``annotations`` with ``bbox`` [x, y, w, h], ``categories``).
+
+    Images are matched by ``file_name`` (path relative to the data folder, else base name). Category ids,
+    sorted, become class indices 0..K-1 (the order of ``classes.txt``); the COCO output keeps the
+    original image and category ids. Crowd annotations (``iscrowd=1``) are skipped; an optional
+    ``score`` per annotation is used for ``conf``.
+    """
+
+    is_model = False
+
+    def __init__(self, json_path: str | os.PathLike) -> None:
+        super().__init__()
+        self.json_path = Path(json_path)
+        try:
+            data = json.loads(self.json_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"det_model: COCO box JSON '{self.json_path}' not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"det_model: '{self.json_path}' is not valid JSON ({e})") from None
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+        ):
+            raise ValueError(
+                f"det_model: '{self.json_path}' is not a COCO detection file: expected a JSON object with "
+                "'images', 'annotations' and 'categories' lists"
+            )
+        try:
+            cat_ids = sorted({int(c["id"]) for c in data["categories"]})
+            cat_names = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+            self._images = {int(im["id"]): im for im in data["images"]}
+            by_file: dict[str, int] = {}
+            by_base: dict[str, list[int]] = {}
+            for im in data["images"]:
+                fn = Path(str(im["file_name"])).as_posix()
+                by_file[fn] = int(im["id"])
+                by_base.setdefault(Path(fn).name, []).append(int(im["id"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"det_model: '{self.json_path}': malformed images or categories ({type(e).__name__}: {e})"
+            ) from None
+        self._cls_of_cat = {c: i for i, c in enumerate(cat_ids)}
+        self._cat_of_cls = dict(enumerate(cat_ids))
+        self.names = {i: cat_names[c] for i, c in enumerate(cat_ids)}
+        self._by_file = by_file
+        self._by_base = {k: v[0] for k, v in by_base.items() if len(v) == 1}
+        self._anns: dict[int, list[dict[str, Any]]] = {}
+        for a in data["annotations"]:
+            if isinstance(a, dict) and "image_id" in a:
+                self._anns.setdefault(int(a["image_id"]), []).append(a)
+        self.missing = 0
+        self.crowd = 0
+
+    def image_id(self, name: str) -> int | None:
+        return self._by_file.get(name, self._by_base.get(Path(name).name))
+
+    def category_id(self, cls: int) -> int:
+        return self._cat_of_cls.get(int(cls), int(cls) + 1)
+
+    def detect(self, image: np.ndarray, name: str) -> Detections:
+        img_id = self.image_id(name)
+        if img_id is None:
+            self.missing += 1
+            return Detections.empty()
+        h, w = image.shape[:2]
+        entry = self._images[img_id]
+        jw, jh = entry.get("width"), entry.get("height")
+        if jw is not None and jh is not None and (int(jw), int(jh)) != (w, h):
+            raise AnnotationInputError(
+                f"box labels: '{self.json_path}' gives {name} a size of {jw}x{jh}, but the image is {w}x{h} "
+                "(EXIF rotation or a different file?); its boxes would land in the wrong place"
+            )
+        boxes, cls, scores = [], [], []
+        for a in self._anns.get(img_id, []):
+            if a.get("iscrowd", 0):
+                self.crowd += 1
+                continue
+            where = f"box labels '{self.json_path}' annotation {a.get('id', '?')}"
+            try:
+                x, y, bw, bh = (float(v) for v in a["bbox"])
+                cat = int(a["category_id"])
+            except (KeyError, TypeError, ValueError):
+                raise AnnotationInputError(f"{where}: expected 'bbox' [x, y, w, h] and 'category_id'") from None
+            if cat not in self._cls_of_cat:
+                raise AnnotationInputError(f"{where}: category_id {cat} is not in 'categories'")
+            if not np.isfinite([x, y, bw, bh]).all() or bw < 0 or bh < 0:
+                raise AnnotationInputError(f"{where}: bbox must be finite with w, h >= 0, got {a['bbox']}")
+            boxes.append([x, y, x + bw, y + bh])
+            cls.append(self._cls_of_cat[cat])
+            scores.append(float(a.get("score", 1.0)))
+        if not boxes:
+            return Detections.empty()
+        b = np.clip(np.asarray(boxes), 0, [w, h, w, h])
+        return Detections(b, np.asarray(cls), np.asarray(scores))
+
+    def report(self) -> str | None:
+        parts = []
+        if self.missing:
+            parts.append(
+                f"{self.missing} image(s) are not in '{self.json_path}': written as background (empty label files)"
+            )
+        if self.crowd:
+            parts.append(f"{self.crowd} crowd annotation(s) (iscrowd=1) skipped")
+        return "; ".join(parts) or None
+
+    def __repr__(self) -> str:
+        return f"CocoBoxesDetector('{self.json_path}')"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models
+
+
+class UltralyticsDetector(Detector):
+    """Ultralytics YOLO (or RT-DETR) weights, e.g. ``yolo11x.pt``; needs the optional ``ultralytics`` package."""
+
+    def __init__(self, weights: str | os.PathLike = "yolo11x.pt", device: str | torch.device | None = None) -> None:
+        super().__init__()
+        try:
+            import ultralytics
+        except ImportError:
+            raise ImportError(
+                f"det_model={str(weights)!r} is an Ultralytics YOLO model and needs the optional 'ultralytics' "
+                "package (AGPL-3.0), which is not installed. Install it with: pip install 'mobilesam[annotate-yolo]' "
+                "(or pip install ultralytics). Without it, use a torchvision detector "
+                "(det_model='fasterrcnn_resnet50_fpn_v2'), existing box labels (a folder of YOLO .txt files or "
+                "a COCO JSON) or a Python callable."
+            ) from None
+        cls = ultralytics.RTDETR if "rtdetr" in Path(str(weights)).name.lower() else ultralytics.YOLO
+        self.model = cls(str(weights))
+        self.device = device
+        self.names = {int(k): str(v) for k, v in dict(self.model.names).items()}
+        self._kwargs: dict[str, Any] = {}
+
+    def configure(
+        self, *, conf: float, iou: float, imgsz: int, max_det: int, classes: Sequence[int] | None, device: Any = None
+    ) -> None:
+        self._kwargs = dict(conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, classes=classes)
+        if self.device is None and device is not None:
+            self.device = device
+
+    def detect(self, image: np.ndarray, name: str) -> Detections:
+        # Ultralytics reads numpy arrays as BGR (OpenCV order).
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        dev = "" if self.device is None else str(self.device)
+        r = self.model.predict(bgr, device=dev, verbose=False, **self._kwargs)[0]
+        b = r.boxes
+        return Detections(b.xyxy.cpu().numpy(), b.cls.cpu().numpy(), b.conf.cpu().numpy())
+
+    def __repr__(self) -> str:
+        return f"UltralyticsDetector({getattr(self.model, 'ckpt_path', None) or ''!r})"
+
+
+class TorchvisionDetector(Detector):
+    """A torchvision detection model by builder name, e.g. ``fasterrcnn_resnet50_fpn_v2``.
+
+    ``weights``: ``"DEFAULT"`` (pretrained on COCO, downloaded by torchvision), ``None`` (random, for tests)
+    or the path of a local state_dict (loaded with ``weights_only=True``). ``device``: None takes the run's.
+    With the default ``num_classes=91`` labels are COCO category ids, mapped to the 80 YOLO COCO class
+    indices (so ``classes=[0]`` means person, as for YOLO). A model fine-tuned on K classes: ``num_classes=K + 1``
+    (torchvision's label 0 is background) and ``names`` for the K classes; class index = label - 1.
+
+    ``imgsz`` sets the longest side the model sees (R-CNN, RetinaNet and FCOS resize to it; SSD models
+    have a fixed input size); pretrained R-CNNs were trained at 800-1333, so ``imgsz=1333`` matches them.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        weights: str | os.PathLike | None = "DEFAULT",
+        device: str | torch.device | None = None,
+        num_classes: int = 91,
+        names: Any = None,
+    ) -> None:
+        super().__init__()
+        try:
+            from torchvision.models import detection as tvd
+        except ImportError:
+            raise ImportError(
+                f"det_model={name!r} is a torchvision detection model and needs torchvision: "
+                "pip install 'mobilesam[annotate]' (or pip install torchvision)"
+            ) from None
+        available = tvd.__dict__
+        if name not in available or not callable(available[name]) or name.startswith("_"):
+            raise ValueError(
+                f"det_model: {name!r} is not a torchvision detection model; known: {', '.join(TORCHVISION_MODELS)}"
+            )
+        self.name = name
+        self.device = torch.device(device) if device else None
+        self.coco = num_classes == 91 and names is None
+        pretrained = isinstance(weights, str) and weights.upper() == "DEFAULT"
+        try:
+            if pretrained:
+                model = available[name](weights="DEFAULT")
+            else:
+                model = available[name](weights=None, weights_backbone=None, num_classes=num_classes)
+        except Exception as e:  # noqa: BLE001 - download or build failures become one clear message
+            how = (
+                "download its pretrained weights (no network?); pass weights=PATH to a local state_dict"
+                if pretrained
+                else "build it"
+            )
+            raise RuntimeError(
+                f"det_model: cannot {how} for torchvision model {name!r} ({type(e).__name__}: {e})"
+            ) from None
+        if weights is not None and not pretrained:
+            from .weights import load_state_dict
+
+            sd = load_state_dict(weights)
+            try:
+                model.load_state_dict(sd, strict=True)
+            except RuntimeError as e:
+                raise ValueError(
+                    f"det_model: state_dict '{weights}' does not fit torchvision {name!r} with num_classes="
+                    f"{num_classes} (a fine-tuned model needs num_classes=K + 1): {str(e).splitlines()[0]}"
+                ) from None
+        self.model = model.eval().to(self.device or "cpu")
+        if self.coco:
+            self.names = dict(enumerate(COCO80_NAMES))
+        else:
+            self.names = _names_dict(names, "names") or {i: str(i) for i in range(num_classes - 1)}
+
+    def configure(
+        self, *, conf: float, iou: float, imgsz: int, max_det: int, classes: Sequence[int] | None, device: Any = None
+    ) -> None:
+        if self.device is None and device is not None:
+            self.device = torch.device(device)
+            self.model.to(self.device)
+        # The model filters too: never stricter than the run's own filter_detections (which decides).
+        keep = max_det if classes is None else max(max_det, 1000)
+        holder = self.model.roi_heads if hasattr(self.model, "roi_heads") else self.model
+        for attr, value in (("score_thresh", conf), ("nms_thresh", iou), ("detections_per_img", keep)):
+            if hasattr(holder, attr):
+                setattr(holder, attr, value)
+        t = getattr(self.model, "transform", None)
+        if t is not None and getattr(t, "fixed_size", None) is None and hasattr(t, "min_size"):
+            t.min_size, t.max_size = (int(imgsz),), int(imgsz)
+
+    @torch.no_grad()
+    def detect(self, image: np.ndarray, name: str) -> Detections:
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device or "cpu").permute(2, 0, 1).float() / 255.0
+        out = self.model([x])[0]
+        labels = out["labels"].cpu().numpy()
+        if self.coco:
+            cls = np.array([COCO91_TO_80.get(int(v), -1) for v in labels], np.int64)
+        else:
+            cls = labels.astype(np.int64) - 1
+        ok = cls >= 0  # background / "N/A" labels (only untrained models give them) are not classes
+        return Detections(out["boxes"].cpu().numpy()[ok], cls[ok], out["scores"].cpu().numpy()[ok])
+
+    def category_id(self, cls: int) -> int:
+        return COCO80_TO_91[int(cls)] if self.coco and 0 <= int(cls) < 80 else int(cls) + 1
+
+    def __repr__(self) -> str:
+        return f"TorchvisionDetector({self.name!r})"
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_detector(det_model: Any, device: str | torch.device | None = None) -> Detector:
+    """A :class:`Detector` from what the user gave.
+
+    * a ``Detector``: as is; any other callable: :class:`CallableDetector`;
+    * a folder: YOLO box labels; a ``.json`` file: COCO box labels;
+    * a torchvision detection model name (``fasterrcnn_resnet50_fpn_v2``, or ``torchvision:NAME``): pretrained;
+    * anything else (``yolo11x.pt``, ``runs/train/weights/best.pt``): Ultralytics weights.
+    """
+    if isinstance(det_model, Detector):
+        return det_model
+    if callable(det_model):
+        return CallableDetector(det_model)
+    if not isinstance(det_model, (str, os.PathLike)):
+        raise TypeError(
+            "det_model: expected a YOLO weights file ('yolo11x.pt'), a torchvision model name, a folder of "
+            f"YOLO box labels, a COCO JSON, a Detector or a callable, got {type(det_model).__name__}"
+        )
+    spec = os.fspath(det_model)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return YoloLabelsDetector(path)
+    if path.suffix.lower() == ".json":
+        return CocoBoxesDetector(path)
+    if spec.startswith("torchvision:"):
+        return TorchvisionDetector(spec.split(":", 1)[1], device=device)
+    if spec in TORCHVISION_MODELS:
+        return TorchvisionDetector(spec, device=device)
+    if path.suffix.lower() in ULTRALYTICS_SUFFIXES or path.name.lower().startswith(("yolo", "rtdetr")):
+        return UltralyticsDetector(spec, device=device)
+    raise ValueError(
+        f"det_model: {spec!r} is not an existing folder of YOLO box labels, a COCO box .json, a torchvision model "
+        f"name ({', '.join(TORCHVISION_MODELS)}) or Ultralytics weights (yolo11x.pt, path/to/best.pt)"
+    )
+
+
+__all__ = [
+    "COCO80_NAMES",
+    "COCO80_TO_91",
+    "TORCHVISION_MODELS",
+    "AnnotationInputError",
+    "CallableDetector",
+    "CocoBoxesDetector",
+    "Detections",
+    "Detector",
+    "TorchvisionDetector",
+    "UltralyticsDetector",
+    "YoloLabelsDetector",
+    "filter_detections",
+    "make_detector",
+]
