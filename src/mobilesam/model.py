@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import cv2
@@ -42,7 +43,18 @@ logger = logging.getLogger("mobilesam")
 # Predictor factories by backend name. A predictor has SamPredictor's interface: set_image(image,
 # image_format), set_embedding(features, original_size, input_size), get_image_embedding(),
 # predict_torch(...), transform, original_size, input_size.
-BACKENDS: dict[str, Callable[[Sam], Any]] = {"torch": SamPredictor}
+def _onnx_predictor(sam: Sam, precision: str) -> Any:
+    from .export import OnnxSamPredictor  # optional extra; a clear ImportError without onnxruntime
+
+    return OnnxSamPredictor.from_sam(sam, precision=precision)
+
+
+BACKENDS: dict[str, Callable[[Sam], Any]] = {
+    "torch": SamPredictor,
+    "torch-bf16": lambda sam: SamPredictor(sam, encoder_precision="bf16"),
+    "onnxruntime": lambda sam: _onnx_predictor(sam, "fp32"),
+    "onnxruntime-int8": lambda sam: _onnx_predictor(sam, "int8"),
+}
 
 _POINT_FORMS = (
     "points=[x, y] (one object from one point); "
@@ -241,10 +253,11 @@ class SAM:
     """MobileSAM / SAM with the Ultralytics interface.
 
     Args:
-        model: a checkpoint path (any name), a known weights name (``mobile_sam.pt``, ``sam_b.pt``, ...)
-            or a ``Sam`` module.
+        model: a checkpoint path (any name), a known weights name (``mobile_sam.pt``, ``sam_b.pt``, ...),
+            a ``Sam`` module, or a folder written by ``mobilesam export`` (runs on ONNX Runtime).
         device: "cpu", "cuda", "cuda:1", "mps"; None picks CUDA, then MPS, then CPU.
-        backend: "torch" (the only one in this version).
+        backend: "torch" (exact), "torch-bf16" (bf16 image encoder), "onnxruntime" or
+            "onnxruntime-int8" (exported once into the cache; needs ``pip install "mobilesam[onnx]"``).
         cache_size: how many image embeddings to keep (LRU); each is 4 MB.
     """
 
@@ -261,27 +274,43 @@ class SAM:
             raise ValueError(f"backend: expected one of {sorted(BACKENDS)}, got {backend!r}")
         if not isinstance(cache_size, int) or cache_size < 0:
             raise ValueError(f"cache_size: expected an int >= 0, got {cache_size!r}")
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = OrderedDict()
+        self._info: ModelInfo | None = None
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of files skipped in the last run
+        if isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
+            # An exported ONNX folder: no PyTorch model, only the ONNX Runtime predictor.
+            from .export import OnnxSamPredictor
+
+            precision = "int8" if backend == "onnxruntime-int8" else "fp32"
+            self.predictor = OnnxSamPredictor(model, precision=precision)
+            self.model: Sam | None = None
+            self.ckpt_path, self.model_type = os.fspath(model), self.predictor.model_type
+            self.backend = backend if backend.startswith("onnxruntime") else "onnxruntime"
+            return
         if isinstance(model, Sam):
             sam, self.ckpt_path = model, None
         elif isinstance(model, (str, os.PathLike)):
             sam, self.ckpt_path = build_sam(model, device="cpu"), os.fspath(model)
         else:
             raise TypeError(f"model: expected a checkpoint path or name, or a Sam module, got {type(model).__name__}")
-        self.model: Sam = sam.eval().to(select_device(device))
+        self.model = sam.eval().to(select_device(device))
         self.model_type = detect_model_type(sam.state_dict())
         self.backend = backend
         self.predictor = BACKENDS[backend](self.model)
-        self.cache_size = cache_size
-        self._cache: OrderedDict[tuple, tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = OrderedDict()
-        self._info: ModelInfo | None = None
-        self.skipped: list[tuple[str, str]] = []  # (path, reason) of files skipped in the last run
 
     # --- device -----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self.model.device if self.model is not None else self.predictor.device
+
+    def _torch_model(self, what: str) -> Sam:
+        if self.model is None:
+            raise ValueError(f"{what} needs a PyTorch checkpoint; this SAM runs an exported ONNX folder ({self.ckpt_path})")
+        return self.model
 
     def to(self, device: str | torch.device | None) -> SAM:
+        self._torch_model("to()")
         dev = select_device(device)
         if dev != self.device:
             self.model.to(dev)
@@ -469,7 +498,7 @@ class SAM:
                 "segment everything (predict with no prompt) needs mobilesam.everything, which this "
                 "installation lacks; pass points=, bboxes= or masks="
             ) from None
-        return SamAutomaticMaskGenerator(self.model, mode=mode, **kwargs)
+        return SamAutomaticMaskGenerator(self._torch_model("segment everything"), mode=mode, **kwargs)
 
     def _predict_everything(self, item: LoadedImage, generator: Any, half: bool) -> Results:
         from .masks import decode_rle
@@ -494,6 +523,17 @@ class SAM:
         names = {i: str(i) for i in range(len(records))}
         return Results(bgr, item.path, names, boxes, masks, None, {}, speed)
 
+    def export(self, format: str = "onnx", quantize: str | None = None, out: str | os.PathLike | None = None,
+               **kwargs: Any) -> Path:
+        """Export to ONNX (encoder + prompt decoder, optionally int8) in ``out``; returns the folder."""
+        if format != "onnx":
+            raise ValueError(f"format: expected 'onnx', got {format!r}")
+        from .export import export_onnx
+
+        out = Path(out) if out else Path.cwd() / f"{Path(self.ckpt_path or 'mobilesam').stem}_onnx"
+        export_onnx(self._torch_model("export()"), out, model_type=self.model_type, quantize=quantize, **kwargs)
+        return out
+
     # --- summary ----------------------------------------------------------------------------------
     def info(self, detailed: bool = False, verbose: bool = True) -> ModelInfo:
         """Print (with ``verbose``) and return layers, parameters, gradients, GFLOPs at 1024 and size in MB.
@@ -501,7 +541,7 @@ class SAM:
         GFLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device copy (no
         compute): image encoder at 1024 x 1024 plus the mask decoder for one point prompt.
         """
-        m = self.model
+        m = self._torch_model("info()")
         if self._info is None:
             layers = sum(1 for mod in m.modules() if not list(mod.children()))
             params = sum(p.numel() for p in m.parameters())

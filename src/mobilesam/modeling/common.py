@@ -7,6 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def is_exporting() -> bool:
+    """True while torch.jit / torch.onnx trace or torch.compile compiles: caches and in-place buffer
+    tricks of the eager fast paths are skipped there (the plain graph is what should be captured)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel dimension of a (B, C, H, W) tensor."""
 
@@ -15,10 +24,11 @@ class LayerNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
+        self.normalized_shape = (num_channels,)  # a constant, so traced exports stay static here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # F.layer_norm wants the normalised dimension last; a permuted view avoids a copy on the way in.
-        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
 

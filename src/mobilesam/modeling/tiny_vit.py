@@ -14,11 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, is_exporting
 
 
 class Conv2d_BN(nn.Sequential):  # noqa: N801 - the official name, kept for checkpoint keys
-    """Convolution without bias followed by BatchNorm; children are named ``c`` and ``bn``."""
+    """Convolution without bias followed by BatchNorm; children are named ``c`` and ``bn``.
+
+    In eval mode the BatchNorm is folded into the convolution (one pass over the activations instead
+    of two). The folded weights are cached and keyed on the storage and version of every tensor they
+    come from, so weights loaded or changed in place at any time take effect on the next call.
+    """
 
     def __init__(
         self,
@@ -32,6 +37,78 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - the official name, kept for chec
         super().__init__()
         self.add_module("c", nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_chans))
+        self._folded: tuple[tuple, dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+    def _sources(self) -> tuple[torch.Tensor, ...]:
+        bn = self.bn
+        return (self.c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+
+    def folded(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Convolution weight and bias with the BatchNorm folded in (eval-mode statistics)."""
+        sources = self._sources()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + (self.bn.eps,)
+        if self._folded is None or self._folded[0] != key:
+            w, gamma, beta, mean, var = (t.detach() for t in sources)
+            scale = gamma / torch.sqrt(var + self.bn.eps)
+            self._folded = (key, {w.dtype: (w * scale.view(-1, 1, 1, 1), beta - mean * scale)})
+        cache = self._folded[1]
+        dtype = dtype or self.c.weight.dtype
+        if dtype not in cache:
+            weight, bias = next(iter(cache.values()))
+            cache[dtype] = (weight.to(dtype), bias.to(dtype))
+        return cache[dtype]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled() or is_exporting():
+            return self.bn(self.c(x))
+        weight, bias = self.folded()
+        c = self.c
+        return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+
+    def conv_act(self, x: torch.Tensor, act: nn.Module | None = None, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``act(self(x) + add)``; at inference on the CPU, one oneDNN kernel does the convolution with
+        the residual add or the (exact) GELU fused in, saving a pass over the activations (in fp32, or
+        in bf16 under CPU autocast)."""
+        dtype = None if self.training or torch.is_grad_enabled() or is_exporting() else _fused_dtype(x)
+        if dtype is not None:
+            weight, bias = self.folded(dtype)
+            c = self.c
+            geom = (list(c.padding), list(c.stride), list(c.dilation), c.groups)
+            x = x.to(dtype)
+            try:
+                if add is not None:
+                    y = torch.ops.mkldnn._convolution_pointwise(
+                        x, add.to(dtype), weight, bias, *geom, "add", 1.0, None, [], None
+                    )
+                    return act(y) if act is not None else y
+                if isinstance(act, nn.GELU) and act.approximate == "none":
+                    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geom, "gelu", [], "none")
+            except RuntimeError:  # a torch build without these fusions: use the plain ops from now on
+                _FUSED_CONV[0] = False
+        y = self(x)
+        if add is not None:
+            y = y + add
+        return act(y) if act is not None else y
+
+
+# oneDNN's fused convolutions (the kernels torch.compile uses on CPU); private ops, so checked for and
+# abandoned on the first failure.
+_FUSED_CONV = [hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()]
+
+
+def _fused_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype a fused CPU convolution runs in: fp32, bf16 under CPU bf16 autocast, else None (no fusion)."""
+    if not _FUSED_CONV[0] or x.device.type != "cpu":
+        return None
+    try:
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if autocast else None
+    except (TypeError, AttributeError):  # torch < 2.4
+        autocast = torch.is_autocast_cpu_enabled()
+        dtype = torch.get_autocast_cpu_dtype() if autocast else None
+    if autocast:
+        return torch.bfloat16 if dtype == torch.bfloat16 else None
+    return torch.float32 if x.dtype == torch.float32 else None
 
 
 class PatchEmbed(nn.Module):
@@ -46,7 +123,10 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        # Channels-last from here on: oneDNN's convolutions (depthwise above all) run several times
+        # faster in NHWC, and the token layout (B, H*W, C) of the later stages is then a free view.
+        x = self.seq[0].conv_act(x.contiguous(memory_format=torch.channels_last), self.seq[1])
+        return self.seq[2](x)
 
 
 class MBConv(nn.Module):
@@ -63,8 +143,8 @@ class MBConv(nn.Module):
         self.act3 = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act2(self.conv2(self.act1(self.conv1(x))))
-        return self.act3(self.conv3(y) + x)
+        y = self.conv2.conv_act(self.conv1.conv_act(x, self.act1), self.act2)
+        return self.conv3.conv_act(y, self.act3, add=x)
 
 
 class PatchMerging(nn.Module):
@@ -86,11 +166,9 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             h, w = self.input_resolution
-            x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
-        x = self.conv3(x)
-        return x.flatten(2).transpose(1, 2)
+            x = _tokens_to_nchw(x, h, w)
+        x = self.conv2.conv_act(self.conv1.conv_act(x, self.act), self.act)
+        return _nchw_to_tokens(self.conv3(x))
 
 
 class ConvLayer(nn.Module):
@@ -129,6 +207,18 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(self.norm(x))))
 
 
+def _tokens_to_nchw(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W) as a channels-last view (no copy)."""
+    b, _, c = x.shape
+    return x.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _nchw_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C); a view when ``x`` is channels-last."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
 def _relative_offset_index(resolution: tuple[int, int]) -> tuple[int, torch.Tensor]:
     """Index of the bias shared by every pair of window positions with the same |dy|, |dx|.
 
@@ -165,7 +255,8 @@ class Attention(nn.Module):
         q, k, v = qkv.split(self.key_dim, dim=-1)
         # Indexed on every call (not cached at eval()) so newly loaded weights always take effect.
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # A 4-D mask lets CPU SDPA use its fused kernel; a 3-D one falls back to the slow math path.
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0))
         return self.proj(x.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -206,10 +297,8 @@ class TinyViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.input_resolution
-        b, n, c = x.shape
         x = x + self._window_attention(x)
-        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w))
-        x = x.reshape(b, c, n).transpose(1, 2)
+        x = _nchw_to_tokens(self.local_conv(_tokens_to_nchw(x, h, w)))
         return x + self.mlp(x)
 
 
@@ -302,6 +391,5 @@ class TinyViT(nn.Module):
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        b, _, c = x.shape
         r = self.out_resolution
-        return self.neck(x.transpose(1, 2).reshape(b, c, r, r))
+        return self.neck(_tokens_to_nchw(x, r, r)).contiguous()

@@ -1,0 +1,177 @@
+"""``mobilesam everything``: segment every object of images with the automatic mask generator.
+
+Output follows Meta's ``scripts/amg.py``: for each image a folder NAME/ with one PNG per mask (0.png,
+1.png, ... as 0/255) and ``metadata.csv`` (the official columns), or with ``--rle`` one NAME.json (the
+list of records, ``segmentation`` as COCO RLE); plus an overlay NAME.png beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import CLIError
+
+EXAMPLES = """\
+examples:
+  mobilesam everything photo.jpg                                  fast mode, masks in runs/everything/photo/
+  mobilesam everything images/ --mode exact                       the official algorithm, every image of a folder
+  mobilesam everything 'shots/*.png' --rle --save-dir out/        COCO-RLE JSON per image instead of PNGs
+  mobilesam everything photo.jpg --points-per-side 16 --pred-iou-thresh 0.8 --min-mask-region-area 100
+
+For each image, SAVE_DIR gets NAME/ (0.png, 1.png, ... and metadata.csv, as Meta's amg.py writes them)
+or NAME.json with --rle, and NAME.png, an overlay of all masks.
+"""
+
+METADATA_HEADER = (
+    "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,stability_score,"
+    "crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
+)
+
+# (option, type, default, help with an example) for every generator parameter the CLI exposes.
+GENERATOR_OPTIONS: list[tuple[str, type, Any, str]] = [
+    ("points_per_side", int, 32, "grid points per image side (points_per_side**2 prompts): --points-per-side 16"),
+    ("points_per_batch", int, 64, "prompts decoded together (more: faster, more memory): --points-per-batch 128"),
+    ("pred_iou_thresh", float, 0.88, "keep masks whose predicted IoU is above this: --pred-iou-thresh 0.8"),
+    ("stability_score_thresh", float, 0.95, "keep masks at least this stable: --stability-score-thresh 0.9"),
+    ("stability_score_offset", float, 1.0, "logit offset of the stability score: --stability-score-offset 0.5"),
+    ("box_nms_thresh", float, 0.7, "box IoU above which duplicate masks are removed: --box-nms-thresh 0.6"),
+    ("crop_n_layers", int, 0, "also run on 2**i x 2**i crops for i = 1..N: --crop-n-layers 1"),
+    ("crop_nms_thresh", float, 0.7, "box IoU for duplicates between crops: --crop-nms-thresh 0.6"),
+    ("crop_overlap_ratio", float, 512 / 1500, "overlap of neighbouring crops: --crop-overlap-ratio 0.25"),
+    ("crop_n_points_downscale_factor", int, 1,
+     ("grid points per side divided by this in each crop layer: --crop-n-points-downscale-factor 2")),
+    ("min_mask_region_area", int, 0,
+     ("remove islands and fill holes smaller than this many pixels: --min-mask-region-area 100")),
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "everything",
+        help="segment every object of images (automatic mask generator)",
+        description="Segment every object of one or more images with a grid of point prompts, and save "
+        "the masks in the layout of Meta's amg.py (PNG folder + metadata.csv, or COCO-RLE JSON with --rle).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="image file, folder, glob pattern (quote it) or http(s) URL: images/")
+    p.add_argument("--model", default="mobile_sam.pt",
+                   help="checkpoint file or known weights name (default: %(default)s): --model weights/sam.pth")
+    p.add_argument("--mode", choices=("fast", "exact"), default="fast",
+                   help="fast (default), or exact = the official algorithm, decision for decision: --mode exact")
+    for name, typ, default, text in GENERATOR_OPTIONS:
+        shown = f"{default:.4g}" if isinstance(default, float) else default
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=default,
+                       help=f"{text} (default: {shown})")
+    p.add_argument("--rle", action="store_true",
+                   help="write NAME.json with COCO-RLE masks instead of a folder of PNGs: --rle")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available): --device cpu")
+    p.add_argument("--save-dir", default=None,
+                   help="output folder (default: runs/everything, or runs/everything2, ... if that is not empty): "
+                   "--save-dir out/")
+    p.set_defaults(func=run)
+
+
+def _option_names(message: str) -> str:
+    """Name the command-line options in a generator error: ``pred_iou_thresh:`` -> ``--pred-iou-thresh:``."""
+    for name, *_ in GENERATOR_OPTIONS:
+        message = message.replace(f"{name}:", f"--{name.replace('_', '-')}:")
+    return message
+
+
+def _default_save_dir() -> Path:
+    base = Path("runs/everything")
+    path, k = base, 1
+    while path.exists() and any(path.iterdir()):
+        k += 1
+        path = base.with_name(f"{base.name}{k}")
+    return path
+
+
+def write_masks_to_folder(records: list[dict[str, Any]], folder: Path) -> None:
+    """One 0/255 PNG per mask and metadata.csv, as the official amg.py; stale PNGs of a rerun removed."""
+    from ..io import atomic_write_bytes, write_image
+
+    rows = [METADATA_HEADER]
+    for i, rec in enumerate(records):
+        write_image(folder / f"{i}.png", rec["segmentation"].astype(np.uint8) * 255)
+        values = [i, rec["area"], *rec["bbox"], *rec["point_coords"][0], rec["predicted_iou"],
+                  rec["stability_score"], *rec["crop_box"]]
+        rows.append(",".join(str(v) for v in values))
+    for stale in folder.glob("*.png"):
+        if stale.stem.isdigit() and int(stale.stem) >= len(records):
+            stale.unlink()
+    atomic_write_bytes(folder / "metadata.csv", "\n".join(rows).encode())
+
+
+def overlay(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """BGR image with every mask tinted in its own colour (large masks first) and outlined."""
+    import cv2
+
+    from ..results import colour
+
+    out = image[..., ::-1].astype(np.float32)
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+    for rank, i in enumerate(order):
+        m = masks[i]
+        out[m] = 0.5 * out[m] + 0.5 * np.array(colour(rank), np.float32)
+    out = out.clip(0, 255).astype(np.uint8)
+    for rank, i in enumerate(order):
+        contours, _ = cv2.findContours(masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colour(rank), 1)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..build import build_sam
+    from ..device import select_device
+    from ..everything import SamAutomaticMaskGenerator, check_options
+    from ..io import atomic_write_bytes, write_image
+    from ..masks import decode_rle
+    from ..sources import iter_entries, resolve_sources
+
+    options = {name: getattr(args, name) for name, *_ in GENERATOR_OPTIONS}
+    options.update(mode=args.mode, output_mode="coco_rle" if args.rle else "binary_mask")
+    try:
+        check_options(**options)  # bad options and a missing source fail before the model loads
+    except (ValueError, TypeError) as e:
+        raise CLIError(_option_names(str(e)), exit_code=2) from None
+    entries = resolve_sources(args.source)
+    model = build_sam(args.model, device=select_device(args.device))
+    generator = SamAutomaticMaskGenerator(model, **options)
+    save_dir = Path(args.save_dir) if args.save_dir else _default_save_dir()
+    skipped: list[str] = []
+    stems: set[str] = set()
+    done = 0
+    bar = tqdm(iter_entries(entries, "RGB", lambda path, reason: skipped.append(path)), total=len(entries),
+               desc="everything", unit="image")
+    for item in bar:
+        stem = Path(item.path).stem or "image"
+        unique, k = stem, 1
+        while unique in stems:
+            k += 1
+            unique = f"{stem}_{k}"
+        stems.add(unique)
+        records = generator.generate(item.image)
+        if args.rle:
+            atomic_write_bytes(save_dir / f"{unique}.json", json.dumps(records).encode())
+            masks = [decode_rle(r["segmentation"]) for r in records]
+        else:
+            write_masks_to_folder(records, save_dir / unique)
+            masks = [r["segmentation"] for r in records]
+        write_image(save_dir / f"{unique}.png", overlay(item.image, masks), image_format="BGR")
+        bar.set_postfix_str(f"{unique}: {len(records)} masks")
+        done += 1
+    if skipped:
+        print(f"mobilesam everything: skipped {len(skipped)} file(s) that could not be read")
+    if done == 0:
+        raise CLIError(f"no image of {args.source!r} could be read")
+    print(f"Results saved to {save_dir}")
+    return 0
