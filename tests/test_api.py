@@ -236,7 +236,7 @@ def test_bad_prompts_raise_clear_errors(kwargs, pattern) -> None:
 def test_bad_arguments(model, zidane) -> None:
     with pytest.raises(ValueError, match="half: float16 inference runs on CUDA only"):
         model.predict(str(zidane), points=[900, 370], half=True)
-    with pytest.raises(ValueError, match=r"backend: expected one of \['torch'\], got 'tensorrt'"):
+    with pytest.raises(ValueError, match=r"backend: expected one of \[.*'onnxruntime'.*'torch'.*\], got 'tensorrt'"):
         SAM(model.model, backend="tensorrt")
     with pytest.raises(ValueError, match="conf: expected a number in"):
         model.predict(str(zidane), points=[900, 370], conf=2)

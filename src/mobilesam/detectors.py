@@ -615,7 +615,7 @@ class TorchvisionDetector(Detector):
 
     @torch.no_grad()
     def detect(self, image: np.ndarray, name: str) -> Detections:
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device or "cpu").permute(2, 0, 1).float() / 255.0
+        x = torch.from_numpy(np.array(image, copy=True)).to(self.device or "cpu").permute(2, 0, 1).float() / 255.0
         out = self.model([x])[0]
         labels = out["labels"].cpu().numpy()
         if self.coco:
