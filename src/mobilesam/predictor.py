@@ -148,10 +148,10 @@ class SamPredictor:
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         self.set_torch_image(tensor, rgb.shape[:2])
 
-    @torch.no_grad()
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
-        """Embed an image already resized to longest side ``img_size``: (1, 3, h, w) in 0-255."""
-        size = self.model.image_encoder.img_size
+    def _start_image(
+        self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...], size: int
+    ) -> None:
+        """Check a resized image (1, 3, h, w) with longest side ``size`` and record its sizes."""
         if (
             transformed_image.ndim != 4
             or transformed_image.shape[0] != 1
@@ -167,6 +167,11 @@ class SamPredictor:
         self.orig_h, self.orig_w = self.original_size
         self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
         self.input_h, self.input_w = self.input_size
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Embed an image already resized to longest side ``img_size``: (1, 3, h, w) in 0-255."""
+        self._start_image(transformed_image, original_image_size, self.model.image_encoder.img_size)
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
         if self.encoder_precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from typing import Sequence
 
 # Sub-command modules, in the order --help lists them.
@@ -34,6 +35,16 @@ class CLIError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def next_free_dir(base: str | Path) -> Path:
+    """``base``, or ``base2``, ``base3``, ... : the first that does not exist or is empty (as Ultralytics)."""
+    base = Path(base)
+    path, k = base, 1
+    while path.exists() and any(path.iterdir()):
+        k += 1
+        path = base.with_name(f"{base.name}{k}")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import CLIError
+from . import CLIError, next_free_dir
 
 EXAMPLES = """\
 examples:
@@ -84,15 +84,6 @@ def _option_names(message: str) -> str:
     return message
 
 
-def _default_save_dir() -> Path:
-    base = Path("runs/everything")
-    path, k = base, 1
-    while path.exists() and any(path.iterdir()):
-        k += 1
-        path = base.with_name(f"{base.name}{k}")
-    return path
-
-
 def write_masks_to_folder(records: list[dict[str, Any]], folder: Path) -> None:
     """One 0/255 PNG per mask and metadata.csv, as the official amg.py; stale PNGs of a rerun removed."""
     from ..io import atomic_write_bytes, write_image
@@ -146,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     entries = resolve_sources(args.source)
     model = build_sam(args.model, device=select_device(args.device))
     generator = SamAutomaticMaskGenerator(model, **options)
-    save_dir = Path(args.save_dir) if args.save_dir else _default_save_dir()
+    save_dir = Path(args.save_dir) if args.save_dir else next_free_dir("runs/everything")
     skipped: list[str] = []
     stems: set[str] = set()
     done = 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import CLIError
+from . import CLIError, next_free_dir
 
 EXAMPLES = """\
 examples:
@@ -124,15 +124,6 @@ def _prompt_arg(values: list[str] | None, option: str, width: int, example: str)
     return [_numbers(v, option, width, example) for v in values]
 
 
-def _default_save_dir() -> Path:
-    base = Path("runs/predict")
-    path, k = base, 1
-    while path.exists() and any(path.iterdir()):
-        k += 1
-        path = base.with_name(f"{base.name}{k}")
-    return path
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
@@ -190,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_sources(args.source)  # a missing file fails here, before the model loads
 
     model = SAM(args.model, device=args.device)
-    save_dir = Path(args.save_dir) if args.save_dir else _default_save_dir()
+    save_dir = Path(args.save_dir) if args.save_dir else next_free_dir("runs/predict")
     stems: set[str] = set()
     n_images = 0
     for result in model.predict(

@@ -135,22 +135,7 @@ class OnnxSamPredictor(SamPredictor):
                 f"onnx model: the export in '{self.model_dir}' has no image encoder; use set_embedding(...) or "
                 "re-export with the encoder"
             )
-        size = self.img_size
-        if (
-            transformed_image.ndim != 4
-            or transformed_image.shape[0] != 1
-            or transformed_image.shape[1] != 3
-            or max(transformed_image.shape[2:]) != size
-        ):
-            raise ValueError(
-                f"transformed_image: expected shape (1, 3, h, w) with longest side {size}, "
-                f"got {tuple(transformed_image.shape)}"
-            )
-        self.reset_image()
-        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
-        self.orig_h, self.orig_w = self.original_size
-        self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
-        self.input_h, self.input_w = self.input_size
+        self._start_image(transformed_image, original_image_size, self.img_size)
         image = np.ascontiguousarray(transformed_image.detach().cpu().numpy(), dtype=np.float32)
         self.features = torch.from_numpy(self.encoder.run(None, {"image": image})[0])
         self.is_image_set = True
