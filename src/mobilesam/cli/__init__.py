@@ -37,6 +37,16 @@ class CLIError(Exception):
         self.exit_code = exit_code
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--model`` option every model-running command shares."""
+    parser.add_argument(
+        "--model",
+        default="mobile_sam.pt",
+        help="checkpoint file or known weights name, downloaded on first use (default: %(default)s); "
+        "e.g. --model weights/my_sam.pth",
+    )
+
+
 def next_free_dir(base: str | Path) -> Path:
     """``base``, or ``base2``, ``base3``, ... : the first that does not exist or is empty (as Ultralytics)."""
     base = Path(base)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import CLIError
+from . import CLIError, add_model_argument
 
 EXAMPLES = """\
 examples:
@@ -50,11 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="local state_dict for a torchvision --det-model (default: its pretrained COCO weights): "
         "--det-weights frcnn.pth",
     )
-    p.add_argument(
-        "--model",
-        default="mobile_sam.pt",
-        help="SAM checkpoint or weights name (default: %(default)s): --model my_sam.pt",
-    )
+    add_model_argument(p)
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 or mps (default: best available): --device cpu")
     p.add_argument(
         "--conf", type=float, default=0.25, help="minimum detection score (default: %(default)s): --conf 0.5"

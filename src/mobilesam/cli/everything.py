@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import CLIError, next_free_dir
+from . import CLIError, add_model_argument, next_free_dir
 
 EXAMPLES = """\
 examples:
@@ -60,8 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", help="image file, folder, glob pattern (quote it) or http(s) URL: images/")
-    p.add_argument("--model", default="mobile_sam.pt",
-                   help="checkpoint file or known weights name (default: %(default)s): --model weights/sam.pth")
+    add_model_argument(p)
     p.add_argument("--mode", choices=("fast", "exact"), default="fast",
                    help="fast (default), or exact = the official algorithm, decision for decision: --mode exact")
     for name, typ, default, text in GENERATOR_OPTIONS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, add_model_argument
 
 EXAMPLES = """\
 examples:
@@ -32,11 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        default="mobile_sam.pt",
-        help="checkpoint file or known weights name (default: %(default)s); e.g. --model weights/my_sam.pth",
-    )
+    add_model_argument(p)
     p.add_argument(
         "--format", default="onnx", choices=["onnx"], help="export format (default: %(default)s); e.g. --format onnx"
     )

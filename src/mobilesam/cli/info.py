@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_model_argument
+
 EXAMPLES = """\
 examples:
   mobilesam info                                 MobileSAM (mobile_sam.pt)
@@ -22,11 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        default="mobile_sam.pt",
-        help="checkpoint file or known weights name (default: %(default)s); e.g. --model weights/my_sam.pth",
-    )
+    add_model_argument(p)
     p.add_argument(
         "--detailed",
         action="store_true",

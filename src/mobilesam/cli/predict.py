@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import CLIError, next_free_dir
+from . import CLIError, add_model_argument, next_free_dir
 
 EXAMPLES = """\
 examples:
@@ -39,11 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "source",
         help="image file, folder, glob pattern (quote it) or http(s) URL; e.g. zidane.jpg, images/, 'images/*.png'",
     )
-    p.add_argument(
-        "--model",
-        default="mobile_sam.pt",
-        help="checkpoint file or known weights name (default: %(default)s); e.g. --model weights/my_sam.pth",
-    )
+    add_model_argument(p)
     p.add_argument(
         "--points",
         nargs="+",

@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Any
 
-from . import CLIError
+from . import CLIError, add_model_argument
 
 EXAMPLES = """examples:
   mobilesam serve --images data/images               label the images of a folder (labels saved beside them)
@@ -25,11 +25,7 @@ def register(subparsers: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        default="mobile_sam.pt",
-        help="checkpoint path or known weights name (default: %(default)s; e.g. --model sam_vit_b_01ec64.pth)",
-    )
+    add_model_argument(p)
     p.add_argument(
         "--images",
         metavar="DIR",
