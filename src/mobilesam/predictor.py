@@ -148,10 +148,9 @@ class SamPredictor:
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         self.set_torch_image(tensor, rgb.shape[:2])
 
-    def _start_image(
-        self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...], size: int
-    ) -> None:
-        """Check a resized image (1, 3, h, w) with longest side ``size`` and record its sizes."""
+    def _start_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Check a resized image (1, 3, h, w) with longest side ``img_size`` and record its sizes."""
+        size = self.transform.target_length
         if (
             transformed_image.ndim != 4
             or transformed_image.shape[0] != 1
@@ -171,7 +170,7 @@ class SamPredictor:
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
         """Embed an image already resized to longest side ``img_size``: (1, 3, h, w) in 0-255."""
-        self._start_image(transformed_image, original_image_size, self.model.image_encoder.img_size)
+        self._start_image(transformed_image, original_image_size)
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
         if self.encoder_precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -184,10 +183,11 @@ class SamPredictor:
         self, features: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int] | None = None
     ) -> None:
         """Use a previously computed embedding (1, 256, 64, 64) for an image of ``original_size``."""
-        size = self.model.image_encoder.img_size
         self.reset_image()
         self.original_size = (int(original_size[0]), int(original_size[1]))
-        self.input_size = input_size or self.transform.get_preprocess_shape(*self.original_size, size)
+        self.input_size = input_size or self.transform.get_preprocess_shape(
+            *self.original_size, self.transform.target_length
+        )
         self.orig_h, self.orig_w = self.original_size
         self.input_h, self.input_w = self.input_size
         self.features = features.to(self.device)

@@ -135,7 +135,7 @@ class OnnxSamPredictor(SamPredictor):
                 f"onnx model: the export in '{self.model_dir}' has no image encoder; use set_embedding(...) or "
                 "re-export with the encoder"
             )
-        self._start_image(transformed_image, original_image_size, self.img_size)
+        self._start_image(transformed_image, original_image_size)
         image = np.ascontiguousarray(transformed_image.detach().cpu().numpy(), dtype=np.float32)
         self.features = torch.from_numpy(self.encoder.run(None, {"image": image})[0])
         self.is_image_set = True
@@ -150,13 +150,7 @@ class OnnxSamPredictor(SamPredictor):
         expected = tuple(self.manifest.get("embedding_shape", (1, 256, 64, 64)))
         if tuple(features.shape) != expected:
             raise ValueError(f"features: expected an image embedding of shape {expected}, got {tuple(features.shape)}")
-        self.reset_image()
-        self.original_size = (int(original_size[0]), int(original_size[1]))
-        self.input_size = input_size or self.transform.get_preprocess_shape(*self.original_size, self.img_size)
-        self.orig_h, self.orig_w = self.original_size
-        self.input_h, self.input_w = self.input_size
-        self.features = features.contiguous()
-        self.is_image_set = True
+        super().set_embedding(features.contiguous(), original_size, input_size)
 
     def _decode(
         self,
