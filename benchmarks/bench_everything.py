@@ -198,7 +198,8 @@ def write_section(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--proxy-dir", default=None, help="folder of the proxy shards (default $MOBILESAM_HOME/proxy)")
-    ap.add_argument("--rebuild-minutes", type=float, default=3.0, help="train the proxy this long when missing")
+    ap.add_argument("--rebuild-minutes", type=float, default=40.0,
+                    help="train the proxy this long when missing; default: %(default)s")
     ap.add_argument("--scenes", type=int, default=4, help="held-out scenes")
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 2)), help="torch CPU threads")

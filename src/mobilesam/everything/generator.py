@@ -264,7 +264,8 @@ class SamAutomaticMaskGenerator:
       when it lies inside (one low-resolution cell away from the edge of) a mask that two earlier
       points both returned as their finest accepted mask; predicted-IoU and stability filters, boxes and NMS run on
       the 256x256 low-resolution logits; only the masks that survive NMS are upsampled to the image
-      size, where their stability score and box are recomputed and the thresholds applied again.
+      size, where their stability score and box are recomputed and the thresholds applied again (a
+      survivor that fails is dropped and NMS re-run, so a duplicate it suppressed can take its place).
 
     What ``"fast"`` may miss, compared to ``"exact"``: masks that only clicks inside an already
     confirmed mask would give -- a part nested in it, or on smooth gradients and textures, where the
@@ -509,28 +510,52 @@ class SamAutomaticMaskGenerator:
             [cells[:, 0] * sx, cells[:, 1] * sy, (cells[:, 2] + 1) * sx - 1, (cells[:, 3] + 1) * sy - 1], dim=1
         )
         boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([crop_w - 1, crop_h - 1] * 2))
-        keep = ~is_box_near_crop_edge(boxes, crop_box, crop_frame)
-        keep_idx = keep.nonzero().flatten()
-        keep_idx = keep_idx[nms(boxes[keep_idx], data["iou_preds"][keep_idx], self.box_nms_thresh)]
-        data.filter(keep_idx)
-        low = low[keep_idx]
-        # Full resolution for the survivors only: exactly the official upsampling of the same logits.
-        full = low.new_zeros(len(low), model.img_size // int(scale), model.img_size // int(scale))
-        full[:, : low.shape[1], : low.shape[2]] = low
-        masks = model.postprocess_masks(full[:, None], pred.input_size, im_size)[:, 0]
-        data["stability_score"] = calculate_stability_score(masks, thr, self.stability_score_offset)
-        if self.stability_score_thresh > 0.0:
-            ok = data["stability_score"] >= self.stability_score_thresh
-            data.filter(ok)
-            masks = masks[ok]
-        masks = masks > thr
+        candidates = (~is_box_near_crop_edge(boxes, crop_box, crop_frame)).nonzero().flatten()
+        # Exact mode filters at full resolution and then runs NMS; here NMS runs first, on the cheap
+        # low-resolution boxes, and only its winners are upsampled and checked. A winner that fails
+        # the full-resolution check leaves the candidates and NMS is re-run, so a duplicate it had
+        # suppressed can take its place, as it would have in exact mode.
+        iou_preds = data["iou_preds"]
+        checked: dict[int, tuple[torch.Tensor, float]] = {}  # candidate -> (full mask, stability)
+        rejected = torch.zeros(len(low), dtype=torch.bool, device=low.device)
+        while True:
+            alive = candidates[~rejected[candidates]]
+            winners = alive[nms(boxes[alive], iou_preds[alive], self.box_nms_thresh)].tolist()
+            new = [i for i in winners if i not in checked]
+            if not new:
+                break
+            for start in range(0, len(new), self.points_per_batch):
+                chunk = new[start : start + self.points_per_batch]
+                logits = self._upsample_low(low[chunk], scale, im_size)
+                stability = calculate_stability_score(logits, thr, self.stability_score_offset)
+                masks = logits > thr
+                near_edge = is_box_near_crop_edge(masks_to_boxes(masks), crop_box, crop_frame)
+                # As in the official filter, a NaN stability (empty mask) fails: hence "not >=".
+                ok = ~near_edge
+                if self.stability_score_thresh > 0.0:
+                    ok &= stability >= self.stability_score_thresh
+                for k, i in enumerate(chunk):
+                    if not ok[k]:
+                        rejected[i] = True
+                    else:
+                        checked[i] = (masks[k], float(stability[k]))
+        if not winners:
+            return MaskData()
+        data.filter(torch.as_tensor(winners, dtype=torch.long))
+        masks = torch.stack([checked[i][0] for i in winners])
+        data["stability_score"] = torch.tensor([checked[i][1] for i in winners])
         data["boxes"] = masks_to_boxes(masks)
-        keep = ~is_box_near_crop_edge(data["boxes"], crop_box, crop_frame)
-        if not torch.all(keep):
-            data.filter(keep)
-            masks = masks[keep]
         data["rles"] = mask_to_rle(uncrop_masks(masks, crop_box, orig_h, orig_w))
         return data
+
+    def _upsample_low(self, low: torch.Tensor, scale: float, im_size: tuple[int, ...]) -> torch.Tensor:
+        """Low-resolution logits (N, h, w), cropped to the image, upsampled to the crop's size exactly as
+        the official code upsamples the full 256x256 logits: (N, H, W)."""
+        model = self.predictor.model
+        side = model.img_size // int(scale)
+        full = low.new_zeros(len(low), side, side)
+        full[:, : low.shape[1], : low.shape[2]] = low
+        return model.postprocess_masks(full[:, None], self.predictor.input_size, im_size)[:, 0]
 
     @staticmethod
     def postprocess_small_regions(mask_data: MaskData, min_area: float, nms_thresh: float) -> MaskData:
