@@ -455,15 +455,7 @@ class SamAutomaticMaskGenerator:
             if not take:
                 break
             coords = torch.as_tensor(in_points[take], dtype=torch.float, device=pred.device)[:, None, :]
-            labels = torch.ones(len(take), 1, dtype=torch.int, device=pred.device)
-            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-            low, iou = model.mask_decoder(
-                image_embeddings=pred.features,
-                image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
-            )
+            low, iou = self._decode_low(coords)
             if covered is None:
                 scale = model.img_size / low.shape[-1]
                 lh, lw = int(np.ceil(in_h / scale)), int(np.ceil(in_w / scale))
@@ -547,6 +539,28 @@ class SamAutomaticMaskGenerator:
         data["boxes"] = masks_to_boxes(masks)
         data["rles"] = mask_to_rle(uncrop_masks(masks, crop_box, orig_h, orig_w))
         return data
+
+    def _decode_low(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-resolution logits (N, 3, 256, 256) and predicted IoUs (N, 3) of single positive points
+        (N, 1, 2) in the input frame, decoded ``max_batch`` points at a time, as the predictor does: the
+        decoder's activations grow with the batch, its work per point does not."""
+        pred = self.predictor
+        model = pred.model
+        lows, ious = [], []
+        for start in range(0, len(coords), pred.max_batch):
+            chunk = coords[start : start + pred.max_batch]
+            labels = torch.ones(len(chunk), 1, dtype=torch.int, device=chunk.device)
+            sparse, dense = model.prompt_encoder(points=(chunk, labels), boxes=None, masks=None)
+            low, iou = model.mask_decoder(
+                image_embeddings=pred.features,
+                image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+            lows.append(low)
+            ious.append(iou)
+        return torch.cat(lows), torch.cat(ious)
 
     def _upsample_low(self, low: torch.Tensor, scale: float, im_size: tuple[int, ...]) -> torch.Tensor:
         """Low-resolution logits (N, h, w), cropped to the image, upsampled to the crop's size exactly as
