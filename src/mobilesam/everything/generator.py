@@ -522,7 +522,7 @@ class SamAutomaticMaskGenerator:
                 stability = calculate_stability_score(logits, thr, self.stability_score_offset)
                 masks = logits > thr
                 near_edge = is_box_near_crop_edge(masks_to_boxes(masks), crop_box, crop_frame)
-                # As in the official filter, a NaN stability (empty mask) fails: hence "not >=".
+                # An empty mask has a NaN stability, which fails ">=" here as in the official filter.
                 ok = ~near_edge
                 if self.stability_score_thresh > 0.0:
                     ok &= stability >= self.stability_score_thresh
