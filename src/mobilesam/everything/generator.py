@@ -6,6 +6,7 @@ same format for a fraction of the work (see the class docstring for what it does
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -187,24 +188,38 @@ def _check_point_grids(point_grids: Any, crop_n_layers: int) -> list[np.ndarray]
     return grids
 
 
-def check_options(
-    points_per_side: int | None = 32,
-    points_per_batch: int = 64,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    stability_score_offset: float = 1.0,
-    box_nms_thresh: float = 0.7,
-    crop_n_layers: int = 0,
-    crop_nms_thresh: float = 0.7,
-    crop_overlap_ratio: float = 512 / 1500,
-    crop_n_points_downscale_factor: int = 1,
-    point_grids: list[np.ndarray] | None = None,
-    min_mask_region_area: int = 0,
-    output_mode: str = "binary_mask",
-    mode: str = "exact",
+def check_options(**options: Any) -> dict[str, Any]:
+    """Validate the generator's options (clear errors naming the option); returns them all normalised,
+    options not given at their ``SamAutomaticMaskGenerator`` defaults, with ``point_grids`` built from
+    ``points_per_side`` when that is given."""
+    defaults = {
+        name: param.default
+        for name, param in inspect.signature(SamAutomaticMaskGenerator.__init__).parameters.items()
+        if name not in ("self", "model")
+    }
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"unexpected option(s) {', '.join(unknown)}; the options are {', '.join(defaults)}")
+    return _normalised_options(**{**defaults, **options})
+
+
+def _normalised_options(
+    *,
+    points_per_side: int | None,
+    points_per_batch: int,
+    pred_iou_thresh: float,
+    stability_score_thresh: float,
+    stability_score_offset: float,
+    box_nms_thresh: float,
+    crop_n_layers: int,
+    crop_nms_thresh: float,
+    crop_overlap_ratio: float,
+    crop_n_points_downscale_factor: int,
+    point_grids: list[np.ndarray] | None,
+    min_mask_region_area: int,
+    output_mode: str,
+    mode: str,
 ) -> dict[str, Any]:
-    """Validate the generator's options (clear errors naming the option); returns them normalised,
-    with ``point_grids`` built from ``points_per_side`` when that is given."""
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
     if output_mode not in OUTPUT_MODES:
