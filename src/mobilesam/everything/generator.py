@@ -560,19 +560,11 @@ class SamAutomaticMaskGenerator:
         (N, 1, 2) in the input frame, decoded ``max_batch`` points at a time, as the predictor does: the
         decoder's activations grow with the batch, its work per point does not."""
         pred = self.predictor
-        model = pred.model
         lows, ious = [], []
         for start in range(0, len(coords), pred.max_batch):
             chunk = coords[start : start + pred.max_batch]
             labels = torch.ones(len(chunk), 1, dtype=torch.int, device=chunk.device)
-            sparse, dense = model.prompt_encoder(points=(chunk, labels), boxes=None, masks=None)
-            low, iou = model.mask_decoder(
-                image_embeddings=pred.features,
-                image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
-            )
+            low, iou = pred._decode_low_res(chunk, labels, None, None, multimask_output=True)
             lows.append(low)
             ious.append(iou)
         return torch.cat(lows), torch.cat(ious)
