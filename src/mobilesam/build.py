@@ -1,39 +1,29 @@
-"""Building a ``Sam`` from a checkpoint: resolve the file, load it safely, detect the architecture."""
+"""Building a model from a checkpoint: resolve the file, load it safely, detect family and size (mobilesam.hub)."""
 
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
+from torch import nn
 
-from .modeling import MODEL_CONFIGS, Sam, build_model
+from .hub import SAM_FAMILY, ModelFamily, closest_architecture, detect_family, families, family_for_size, known_sizes
+from .modeling import Sam
 from .weights import WEIGHTS, CheckpointError, load_state_dict, resolve_weights
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def detect_model_type(state_dict: dict[str, torch.Tensor]) -> str | None:
-    """The key of :data:`MODEL_CONFIGS` whose architecture the state_dict holds, or None."""
-    if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:
-        stages = sorted({int(k.split(".")[2]) for k in state_dict if k.startswith("image_encoder.layers.")})
-        try:
-            dims = tuple(
-                state_dict[
-                    f"image_encoder.layers.{i}.blocks.0.conv1.c.weight"
-                    if i == 0
-                    else f"image_encoder.layers.{i}.blocks.0.attn.norm.weight"
-                ].shape[1 if i == 0 else 0]
-                for i in stages
-            )
-        except KeyError:
-            return None
-        return next((n for n, c in MODEL_CONFIGS.items() if c.encoder == "tiny_vit" and c.embed_dims == dims), None)
-    pos = state_dict.get("image_encoder.pos_embed")
-    if pos is not None:
-        depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
-        for name, cfg in MODEL_CONFIGS.items():
-            if cfg.encoder == "vit" and cfg.embed_dims[0] == pos.shape[-1] and cfg.depths[0] == depth:
-                return name
-    return None
+
+def detect_model_type(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The size (e.g. ``"vit_t"``, a key of :data:`MODEL_CONFIGS`) whose architecture the state_dict holds, or None.
+
+    Any registered family's sizes count; :func:`mobilesam.hub.detect_family` also says which family.
+    """
+    found = detect_family(state_dict)
+    return found[1] if found is not None else None
 
 
 def _describe_mismatch(path: str, model_type: str, missing: list[str], unexpected: list[str]) -> str:
@@ -45,11 +35,35 @@ def _describe_mismatch(path: str, model_type: str, missing: list[str], unexpecte
         parts.append(f"missing keys: {few(missing)}")
     if unexpected:
         parts.append(f"unexpected keys: {few(unexpected)}")
-    parts.append(f"known model types: {', '.join(MODEL_CONFIGS)}; pass model_type=... only if detection fails")
+    parts.append(f"known model types: {', '.join(known_sizes())}; pass model_type=... only if detection fails")
     return "; ".join(parts)
 
 
-def load_weights_into(sam: Sam, state_dict: dict[str, torch.Tensor], source: str, model_type: str) -> Sam:
+def _not_a_checkpoint(path: Path, state_dict: Mapping[str, torch.Tensor]) -> CheckpointError:
+    kinds = " / ".join(f.title for f in families())
+    sample = ", ".join(list(state_dict)[:5])
+    return CheckpointError(
+        f"checkpoint: '{path}' is not a {kinds} checkpoint (its keys match no known architecture, "
+        f"not even half of one; first keys: {sample}); known model types: {', '.join(known_sizes())}"
+    )
+
+
+def _architecture_of(path: Path, state_dict: Mapping[str, torch.Tensor]) -> tuple[ModelFamily, str]:
+    """(family, size) of a checkpoint: by its key signature, else the nearest one by common keys.
+
+    A checkpoint that lacks a key the signature reads (one encoder key, say) is still close to its
+    architecture; loading it then reports exactly which keys differ.
+    """
+    found = detect_family(state_dict)
+    if found is not None:
+        return found
+    nearest = closest_architecture(state_dict)
+    if nearest is None:
+        raise _not_a_checkpoint(path, state_dict)
+    return nearest.family, nearest.size
+
+
+def load_weights_into(sam: ModuleT, state_dict: Mapping[str, torch.Tensor], source: str, model_type: str) -> ModuleT:
     """Strictly load ``state_dict`` into ``sam``, turning mismatches into a readable CheckpointError."""
     own = sam.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -70,31 +84,27 @@ def build_sam(
     checkpoint: str | os.PathLike | None = None,
     model_type: str | None = None,
     device: str | torch.device | None = "cpu",
-) -> Sam:
-    """Build a ``Sam`` in eval mode.
+) -> nn.Module:
+    """Build a model of any registered family (a ``Sam`` for MobileSAM and SAM) in eval mode.
 
     ``checkpoint`` is a file path (any name) or a known weights name (``mobile_sam.pt``,
-    ``sam_vit_b_01ec64.pth``, ...; downloaded on first use). The architecture is detected from the
-    checkpoint; ``model_type`` forces one. Without a checkpoint, ``model_type`` gives random weights.
+    ``sam_vit_b_01ec64.pth``, ...; downloaded on first use). The family and size are detected from the
+    checkpoint; ``model_type`` forces a size. Without a checkpoint, ``model_type`` gives random weights.
     """
-    if model_type is not None and model_type not in MODEL_CONFIGS:
-        raise ValueError(f"model_type: expected one of {sorted(MODEL_CONFIGS)}, got {model_type!r}")
+    # Looked up first so that an unknown size is rejected before any file is read.
+    forced = family_for_size(model_type) if model_type is not None else None
     if checkpoint is None:
-        if model_type is None:
+        if forced is None:
             raise ValueError("build_sam: give a checkpoint (path or name) or a model_type for random weights")
-        return build_model(model_type).to(device)
+        return forced.build(model_type).to(device)
     path = resolve_weights(checkpoint)
     state_dict = load_state_dict(path)
-    detected = detect_model_type(state_dict)
     if model_type is None:
-        if detected is None:
-            sample = ", ".join(list(state_dict)[:5])
-            raise CheckpointError(
-                f"checkpoint: '{path}' is not a SAM / MobileSAM checkpoint (no known image encoder keys; "
-                f"first keys: {sample}); known model types: {', '.join(MODEL_CONFIGS)}"
-            )
-        model_type = detected
-    sam = build_model(model_type)
+        family, model_type = _architecture_of(path, state_dict)
+    else:
+        found = detect_family(state_dict)
+        family = family_for_size(model_type, prefer=found[0] if found is not None else None)
+    sam = family.build(model_type)
     load_weights_into(sam, state_dict, str(path), model_type)
     return sam.to(device).eval()
 
@@ -108,7 +118,7 @@ def _registry_builder(model_type: str) -> Callable[..., Sam]:
 
 
 # Drop-in for the official ``sam_model_registry["vit_t"](checkpoint=...)``.
-sam_model_registry: dict[str, Callable[..., Sam]] = {name: _registry_builder(name) for name in MODEL_CONFIGS}
+sam_model_registry: dict[str, Callable[..., Sam]] = {name: _registry_builder(name) for name in SAM_FAMILY.sizes}
 sam_model_registry["default"] = sam_model_registry["vit_h"]
 
 __all__ = ["WEIGHTS", "build_sam", "detect_model_type", "load_weights_into", "sam_model_registry"]

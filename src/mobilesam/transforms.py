@@ -6,6 +6,8 @@ Images are resized with PIL's bilinear filter so the longest side equals ``targe
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -60,3 +62,21 @@ class ResizeLongestSide:
 
     def apply_boxes_torch(self, boxes: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
         return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+
+def transform_for(preprocessing: Any) -> ResizeLongestSide:
+    """The transform that maps images and prompts into the input frame of a family's ``Preprocessing``.
+
+    ``preprocessing`` is a :class:`mobilesam.hub.Preprocessing` (read by attribute, so this module
+    does not import the registry).
+    """
+    resize = getattr(preprocessing, "resize", None)
+    if resize == "longest_side":
+        return ResizeLongestSide(preprocessing.image_size)
+    if resize == "square":
+        # SAM 2's square resize must match the official SAM2Transforms pixel for pixel; it comes
+        # with the SAM 2 family rather than as an approximation here.
+        raise NotImplementedError(
+            "preprocessing: resize='square' (SAM 2) has no transform yet; only 'longest_side' is implemented"
+        )
+    raise ValueError(f"preprocessing: expected resize 'longest_side' or 'square', got {resize!r}")

@@ -24,12 +24,15 @@ import shlex
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
-from tqdm import tqdm
+
+from .hub import WeightsEntry, find_weights, known_weights, weights_aliases
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = [
     "ALIASES",
@@ -48,74 +51,12 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _USER_AGENT = "mobilesam-weights/1"
-_SAM_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
 
-@dataclass(frozen=True)
-class WeightsEntry:
-    """One known checkpoint.
-
-    ``name`` is the file name (also the cache file name and the registry key);
-    ``size_mb`` is the approximate size in megabytes (10**6 bytes).
-    """
-
-    name: str
-    model_type: str
-    url: str
-    sha256: str
-    size_mb: float
-    description: str
-
-
-WEIGHTS: dict[str, WeightsEntry] = {
-    e.name: e
-    for e in (
-        WeightsEntry(
-            name="mobile_sam.pt",
-            model_type="vit_t",
-            url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
-            sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
-            size_mb=40.7,  # 38.8 MiB
-            description="MobileSAM: TinyViT-5M image encoder distilled from SAM ViT-H",
-        ),
-        WeightsEntry(
-            name="sam_vit_b_01ec64.pth",
-            model_type="vit_b",
-            url=_SAM_BASE_URL + "sam_vit_b_01ec64.pth",
-            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-            size_mb=375.0,
-            description="Segment Anything, ViT-B image encoder (Meta AI)",
-        ),
-        WeightsEntry(
-            name="sam_vit_l_0b3195.pth",
-            model_type="vit_l",
-            url=_SAM_BASE_URL + "sam_vit_l_0b3195.pth",
-            sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-            size_mb=1250.0,
-            description="Segment Anything, ViT-L image encoder (Meta AI)",
-        ),
-        WeightsEntry(
-            name="sam_vit_h_4b8939.pth",
-            model_type="vit_h",
-            url=_SAM_BASE_URL + "sam_vit_h_4b8939.pth",
-            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-            size_mb=2560.0,
-            description="Segment Anything, ViT-H image encoder (Meta AI)",
-        ),
-    )
-}
-
-# Short names and the Ultralytics file names, mapped to registry keys.
-ALIASES: dict[str, str] = {
-    "mobile_sam": "mobile_sam.pt",
-    "vit_t": "mobile_sam.pt",
-    "sam_b.pt": "sam_vit_b_01ec64.pth",
-    "vit_b": "sam_vit_b_01ec64.pth",
-    "sam_l.pt": "sam_vit_l_0b3195.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "sam_h.pt": "sam_vit_h_4b8939.pth",
-    "vit_h": "sam_vit_h_4b8939.pth",
-}
+# The known checkpoints are listed by the model families (mobilesam.hub); these are the live
+# indexes over all registered families, so a family registered at run time resolves here too.
+WEIGHTS: dict[str, WeightsEntry] = known_weights()  # file name -> entry
+ALIASES: dict[str, str] = weights_aliases()  # short names and Ultralytics' file names -> file name
 
 
 class CheckpointError(ValueError):
@@ -124,7 +65,7 @@ class CheckpointError(ValueError):
 
 def get_weights_entry(name: str) -> WeightsEntry | None:
     """Return the registry entry for a file name or alias, or None."""
-    return WEIGHTS.get(ALIASES.get(name, name))
+    return find_weights(name)
 
 
 def cache_dir() -> Path:
@@ -253,6 +194,8 @@ def download_file(
     ``dest`` is never a partial file and no ``.part`` file is left behind.
     Every failure raises :class:`CheckpointError`, chained to its cause.
     """
+    from tqdm import tqdm  # imported here: only a download needs it, and it is slow to import
+
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)

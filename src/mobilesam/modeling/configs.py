@@ -18,6 +18,9 @@ from .transformer import TwoWayTransformer
 IMAGE_SIZE = 1024
 PROMPT_EMBED_DIM = 256
 EMBEDDING_SIZE = 64  # image embedding grid: IMAGE_SIZE / 16
+# Input normalisation per RGB channel on the 0-255 scale (ImageNet statistics), as the official Sam.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ def build_model(model_type: str, device: torch.device | str | None = None) -> Sa
                 iou_head_depth=3,
                 iou_head_hidden_dim=256,
             ),
+            pixel_mean=PIXEL_MEAN,
+            pixel_std=PIXEL_STD,
         )
     return sam.eval()
 
