@@ -374,6 +374,6 @@ def export_onnx(
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__

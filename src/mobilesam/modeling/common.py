@@ -7,15 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def is_exporting() -> bool:
-    """True while torch.jit / torch.onnx trace or torch.compile compiles: caches and in-place buffer
-    tricks of the eager fast paths are skipped there (the plain graph is what should be captured)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel dimension of a (B, C, H, W) tensor."""
 

@@ -1,5 +1,9 @@
 """SAM's mask decoder: a two-way transformer over prompt tokens and the image embedding, then
-hypernetwork heads that turn mask tokens into masks, and an IoU head."""
+hypernetwork heads that turn mask tokens into masks, and an IoU head.
+
+The reference computation (training, export); the inference model of
+:func:`mobilesam.backends.torch_fast.optimize_for_inference` computes the same in token layout.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, is_exporting
+from .common import LayerNorm2d
 
 
 class MLP(nn.Module):
@@ -86,23 +90,17 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` masks (B, M, 256, 256) and scores (B, M)."""
+        """All ``num_mask_tokens`` masks (B, M, 4H, 4W) and scores (B, M).
+
+        image_embeddings (1 or B, C, H, W), image_pe (1, C, H, W), sparse_prompt_embeddings (B, N, C),
+        dense_prompt_embeddings (1 or B, C, H, W).
+        """
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
-
-        # Token layout (B, H*W, C) throughout: the image embedding (shared by all prompts) and the dense
-        # prompt embedding are summed straight into a channels-last buffer, so the transformer's
-        # flatten/transpose is a free view and no (B, C, H, W) copy is made on the way out.
-        _, c, h, w = dense_prompt_embeddings.shape
-        if is_exporting() or torch.is_grad_enabled():  # out= does not support autograd
-            src = image_embeddings + dense_prompt_embeddings
-        else:
-            # In the prompt tokens' dtype: an embedding computed under autocast (bf16) decodes in fp32.
-            src = torch.empty((b, h, w, c), dtype=tokens.dtype, device=tokens.device).permute(0, 3, 1, 2)
-            torch.add(image_embeddings.expand(b, -1, -1, -1), dense_prompt_embeddings.expand(b, -1, -1, -1), out=src)
-        src = src.expand(b, -1, -1, -1)
+        src = self._image_source(image_embeddings, dense_prompt_embeddings, b)
         pos_src = image_pe.expand(b, -1, -1, -1)
+        _, _, h, w = src.shape
 
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
@@ -112,25 +110,19 @@ class MaskDecoder(nn.Module):
         )
         return self._masks(src, hyper_in, h, w), self.iou_prediction_head(iou_token_out)
 
-    def _masks(self, src: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Upscale the image tokens (B, H*W, C) 4x and take the dot product with each mask token's
-        hypernetwork output (B, M, C'): masks (B, M, 4H, 4W).
+    def _image_source(
+        self, image_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor, batch: int
+    ) -> torch.Tensor:
+        """The transformer's image input: embedding + dense prompt embedding, (B, C, H, W).
 
-        ``output_upscaling`` is two ConvTranspose2d(kernel 2, stride 2), which never overlap: each
-        input pixel maps to its own 2x2 block, so each is a matrix product in token layout, and the
-        LayerNorm2d over channels is a LayerNorm over the last dimension. The pixels are put back in
-        raster order only for the M masks, not for the C' channels.
+        One image embedding serves every prompt of the batch: broadcast, not copied B times.
         """
-        up1, norm, act1, up2, act2 = self.output_upscaling
-        b = src.shape[0]
-        x = src @ up1.weight.permute(0, 2, 3, 1).flatten(1)  # (B, H*W, 2*2*C1): (kh, kw, c1)
-        c1 = up1.weight.shape[1]
-        x = x.view(b, -1, c1) + up1.bias
-        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-        c2 = up2.weight.shape[1]
-        x = x @ up2.weight.permute(0, 2, 3, 1).flatten(1)  # (B, H*W*4, 2*2*C2)
-        x = act2(x.view(b, -1, c2) + up2.bias)  # (B, H*W*16, C2) in (h, w, kh, kw, kh2, kw2) order
-        m = hyper_in.shape[1]
-        masks = (x @ hyper_in.transpose(1, 2)).view(b, h, w, 2, 2, 2, 2, m)
-        # Output row 4h + 2kh + kh2, column 4w + 2kw + kw2.
-        return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * h, 4 * w)
+        return (image_embeddings + dense_prompt_embeddings).expand(batch, -1, -1, -1)
+
+    def _masks(self, src: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Image tokens (B, H*W, C) upscaled 4x by ``output_upscaling`` to (B, C', 4H, 4W), then the dot
+        product with each mask token's hypernetwork output (B, M, C'): masks (B, M, 4H, 4W)."""
+        b, _, c = src.shape
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        _, c2, h2, w2 = upscaled.shape
+        return (hyper_in @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)

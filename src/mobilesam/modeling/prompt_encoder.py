@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .common import LayerNorm2d, is_exporting
+from .common import LayerNorm2d
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -74,22 +74,10 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
-        self._dense_pe: tuple[tuple, torch.Tensor] | None = None
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid: (1, C, H, W), channels-last in memory.
-
-        Cached (it is the same for every prompt) and keyed on the storage and version of the random
-        frequency matrix, so a newly loaded one takes effect.
-        """
-        if is_exporting():
-            return self.pe_layer(self.image_embedding_size).unsqueeze(0)
-        g = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (g.data_ptr(), g._version, g.device, g.dtype)
-        if self._dense_pe is None or self._dense_pe[0] != key:
-            pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
-            self._dense_pe = (key, pe.contiguous(memory_format=torch.channels_last))
-        return self._dense_pe[1]
+        """Positional encoding of the image embedding grid: (1, C, H, W)."""
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # pixel centres

@@ -8,18 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import is_exporting
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
 
-def _resize_crop_resize(x: torch.Tensor, size: int, crop: int, out: int) -> torch.Tensor:
-    """Along the last axis of (N, C, L): linear resize to ``size``, keep the first ``crop``, resize to ``out``."""
-    x = F.interpolate(x, size=size, mode="linear", align_corners=False)[..., :crop]
-    return F.interpolate(x, size=out, mode="linear", align_corners=False)
-
-
 class Sam(nn.Module):
+    """Segment Anything: an image encoder (TinyViT or ViT, (B, 3, S, S) -> (B, 256, S/16, S/16)), the
+    prompt encoder and the mask decoder, with SAM's pixel normalisation and mask post-processing."""
+
     mask_threshold: float = 0.0
     image_format: str = "RGB"
 
@@ -57,20 +53,12 @@ class Sam(nn.Module):
     ) -> torch.Tensor:
         """Low-res logits (B, M, 256, 256) -> logits at the original image size (B, M, H, W).
 
-        Upsample to the padded input, crop the padding, then resize to the original size. Bilinear
-        interpolation is separable, so this runs one axis at a time: the rows are resampled while the
-        masks are still 256 wide, and the full-size 1024 x 1024 intermediate is never made (same
-        values as the official two 2-D resizes, up to float rounding).
+        Upsample to the padded input (img_size square), crop the padding (to ``input_size``), then
+        resize to ``original_size``.
         """
-        if is_exporting():
-            masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
-            masks = masks[..., : input_size[0], : input_size[1]]
-            return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
-        b, m, lh, lw = masks.shape
-        x = masks.reshape(b * m, lh, lw).transpose(1, 2)  # rows last
-        x = _resize_crop_resize(x, self.img_size, int(input_size[0]), int(original_size[0]))
-        x = _resize_crop_resize(x.transpose(1, 2), self.img_size, int(input_size[1]), int(original_size[1]))
-        return x.view(b, m, int(original_size[0]), int(original_size[1]))
+        masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:

@@ -2,7 +2,9 @@
 
 Parameter names follow the official ``mobile_sam`` TinyViT so that ``mobile_sam.pt`` loads with
 ``strict=True``. Unlike the official module, attention biases are never cached: weights loaded at any
-time (before or after ``eval()``) take effect.
+time (before or after ``eval()``) take effect. This is the reference computation, used for training
+and export; the CPU fast paths (folded BatchNorm, fused convolutions) are applied on top of it by
+:func:`mobilesam.backends.torch_fast.optimize_for_inference`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, is_exporting
+from .common import LayerNorm2d
 
 
 class Conv2d_BN(nn.Sequential):  # noqa: N801 - the official name, kept for checkpoint keys
-    """Convolution without bias followed by BatchNorm; children are named ``c`` and ``bn``.
+    """Convolution without bias followed by BatchNorm: (B, C_in, H, W) -> (B, C_out, H', W').
 
-    In eval mode the BatchNorm is folded into the convolution (one pass over the activations instead
-    of two). The folded weights are cached and keyed on the storage and version of every tensor they
-    come from, so weights loaded or changed in place at any time take effect on the next call.
+    Children are named ``c`` and ``bn``, as in the official code. (The inference model of
+    :func:`mobilesam.backends.torch_fast.optimize_for_inference` folds the BatchNorm into the convolution.)
     """
 
     def __init__(
@@ -37,78 +38,6 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - the official name, kept for chec
         super().__init__()
         self.add_module("c", nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_chans))
-        self._folded: tuple[tuple, dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]]] | None = None
-
-    def _sources(self) -> tuple[torch.Tensor, ...]:
-        bn = self.bn
-        return (self.c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-
-    def folded(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convolution weight and bias with the BatchNorm folded in (eval-mode statistics)."""
-        sources = self._sources()
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + (self.bn.eps,)
-        if self._folded is None or self._folded[0] != key:
-            w, gamma, beta, mean, var = (t.detach() for t in sources)
-            scale = gamma / torch.sqrt(var + self.bn.eps)
-            self._folded = (key, {w.dtype: (w * scale.view(-1, 1, 1, 1), beta - mean * scale)})
-        cache = self._folded[1]
-        dtype = dtype or self.c.weight.dtype
-        if dtype not in cache:
-            weight, bias = next(iter(cache.values()))
-            cache[dtype] = (weight.to(dtype), bias.to(dtype))
-        return cache[dtype]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled() or is_exporting():
-            return self.bn(self.c(x))
-        weight, bias = self.folded()
-        c = self.c
-        return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
-
-    def conv_act(self, x: torch.Tensor, act: nn.Module | None = None, add: torch.Tensor | None = None) -> torch.Tensor:
-        """``act(self(x) + add)``; at inference on the CPU, one oneDNN kernel does the convolution with
-        the residual add or the (exact) GELU fused in, saving a pass over the activations (in fp32, or
-        in bf16 under CPU autocast)."""
-        dtype = None if self.training or torch.is_grad_enabled() or is_exporting() else _fused_dtype(x)
-        if dtype is not None:
-            weight, bias = self.folded(dtype)
-            c = self.c
-            geom = (list(c.padding), list(c.stride), list(c.dilation), c.groups)
-            x = x.to(dtype)
-            try:
-                if add is not None:
-                    y = torch.ops.mkldnn._convolution_pointwise(
-                        x, add.to(dtype), weight, bias, *geom, "add", 1.0, None, [], None
-                    )
-                    return act(y) if act is not None else y
-                if isinstance(act, nn.GELU) and act.approximate == "none":
-                    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geom, "gelu", [], "none")
-            except RuntimeError:  # a torch build without these fusions: use the plain ops from now on
-                _FUSED_CONV[0] = False
-        y = self(x)
-        if add is not None:
-            y = y + add
-        return act(y) if act is not None else y
-
-
-# oneDNN's fused convolutions (the kernels torch.compile uses on CPU); private ops, so checked for and
-# abandoned on the first failure.
-_FUSED_CONV = [hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()]
-
-
-def _fused_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype a fused CPU convolution runs in: fp32, bf16 under CPU bf16 autocast, else None (no fusion)."""
-    if not _FUSED_CONV[0] or x.device.type != "cpu":
-        return None
-    try:
-        autocast = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu") if autocast else None
-    except (TypeError, AttributeError):  # torch < 2.4
-        autocast = torch.is_autocast_cpu_enabled()
-        dtype = torch.get_autocast_cpu_dtype() if autocast else None
-    if autocast:
-        return torch.bfloat16 if dtype == torch.bfloat16 else None
-    return torch.float32 if x.dtype == torch.float32 else None
 
 
 class PatchEmbed(nn.Module):
@@ -123,10 +52,10 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Channels-last from here on: oneDNN's convolutions (depthwise above all) run several times
-        # faster in NHWC, and the token layout (B, H*W, C) of the later stages is then a free view.
-        x = self.seq[0].conv_act(x.contiguous(memory_format=torch.channels_last), self.seq[1])
-        return self.seq[2](x)
+        # Channels-last from here on (the values are the same in any layout): oneDNN's convolutions
+        # (depthwise above all) run several times faster in NHWC, in training as at inference, and the
+        # token layout (B, H*W, C) of the later stages is then a free view.
+        return self.seq(x.contiguous(memory_format=torch.channels_last))
 
 
 class MBConv(nn.Module):
@@ -143,8 +72,9 @@ class MBConv(nn.Module):
         self.act3 = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv2.conv_act(self.conv1.conv_act(x, self.act1), self.act2)
-        return self.conv3.conv_act(y, self.act3, add=x)
+        y = self.act1(self.conv1(x))
+        y = self.act2(self.conv2(y))
+        return self.act3(self.conv3(y) + x)
 
 
 class PatchMerging(nn.Module):
@@ -167,7 +97,8 @@ class PatchMerging(nn.Module):
         if x.ndim == 3:
             h, w = self.input_resolution
             x = _tokens_to_nchw(x, h, w)
-        x = self.conv2.conv_act(self.conv1.conv_act(x, self.act), self.act)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
         return _nchw_to_tokens(self.conv3(x))
 
 
