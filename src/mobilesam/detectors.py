@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .formats.classes import read_classes
+
 logger = logging.getLogger(__name__)
 
 # The 80 COCO classes in the order YOLO models and most datasets number them (class index 0..79).
@@ -271,11 +273,6 @@ class CallableDetector(Detector):
 # Existing box labels
 
 
-def _read_classes_txt(path: Path) -> dict[int, str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return {i: s.strip() for i, s in enumerate(lines) if s.strip()}
-
-
 def _int_class(value: str, where: str) -> int:
     try:
         f = float(value)
@@ -306,7 +303,7 @@ class YoloLabelsDetector(Detector):
         self.names = (
             _names_dict(names, "names")
             if names is not None
-            else (_read_classes_txt(classes_txt) if classes_txt.is_file() else {})
+            else (read_classes(classes_txt) if classes_txt.is_file() else {})
         )
         self.missing = 0
 

@@ -140,24 +140,62 @@ def read_url(url: str, timeout: float = 20.0, max_bytes: int = 100 * 2**20) -> n
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a partial one.
 
-    A reader never sees a partial file, and an existing file is only replaced once the new one is complete.
+    The bytes go to a temporary file in the same folder (so ``os.replace`` stays on one file system),
+    are flushed and fsynced, and the file is then moved over ``path``. Missing parent folders are
+    created. The file gets the permissions a plain ``open(path, "wb")`` gives (``0o666`` less the
+    umask), not ``mkstemp``'s owner-only ``0o600``. On any failure the temporary file is removed and an
+    existing ``path`` is left as it was.
     """
     import secrets
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder so os.replace stays on one file system; open(..., "xb") keeps the umask's permissions.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
     try:
-        with open(tmp, "xb") as f:
+        with open(tmp, "xb") as f:  # "x": never write through a file (or link) that is already there
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def walk_images(folder: str | os.PathLike, suffixes: tuple[str, ...] | None = IMAGE_SUFFIXES) -> list[str]:
+    """The image files under ``folder``: the one folder rule of every command that takes a folder.
+
+    - recursive: files in sub-folders are included, at any depth;
+    - hidden entries are skipped: a file or folder whose name starts with "." (and all below it);
+    - links to folders are not followed (no loops, nothing outside the tree); links to files are kept;
+    - an image is a file whose suffix, in any case, is one of ``IMAGE_SUFFIXES``
+      (``suffixes=None`` keeps every file, for callers that report the others as skipped);
+    - the result is the paths relative to ``folder``, with "/" separators, sorted as strings.
+
+    Raises ``NotADirectoryError`` when ``folder`` is not a folder; an empty list is the caller's to judge.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise NotADirectoryError(f"folder: '{folder}' is not a folder")
+    wanted = None if suffixes is None else tuple(s.lower() for s in suffixes)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith(".") or (wanted is not None and not name.lower().endswith(wanted)):
+                continue
+            path = Path(dirpath, name)
+            if path.is_file():  # not a broken link, a socket, ...
+                found.append(path.relative_to(root).as_posix())
+    return sorted(found)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, image_format: str = "RGB") -> Path:

@@ -144,6 +144,19 @@ def _spanning_links(polys: list[np.ndarray]) -> dict[int, dict[int, list[tuple[i
     return children
 
 
+def mask_to_segment(mask: np.ndarray, strategy: str = "all") -> np.ndarray | None:
+    """One polygon (K, 2) in pixels for a boolean (H, W) mask, or None if it has no polygon: the ring a
+    YOLO segmentation line holds.
+
+    ``"all"`` joins every component's outer contour into one ring (as Ultralytics writes multi-part
+    masks; nothing is lost); ``"largest"`` keeps the largest component. Holes are not represented.
+    """
+    polys = mask_to_polygons(mask, strategy)
+    if not polys:
+        return None
+    return polys[0] if len(polys) == 1 else join_polygons(polys)
+
+
 def polygons_to_mask(polys: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Rasterise (K, 2) polygons in pixels into a boolean (H, W) mask."""
     m = np.zeros(shape, np.uint8)
@@ -217,3 +230,24 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
 
 def mask_area(mask: np.ndarray) -> int:
     return int(np.count_nonzero(mask))
+
+
+def mask_iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """IoU of boolean masks (..., H, W), pair by pair along the leading dimensions; 1.0 where both are empty.
+
+    Numpy arrays give a float64 array of shape ``a.shape[:-2]`` (0-d for two single masks: ``float()``
+    it), torch tensors a float64 tensor. Non-boolean inputs count their non-zero pixels.
+    """
+    if tuple(a.shape[-2:]) != tuple(b.shape[-2:]):
+        raise ValueError(
+            f"mask_iou: expected masks of one size (H, W), got {tuple(a.shape[-2:])} and {tuple(b.shape[-2:])}"
+        )
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        a, b = torch.as_tensor(a).bool(), torch.as_tensor(b).bool()
+        inter = (a & b).flatten(-2).sum(-1).double()
+        union = (a | b).flatten(-2).sum(-1).double()
+        return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    inter = np.logical_and(a, b).sum((-2, -1), dtype=np.float64)
+    union = np.logical_or(a, b).sum((-2, -1), dtype=np.float64)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)

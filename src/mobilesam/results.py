@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .io import atomic_write_bytes, write_image
-from .masks import encode_rle, join_polygons, mask_to_polygons
+from .formats import yolo
+from .io import write_image
+from .masks import encode_rle, mask_to_polygons, mask_to_segment
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -165,8 +166,8 @@ class Masks(_TensorData):
         if strategy not in self._segments:
             polys = []
             for m in _to_numpy(self.data):
-                parts = mask_to_polygons(m, strategy=strategy)
-                polys.append(join_polygons(parts) if parts else np.zeros((0, 2), np.float32))
+                seg = mask_to_segment(m, strategy)
+                polys.append(seg if seg is not None else np.zeros((0, 2), np.float32))
             self._segments[strategy] = polys
         polys = self._segments[strategy]
         if normalize:
@@ -346,23 +347,21 @@ class Results:
         return str(filename)
 
     def save_txt(self, txt_file: str | os.PathLike, save_conf: bool = False, strategy: str = "all") -> str:
-        """Write YOLO segmentation labels, one line per mask: ``cls x1 y1 x2 y2 ...`` normalised to [0, 1].
+        """Write YOLO segmentation labels, one line per mask: ``cls x1 y1 x2 y2 ... [conf]``.
 
-        ``strategy="all"`` joins every part of a mask into one polygon (nothing is lost); ``"largest"``
-        keeps the largest part, like ``masks.xyn``. A mask with no pixels has no polygon and no line.
-        The file is replaced atomically (not appended to).
+        Coordinates are normalised by the image size, clipped to [0, 1] and written with six decimals,
+        the rule of :mod:`mobilesam.formats.yolo` (the same bytes ``auto_annotate`` and ``mobilesam serve``
+        write). ``strategy="all"`` joins every part of a mask into one polygon (nothing is lost);
+        ``"largest"`` keeps the largest part, like ``masks.xyn``. A mask with no pixels has no polygon
+        and no line. The file is replaced atomically (not appended to).
         """
-        lines = []
         h, w = self.orig_shape
-        polys = self.masks.segments(strategy)
-        box_data = _to_numpy(self.boxes.data)
-        for poly, row in zip(polys, box_data):
-            if len(poly) < 3:
-                continue
-            xy = (poly / np.asarray([w, h], np.float32)).reshape(-1)
-            values = [int(row[5]), *[f"{v:.6g}" for v in xy]] + ([f"{row[4]:.6g}"] if save_conf else [])
-            lines.append(" ".join(str(v) for v in values))
-        atomic_write_bytes(txt_file, ("\n".join(lines) + ("\n" if lines else "")).encode())
+        lines = [
+            yolo.format_line(int(row[5]), poly, w, h, row[4] if save_conf else None)
+            for poly, row in zip(self.masks.segments(strategy), _to_numpy(self.boxes.data))
+            if len(poly) >= 3
+        ]
+        yolo.write_labels(txt_file, lines)
         return str(txt_file)
 
     def summary(self, normalize: bool = False, decimals: int = 5) -> list[dict[str, Any]]:

@@ -1,6 +1,8 @@
 """Turning a ``source`` argument into images: paths, folders, globs, lists, PIL images, arrays and URLs.
 
 Numpy arrays are taken as BGR by default, as ``cv2.imread`` gives them (the Ultralytics convention).
+A folder is walked by the rule of :func:`mobilesam.io.walk_images` (recursive, sorted, hidden entries
+skipped), the rule of every command that takes a folder.
 Files named one by one must be readable; files found by expanding a folder or a glob that cannot be
 read are reported (logged and passed to ``on_skip``) and skipped, so one bad file does not stop a run.
 """
@@ -18,7 +20,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from .io import IMAGE_SUFFIXES, array_to_rgb, is_url, load_image, read_image, read_url
+from .io import IMAGE_SUFFIXES, array_to_rgb, is_url, load_image, read_image, read_url, walk_images
 
 logger = logging.getLogger("mobilesam")
 
@@ -79,8 +81,8 @@ def _entries(source: Any, counter: list[int]) -> list[Entry]:
             return [Entry("url", raw, raw)]
         path = Path(raw).expanduser()
         if path.is_dir():
-            files = [p for p in path.iterdir() if not p.name.startswith(".")]
-            entries = _expand_files(files)
+            # Every file the folder rule finds, images or not: the others are reported as skipped.
+            entries = _expand_files([path / rel for rel in walk_images(path, suffixes=None)])
             if not any(e.obj.suffix.lower() in IMAGE_SUFFIXES for e in entries):
                 raise FileNotFoundError(
                     f"source: folder '{raw}' holds no image files (looked for {', '.join(IMAGE_SUFFIXES)})"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON through a temporary file renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` as indented JSON through :func:`mobilesam.io.atomic_write_text`."""
+    from ..io import atomic_write_text  # mobilesam.io loads PIL: reading a manifest does not need it
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def find_manifest(path: str | os.PathLike) -> Path:

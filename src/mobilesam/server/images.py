@@ -6,12 +6,13 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..io import IMAGE_SUFFIXES, load_image
+from ..io import IMAGE_SUFFIXES, load_image, walk_images
 
 # PIL formats we decode (what IMAGE_SUFFIXES names); anything else is refused before decoding.
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM"})
@@ -97,18 +98,10 @@ class ImageFolder:
         return True
 
     def list(self) -> list[str]:
-        """Relative POSIX names of the image files under the folder (symlinks leading outside are left out)."""
-        names: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and self._inside(Path(dirpath, d)))
-            for f in sorted(filenames):
-                p = Path(dirpath, f)
-                if f.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not self._inside(p):
-                    continue
-                names.append(p.relative_to(self.root).as_posix())
-                if len(names) >= MAX_LISTED:
-                    return names
-        return names
+        """Relative POSIX names of the image files under the folder, by the folder rule of
+        :func:`mobilesam.io.walk_images`, without links that lead outside it; at most ``MAX_LISTED``."""
+        inside = (n for n in walk_images(self.root) if self._inside(self.root / n))
+        return list(islice(inside, MAX_LISTED))
 
     def resolve(self, name: str) -> Path:
         """The path of image ``name`` (relative to the folder), refusing '..', absolute paths and escaping links."""

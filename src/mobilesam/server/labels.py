@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -19,12 +17,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .. import __version__
-from ..io import IMAGE_SUFFIXES
-from ..masks import decode_rle, encode_rle, join_polygons, mask_area, mask_to_polygons
+from .._version import __version__
+from ..formats import coco, yolo
+from ..formats.classes import CLASSES_FILE, check_name, read_classes, write_classes
+from ..formats.coco import bbox_xywh
+from ..io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text
+from ..masks import decode_rle, encode_rle, mask_area
 
 LABELS_MARK = "mobilesam serve labels"
-CLASSES_FILE = "classes.txt"
 _CLASS_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 
 
@@ -47,7 +47,10 @@ class LabelObject:
 def check_class_name(name: Any, where: str) -> str:
     if not isinstance(name, str) or not _CLASS_RE.match(name.strip() or "\x00"):
         raise LabelError(f"{where}: expected a class name of 1 to 64 printable characters, got {name!r}")
-    return name.strip()
+    try:
+        return check_name(name.strip(), where)  # one line of classes.txt: no U+2028, U+0085, ...
+    except ValueError as e:
+        raise LabelError(str(e)) from None
 
 
 def mask_from_rle(rle: Any, size: tuple[int, int], where: str) -> np.ndarray:
@@ -81,13 +84,6 @@ def mask_payload(mask: np.ndarray, score: float) -> dict[str, Any]:
     }
 
 
-def bbox_xywh(mask: np.ndarray) -> list[int]:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if len(rows) == 0:
-        return [0, 0, 0, 0]
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
-
-
 def class_list(objects: list[LabelObject], known: list[str] | None = None) -> list[str]:
     """``known`` classes first (their order gives YOLO ids), then new ones in order of appearance."""
     classes = list(known or [])
@@ -103,40 +99,21 @@ def to_coco(
     """A COCO instance-segmentation document for one image (RLE segmentations, category ids from 1)."""
     h, w = size
     anns = []
-    for i, o in enumerate(objects):
-        ann: dict[str, Any] = {
-            "id": i + 1,
-            "image_id": 1,
-            "category_id": classes.index(o.class_name) + 1,
-            "segmentation": encode_rle(o.mask),
-            "area": mask_area(o.mask),
-            "bbox": bbox_xywh(o.mask),
-            "iscrowd": 0,
-        }
-        if o.score is not None:
-            ann["score"] = round(float(o.score), 4)
-        if with_prompts and o.prompts:
-            ann["prompts"] = o.prompts
-        anns.append(ann)
-    return {
-        "info": {"description": LABELS_MARK if with_prompts else "mobilesam serve export", "version": __version__},
-        "images": [{"id": 1, "file_name": file_name, "width": w, "height": h}],
-        "categories": [{"id": i + 1, "name": c, "supercategory": ""} for i, c in enumerate(classes)],
-        "annotations": anns,
-    }
+    for o in objects:
+        extra = {"prompts": o.prompts} if with_prompts and o.prompts else {}
+        anns.append(coco.annotation(o.mask, classes.index(o.class_name) + 1, image_id=1, score=o.score, **extra))
+    info = {"description": LABELS_MARK if with_prompts else "mobilesam serve export", "version": __version__}
+    cats = coco.category_records(dict(enumerate(classes)))
+    return coco.document([coco.image_record(1, file_name, w, h)], anns, cats, info)
 
 
 def to_yolo(objects: list[LabelObject], size: tuple[int, int], classes: list[str]) -> str:
-    """Ultralytics segmentation labels: ``class x1 y1 x2 y2 ...`` normalised; parts joined into one ring."""
-    h, w = size
-    lines = []
-    for o in objects:
-        ring = join_polygons(mask_to_polygons(o.mask, strategy="all"))
-        if len(ring) < 3:
-            continue  # an empty mask has no polygon; COCO keeps it, YOLO cannot
-        xy = np.clip(ring / np.array([w, h], np.float32), 0.0, 1.0)
-        lines.append(" ".join([str(classes.index(o.class_name))] + [f"{v:.6f}" for v in xy.reshape(-1)]))
-    return "".join(line + "\n" for line in lines)
+    """Ultralytics segmentation labels (the rule of :mod:`mobilesam.formats.yolo`); parts joined into one ring.
+
+    An empty mask has no polygon and no line (COCO keeps it, YOLO cannot).
+    """
+    lines = (yolo.mask_line(classes.index(o.class_name), o.mask, "all") for o in objects)
+    return yolo.labels_text(line for line in lines if line is not None)
 
 
 def to_png_zip(objects: list[LabelObject], stem: str) -> bytes:
@@ -158,20 +135,7 @@ def safe_stem(name: str) -> str:
 # -- labels next to images -------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+write_atomic = atomic_write_bytes  # the old name of the one atomic write
 
 
 class LabelStore:
@@ -186,9 +150,8 @@ class LabelStore:
         path = self.root / CLASSES_FILE
         if not path.is_file() or path.is_symlink():
             return []
-        return [
-            line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
-        ]
+        # The page lists the names in file order; a blank line names nothing.
+        return list(read_classes(path, errors="replace").values())
 
     def paths(self, image: Path) -> tuple[Path, Path]:
         return image.with_suffix(".json"), image.with_suffix(".txt")
@@ -240,11 +203,10 @@ class LabelStore:
             js, txt = self.paths(image)
             written = []
             if classes != known:
-                write_atomic(self.root / CLASSES_FILE, "".join(c + "\n" for c in classes).encode("utf-8"))
+                write_classes(self.root / CLASSES_FILE, classes)
                 written.append(self.root / CLASSES_FILE)
-            doc = to_coco(objects, image.name, size, classes, with_prompts=True)
-            write_atomic(js, json.dumps(doc).encode("utf-8"))
-            write_atomic(txt, to_yolo(objects, size, classes).encode("utf-8"))
+            coco.write_coco(js, to_coco(objects, image.name, size, classes, with_prompts=True))
+            atomic_write_text(txt, to_yolo(objects, size, classes))
             return written + [js, txt]
 
     def load(self, image: Path, size: tuple[int, int]) -> list[LabelObject]:

@@ -1,15 +1,19 @@
-"""torchrun plumbing: which rank this process is, its device, and the process group."""
+"""torchrun for ``embed`` and ``train``: which rank this process is, its device, and the process group.
+
+The launcher's environment and starting the group are :mod:`mobilesam.distributed`'s, shared with
+``annotate``.
+"""
 
 from __future__ import annotations
 
 import atexit
-import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from ..device import select_device
+from ..distributed import destroy_process_group, start_process_group, torchrun_env
 
 
 @dataclass(frozen=True)
@@ -31,21 +35,14 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name}: expected an integer in the environment (set by torchrun), got {raw!r}") from None
-
-
 def setup(device: str | torch.device | None = None) -> DistInfo:
     """Read torchrun's environment; start the process group (nccl on GPU, gloo on CPU) when there are several ranks.
 
     Under torchrun each rank uses ``cuda:LOCAL_RANK`` when CUDA is chosen; ``device`` picks the kind
     (None: cuda if available, else cpu; MPS is not used for distributed runs).
     """
-    rank, world, local = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+    env = torchrun_env()
+    rank, world, local = env.rank, env.world_size, env.local_rank
     dev = select_device(device)
     if world > 1 and dev.type == "mps":
         dev = torch.device("cpu")
@@ -59,18 +56,12 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
                 )
             dev = torch.device("cuda", index)
         torch.cuda.set_device(dev)
-    owns = world > 1 and not dist.is_initialized()
+    owns = world > 1 and start_process_group("nccl" if dev.type == "cuda" else "gloo", world)
     if owns:
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         # The group lives as long as the process: destroying and re-creating it in one process (embed,
         # then train) can make ranks connect to the stale addresses of the first group.
-        atexit.register(_destroy)
+        atexit.register(destroy_process_group)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, owns_group=owns)
-
-
-def _destroy() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
