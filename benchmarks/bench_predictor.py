@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from mobilesam.export.bench import main
+from mobilesam.cli import main
 
 DEFAULTS = ["--vs-official", "--random-weights", "--backends", "torch,torch-bf16,onnxruntime,onnxruntime-int8"]
 
@@ -27,4 +27,4 @@ if __name__ == "__main__":
     given = {a.split("=")[0] for a in argv}
     extra = [a for i, a in enumerate(DEFAULTS) if not (a == "--backends" and "--backends" in given)
              and not (i > 0 and DEFAULTS[i - 1] == "--backends" and "--backends" in given)]
-    sys.exit(main(extra + argv))
+    sys.exit(main(["benchmark", *extra, *argv]))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilesam.export.bench import make_random_checkpoint, prompt_points, synthetic_image  # noqa: F401
+from mobilesam.bench import make_random_checkpoint, prompt_points, synthetic_image  # noqa: F401
 from mobilesam.modeling import build_model
 from mobilesam.predictor import SamPredictor
 

@@ -2,29 +2,48 @@
 
 High level (Ultralytics-style): ``SAM``, ``Results``, ``auto_annotate``.
 Low level (official API): ``build_sam``, ``sam_model_registry``, ``SamPredictor``.
+Backends: ``create_predictor``, ``register_backend``, ``available_backends``.
+Process set-up for CPU inference: ``tune_allocator``.
+
+The names are imported on first use (PEP 562), so ``import mobilesam`` or ``import mobilesam.modeling``
+does not pull in the whole package (OpenCV, pycocotools, the annotation tools, ...).
 """
 
-from .annotate import auto_annotate
-from .build import build_sam, detect_model_type, sam_model_registry
-from .model import SAM
-from .modeling import MODEL_CONFIGS, Sam
-from .predictor import SamPredictor
-from .results import Results
-from .weights import WEIGHTS, CheckpointError
+from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._lazy import lazy_attributes
+from ._version import __version__
 
-__all__ = [
-    "MODEL_CONFIGS",
-    "WEIGHTS",
-    "CheckpointError",
-    "Results",
-    "SAM",
-    "Sam",
-    "SamPredictor",
-    "build_sam",
-    "detect_model_type",
-    "sam_model_registry",
-    "__version__",
-    "auto_annotate",
-]
+# Public name -> the submodule that defines it.
+_LAZY_NAMES = {
+    "MODEL_CONFIGS": "modeling",
+    "Sam": "modeling",
+    "WEIGHTS": "weights",
+    "CheckpointError": "weights",
+    "Results": "results",
+    "SAM": "model",
+    "SamPredictor": "predictor",
+    "auto_annotate": "annotate",
+    "build_sam": "build",
+    "detect_model_type": "build",
+    "sam_model_registry": "build",
+    "available_backends": "backends",
+    "create_predictor": "backends",
+    "register_backend": "backends",
+    "tune_allocator": "allocator",
+}
+
+__all__ = [*_LAZY_NAMES, "__version__"]
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_NAMES, globals(), __all__)
+
+TYPE_CHECKING = False  # what typing.TYPE_CHECKING is at run time, without importing typing (~10 ms)
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
+    from .allocator import tune_allocator
+    from .annotate import auto_annotate
+    from .backends import available_backends, create_predictor, register_backend
+    from .build import build_sam, detect_model_type, sam_model_registry
+    from .model import SAM
+    from .modeling import MODEL_CONFIGS, Sam
+    from .predictor import SamPredictor
+    from .results import Results
+    from .weights import WEIGHTS, CheckpointError

@@ -1,5 +1,5 @@
 """``mobilesam benchmark``: encoder and per-prompt latency and peak memory of each backend, optionally
-against the official code, each in its own process, alternating."""
+against the official code, each in its own process, alternating. The engine is :mod:`mobilesam.bench`."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ examples:
   mobilesam benchmark --random-weights --vs-official             no weights at hand: random vit_t
   mobilesam benchmark --peers                                    also SAM-b, SAM2, FastSAM, YOLO-seg (Ultralytics)
 
-Backends: torch (fp32, default), torch-bf16 (encoder under bf16 autocast; fast on CPUs with AMX/AVX512-BF16),
-onnxruntime (fp32), onnxruntime-int8 (int8 encoder, fp32 decoder; needs VNNI to be fast), official.
+Backends: every registered one (mobilesam.backends.available_backends()); built in: torch (fp32, default),
+torch-bf16 (encoder under bf16 autocast; fast on CPUs with AMX/AVX512-BF16), onnxruntime (fp32),
+onnxruntime-int8 (int8 encoder, fp32 decoder; needs VNNI to be fast); and official (the official code).
 Ratios are against the official code measured in the same run. Numbers vary with other load on the
 machine: rerun with more --rounds on a quiet machine for figures to publish.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..export.bench import add_arguments
+    from ..bench import BATCH, DEFAULT_BACKENDS  # mobilesam.bench imports only numpy at its top
 
     p = subparsers.add_parser(
         "benchmark",
@@ -32,25 +33,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_arguments(p)
+    p.add_argument("--model", default="mobile_sam.pt",
+                   help="checkpoint file or known weights name (default: %(default)s); e.g. --model my_sam.pt")
+    p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                   help="comma-separated registered backends, or official (default: %(default)s); "
+                        "e.g. --backends torch,torch-bf16,onnxruntime-int8")
+    p.add_argument("--vs-official", action="store_true",
+                   help="also time the official code (mobile_sam / segment_anything) in its own process; "
+                        "e.g. --vs-official")
+    p.add_argument("--image", default=None,
+                   help="image file to time on (default: a synthetic 1280x853 image); e.g. --image bus.jpg")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds, one process per backend per round (default: %(default)s); e.g. --rounds 5")
+    p.add_argument("--runs", type=int, default=3,
+                   help="encoder passes per process (default: %(default)s); e.g. --runs 5")
+    p.add_argument("--prompts", type=int, default=10,
+                   help="single-point prompts timed per process (default: %(default)s); e.g. --prompts 20")
+    p.add_argument("--no-batch", action="store_true",
+                   help=f"skip the {BATCH}-prompt batch (time and peak memory); e.g. --no-batch")
+    p.add_argument("--random-weights", action="store_true",
+                   help="if the checkpoint is not available, time a randomly initialised vit_t; e.g. --random-weights")
+    p.add_argument("--peers", action="store_true",
+                   help="also time SAM-b, SAM2-t/b, FastSAM-s, YOLOv8n-seg, YOLO11n-seg through Ultralytics "
+                        "when installed and their weights are present; e.g. --peers")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for every backend, the official code included (default: each "
+                        "runtime's own default); on a busy machine 1 gives steadier ratios; e.g. --threads 1")
+    p.add_argument("--out", default=None, help="also write the markdown report to this file; e.g. --out bench.md")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from ..export.bench import BACKENDS, run_benchmark
+    from .. import bench
     from . import CLIError
 
-    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [b for b in args.backends if b not in BACKENDS]
-    if bad or not args.backends:
-        got = ",".join(args.backends) or "nothing"
-        raise CLIError(f"--backends: expected some of {','.join(BACKENDS)}, got {got}", 2)
-    if args.rounds < 1 or args.runs < 1 or args.prompts < 1:
-        raise CLIError("--rounds, --runs and --prompts: expected integers >= 1", 2)
-    args.argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "benchmark" else []
-    report = run_benchmark(args)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.vs_official:
+        backends.append(bench.OFFICIAL)
+    try:
+        bench.check_options(backends, args.rounds, args.runs, args.prompts)
+    except ValueError as e:  # its message starts with the parameter's name: the option without "--"
+        raise CLIError(f"--{e}", 2) from None
+    report = bench.run_benchmark(
+        args.model,
+        backends,
+        image=args.image,
+        rounds=args.rounds,
+        runs=args.runs,
+        prompts=args.prompts,
+        batch=not args.no_batch,
+        random_weights=args.random_weights,
+        peers=args.peers,
+        threads=args.threads,
+        command=" ".join(["mobilesam benchmark", *getattr(args, "command_argv", [])]),
+    )
     print(report)
     if args.out:
         from pathlib import Path
