@@ -20,6 +20,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from mobilesam.backends import ImageFeatures
 from mobilesam.masks import decode_rle, polygons_to_mask
 from mobilesam.predictor import SamPredictor
 from mobilesam.server import create_app
@@ -74,6 +75,13 @@ class ColourRegionPredictor:
         self.features = features
         self.original_size = tuple(original_size)
         self.input_size = tuple(input_size or original_size)
+
+    # The backend interface the server uses: features are opaque to it.
+    def get_features(self) -> ImageFeatures:
+        return ImageFeatures({"image": self.features}, self.original_size, self.input_size)
+
+    def set_features(self, features: ImageFeatures) -> None:
+        self.set_embedding(features.tensors["image"], features.original_size, features.input_size)
 
     @staticmethod
     def region(rgb: np.ndarray, x: float, y: float) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .build import build_sam
+from .backends import Predictor, create_predictor
 from .detectors import (
     AnnotationInputError,
     CocoBoxesDetector,
@@ -38,10 +38,13 @@ from .detectors import (
     make_detector,
 )
 from .device import select_device
-from .io import IMAGE_SUFFIXES, atomic_write_bytes, read_image
-from .masks import encode_rle, join_polygons, mask_area, mask_to_polygons, masks_to_boxes
+from .distributed import destroy_process_group, start_process_group, torchrun_env
+from .formats import coco, yolo
+from .formats.classes import CLASSES_FILE, read_classes, write_classes
+from .formats.data_yaml import DATA_YAML, write_data_yaml
+from .io import IMAGE_SUFFIXES, atomic_write_text, read_image, walk_images
+from .masks import mask_to_segment
 from .modeling import Sam
-from .predictor import SamPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +94,8 @@ class AnnotateSummary:
 
 
 def list_images(data: str | os.PathLike) -> tuple[Path, list[str]]:
-    """The data folder and its images' paths relative to it (POSIX, sorted, subfolders included).
+    """The data folder and its images' paths relative to it, by the folder rule of
+    :func:`mobilesam.io.walk_images` (recursive, sorted, hidden entries skipped).
 
     ``data`` may also be a single image file.
     """
@@ -102,13 +106,7 @@ def list_images(data: str | os.PathLike) -> tuple[Path, list[str]]:
         return p.parent, [p.name]
     if not p.is_dir():
         raise FileNotFoundError(f"data: folder '{p}' not found")
-    names = sorted(
-        q.relative_to(p).as_posix()
-        for q in p.rglob("*")
-        if q.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in q.relative_to(p).parts)
-        and q.is_file()
-    )
+    names = walk_images(p)
     if not names:
         raise ValueError(f"data: no images ({', '.join(IMAGE_SUFFIXES)}) in '{p}'")
     return p, names
@@ -128,25 +126,10 @@ def coco_part_path(output_dir: Path, name: str) -> Path:
     return output_dir / COCO_PARTS / f"{name}.json"
 
 
-def mask_to_segment(mask: np.ndarray, strategy: str = "all") -> np.ndarray | None:
-    """One YOLO segment (K, 2) in pixels for a boolean (H, W) mask, or None if it has no polygon.
-
-    ``"all"`` joins every component's outer contour into one ring (as Ultralytics writes multi-part
-    masks; nothing is lost); ``"largest"`` keeps the largest component. Holes are not represented.
-    """
-    polys = mask_to_polygons(mask, "all" if strategy == "all" else "largest")
-    if not polys:
-        return None
-    return polys[0] if len(polys) == 1 else join_polygons(polys)
+format_segment = yolo.format_line  # ``class x1 y1 ...`` normalised: the rule of mobilesam.formats.yolo
 
 
-def format_segment(cls: int, segment: np.ndarray, width: int, height: int) -> str:
-    """``class x1 y1 x2 y2 ...`` with pixel coordinates normalised to [0, 1] by the image size."""
-    xy = np.clip(segment / np.array([width, height], np.float64), 0.0, 1.0)
-    return f"{int(cls)} " + " ".join(f"{v:.6f}" for v in xy.reshape(-1))
-
-
-def _segment_boxes(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray) -> Iterator[np.ndarray]:
+def _segment_boxes(predictor: Predictor, image: np.ndarray, boxes: np.ndarray) -> Iterator[np.ndarray]:
     """Boolean (H, W) masks, one per XYXY box, in box order: one image embedding, all boxes decoded in
     one batched pass (split only when B x H x W would exceed ``MAX_MASK_ELEMENTS``)."""
     predictor.set_image(image)
@@ -159,10 +142,6 @@ def _segment_boxes(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray
         yield from masks[:, 0].cpu().numpy()
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 # ----------------------------------------------------------------------------------------------------
 # Distributed
 
@@ -171,9 +150,9 @@ class _Dist:
     """Rank and world size from torchrun's environment; a gloo process group for barriers and gathers."""
 
     def __init__(self) -> None:
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        env = torchrun_env()
+        self.rank, self.world, self.local_rank = env.rank, env.world_size, env.local_rank
+        self.local_world = env.local_world_size
         self.group: Any = None
         self.created = False
         if self.world <= 1:
@@ -181,18 +160,9 @@ class _Dist:
             return
         import torch.distributed as dist
 
-        if not dist.is_available():
-            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        if not dist.is_initialized():
-            if not all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT")):
-                raise RuntimeError(
-                    f"WORLD_SIZE={self.world} is set but MASTER_ADDR/MASTER_PORT are not: launch with "
-                    "torchrun --nproc-per-node N -m mobilesam annotate ..."
-                )
-            # Ranks meet only at the start and the end; the end waits for the slowest shard.
-            dist.init_process_group("gloo", timeout=timedelta(hours=24))
-            self.created = True
-        elif dist.get_backend() != "gloo":
+        # Ranks meet only at the start and the end; the end waits for the slowest shard.
+        self.created = start_process_group("gloo", self.world, timeout=timedelta(hours=24))
+        if not self.created and dist.get_backend() != "gloo":
             self.group = dist.new_group(backend="gloo")  # CPU objects travel on gloo, whatever the main backend
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
@@ -213,9 +183,7 @@ class _Dist:
 
     def close(self) -> None:
         if self.created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,9 +191,7 @@ class _Dist:
 
 
 def _read_names(path: Path) -> dict[int, str]:
-    if not path.is_file():
-        return {}
-    return {i: s.strip() for i, s in enumerate(path.read_text(encoding="utf-8").splitlines()) if s.strip()}
+    return read_classes(path) if path.is_file() else {}
 
 
 def _final_names(known: dict[int, str], seen: set[int], previous: dict[int, str]) -> dict[int, str]:
@@ -234,22 +200,21 @@ def _final_names(known: dict[int, str], seen: set[int], previous: dict[int, str]
     return {i: known.get(i) or previous.get(i) or str(i) for i in range(top)}
 
 
+DATA_YAML_COMMENT = (
+    "YOLO segmentation dataset written by mobilesam auto_annotate.\n"
+    "Ultralytics finds an image's label by replacing '/images/' with '/labels/' in its path: to train,\n"
+    "keep these labels in DATASET/labels for images in DATASET/images."
+)
+
+
 def write_dataset_files(output_dir: Path, data_root: Path, names: dict[int, str], classes_txt: bool = True) -> None:
-    """``classes.txt`` (one name per line) and an Ultralytics ``data.yaml`` (written by hand: no YAML dependency)."""
-    q = lambda s: json.dumps(str(s), ensure_ascii=False)  # noqa: E731 - a JSON string is a YAML scalar
+    """``classes.txt`` (one name per line) and an Ultralytics ``data.yaml``."""
     if classes_txt:
-        _write_text(output_dir / "classes.txt", "".join(f"{n}\n" for n in names.values()))
-    yaml = (
-        "# YOLO segmentation dataset written by mobilesam auto_annotate.\n"
-        "# Ultralytics finds an image's label by replacing '/images/' with '/labels/' in its path: to train,\n"
-        "# keep these labels in DATASET/labels for images in DATASET/images.\n"
-        f"train: {q(data_root.resolve())}\n"
-        f"val: {q(data_root.resolve())}\n"
-        f"labels: {q(output_dir.resolve())}\n"
-        f"nc: {len(names)}\n"
-        "names:\n" + "".join(f"  {i}: {q(n)}\n" for i, n in names.items())
+        write_classes(output_dir / CLASSES_FILE, names.values())
+    images = data_root.resolve()
+    write_data_yaml(
+        output_dir / DATA_YAML, names, DATA_YAML_COMMENT, train=images, val=images, labels=output_dir.resolve()
     )
-    _write_text(output_dir / "data.yaml", yaml)
 
 
 def merge_coco(
@@ -270,21 +235,14 @@ def merge_coco(
     images, annotations = [], []
     for k, pt in enumerate(parts):
         img_id = int(pt["id"]) if pt.get("id") is not None else base + k + 1
-        images.append({"id": img_id, "file_name": pt["file_name"], "width": pt["width"], "height": pt["height"]})
-        for a in pt["annotations"]:
-            annotations.append({"id": len(annotations) + 1, "image_id": img_id, **a})
-    categories = [{"id": detector.category_id(i), "name": n, "supercategory": ""} for i, n in names.items()]
-    coco = {
-        "info": {
-            "description": "YOLO boxes -> SAM masks, written by mobilesam auto_annotate",
-            "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
+        images.append(coco.image_record(img_id, pt["file_name"], pt["width"], pt["height"]))
+        annotations.extend({"image_id": img_id, **a} for a in pt["annotations"])
+    info = {
+        "description": "YOLO boxes -> SAM masks, written by mobilesam auto_annotate",
+        "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_text(path, json.dumps(coco, separators=(",", ":")))
+    cats = coco.category_records(names, detector.category_id)
+    coco.write_coco(path, coco.document(images, annotations, cats, info))
     return path, missing
 
 
@@ -313,15 +271,13 @@ def _check_args(conf: Any, iou: Any, imgsz: Any, max_det: Any, classes: Any, str
     return out
 
 
-def _make_predictor(sam_model: Any, device: torch.device) -> SamPredictor:
-    if isinstance(sam_model, SamPredictor):
+def _make_predictor(sam_model: Any, device: torch.device, backend: str) -> Predictor:
+    if isinstance(sam_model, Predictor):
         return sam_model
-    if isinstance(sam_model, Sam):
-        return SamPredictor(sam_model.to(device).eval())
-    if isinstance(sam_model, (str, os.PathLike)):
-        return SamPredictor(build_sam(sam_model, device=device))
+    if isinstance(sam_model, (Sam, str, os.PathLike)):
+        return create_predictor(sam_model, backend, device=device)
     raise TypeError(
-        f"sam_model: expected a checkpoint path or weights name ('mobile_sam.pt'), a Sam or a SamPredictor, "
+        f"sam_model: expected a checkpoint path or weights name ('mobile_sam.pt'), a Sam or a predictor, "
         f"got {type(sam_model).__name__}"
     )
 
@@ -361,6 +317,7 @@ def auto_annotate(
     overwrite: bool = False,
     save_coco: bool | str | os.PathLike = False,
     strategy: str = "all",
+    backend: str = "torch",
     verbose: bool = True,
 ) -> AnnotateSummary:
     """Label a folder of images with segmentation masks: detector boxes -> SAM masks -> YOLO polygons.
@@ -371,7 +328,8 @@ def auto_annotate(
             a torchvision model name (``"fasterrcnn_resnet50_fpn_v2"``), a folder of YOLO box labels, a
             COCO box JSON, a :class:`~mobilesam.detectors.Detector`, or a callable
             ``image (H, W, 3) RGB uint8 -> (boxes XYXY, class_ids, scores[, names])``.
-        sam_model: SAM checkpoint path or weights name, a ``Sam`` or a ``SamPredictor``.
+        sam_model: SAM checkpoint path or weights name, a ``Sam``, an exported folder (ONNX backends) or a
+            predictor of any backend. backend: a name from ``mobilesam.backends.available_backends()``.
         device: "" picks cuda, then mps, then cpu (under torchrun with CUDA: ``cuda:LOCAL_RANK``).
         conf: minimum detection score. iou: class-aware NMS threshold. imgsz: detector input size
             (longest side). max_det: most detections per image. classes: class indices to keep.
@@ -420,9 +378,9 @@ def auto_annotate(
         stats = dict(annotated=0, objects=0, empty_masks=0, background=0, failed=0)
         failed_files: list[str] = []
         seen: set[int] = set()
-        predictor = _make_predictor(sam_model, dev) if shard else None  # a bad checkpoint fails before any work
+        predictor = _make_predictor(sam_model, dev, backend) if shard else None  # a bad checkpoint fails before any work
         # Mask -> polygon work runs on CPU threads while the next image waits; ranks of a node share the cores.
-        workers = min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        workers = min(8, (os.cpu_count() or 1) // max(dist.local_world, 1))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="annotate") if workers > 1 and shard else None
         bar = tqdm(
             shard, desc="auto_annotate", unit="img", disable=not (verbose and dist.rank == 0), dynamic_ncols=True
@@ -454,8 +412,8 @@ def auto_annotate(
             if coco_path is not None:
                 # The part goes first: the label file is the mark of a complete image.
                 part = {"id": detector.image_id(name), "file_name": name, "width": w, "height": h, "annotations": anns}
-                _write_text(coco_part_path(out, name), json.dumps(part, separators=(",", ":")))
-            _write_text(labels[i], "".join(f"{line}\n" for line in lines))
+                atomic_write_text(coco_part_path(out, name), coco.dumps(part))
+            yolo.write_labels(labels[i], lines)
             seen.update(int(c) for c in dets.classes)
             stats["annotated"] += 1
             stats["objects"] += len(lines)
@@ -484,8 +442,8 @@ def auto_annotate(
             all_seen.update(sn)
             known.update(nm)
         if dist.rank == 0:
-            clash = (out / "classes.txt") in seen_label
-            names = _final_names(known, all_seen, {} if clash else _read_names(out / "classes.txt"))
+            clash = (out / CLASSES_FILE) in seen_label
+            names = _final_names(known, all_seen, {} if clash else _read_names(out / CLASSES_FILE))
             if clash:
                 logger.warning("auto_annotate: an image is named 'classes': classes.txt not written, see data.yaml")
             write_dataset_files(out, root, names, classes_txt=not clash)
@@ -503,22 +461,23 @@ def auto_annotate(
         dist.close()
 
 
-def _mask_record(mask: np.ndarray, strategy: str, coco: bool) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-    """The YOLO segment of one mask and, with ``coco``, its RLE, area and box (runs in worker threads)."""
+def _mask_record(
+    mask: np.ndarray, category_id: int, score: float, strategy: str, with_coco: bool
+) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """The YOLO segment of one mask and, ``with_coco``, its COCO annotation (runs in worker threads)."""
     seg = mask_to_segment(mask, strategy)
-    if seg is None or not coco:
+    if seg is None or not with_coco:
         return seg, None
-    x1, y1, x2, y2 = masks_to_boxes(torch.from_numpy(mask)).tolist()
-    return seg, {"segmentation": encode_rle(mask), "area": mask_area(mask), "bbox": [x1, y1, x2 - x1 + 1, y2 - y1 + 1]}
+    return seg, coco.annotation(mask, category_id, score=score)
 
 
 def _label_image(
-    predictor: SamPredictor | None,
+    predictor: Predictor | None,
     image: np.ndarray,
     dets: Detections,
     detector: Detector,
     strategy: str,
-    coco: bool,
+    with_coco: bool,
     pool: ThreadPoolExecutor | None = None,
 ) -> tuple[list[str], list[dict[str, Any]], list[int]]:
     """Label lines, COCO annotations and indices of detections with an empty mask, for one image.
@@ -531,22 +490,24 @@ def _label_image(
         return [], [], []
     assert predictor is not None
     h, w = image.shape[:2]
+    classes = [int(c) for c in dets.classes]
     lines: list[str] = []
     anns: list[dict[str, Any]] = []
     empty: list[int] = []
     masks = _segment_boxes(predictor, image, dets.boxes)
+    convert = partial(_mask_record, strategy=strategy, with_coco=with_coco)
     j = 0
     while batch := list(islice(masks, 64)):
-        convert = partial(_mask_record, strategy=strategy, coco=coco)
-        for seg, extra in pool.map(convert, batch) if pool is not None else map(convert, batch):
+        ids = [detector.category_id(c) for c in classes[j : j + len(batch)]]
+        scores = [float(s) for s in dets.scores[j : j + len(batch)]]
+        records = pool.map(convert, batch, ids, scores) if pool is not None else map(convert, batch, ids, scores)
+        for seg, ann in records:
             if seg is None:
                 empty.append(j)
             else:
-                cls = int(dets.classes[j])
-                lines.append(format_segment(cls, seg, w, h))
-                if extra is not None:
-                    score = round(float(dets.scores[j]), 5)
-                    anns.append({"category_id": detector.category_id(cls), **extra, "iscrowd": 0, "score": score})
+                lines.append(yolo.format_line(classes[j], seg, w, h))
+                if ann is not None:
+                    anns.append(ann)
             j += 1
     return lines, anns, empty
 

@@ -19,8 +19,7 @@ import logging
 import math
 import os
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,31 +29,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .backends import BACKENDS, ImageFeatures, create_predictor, get_backend, is_exported_model
+from .backends.torch_fast import optimize_for_export
 from .build import build_sam, detect_model_type
+from .cache import FeatureCache
 from .device import select_device
+from .hub import family_for_size, family_of
 from .masks import masks_to_boxes
 from .modeling import Sam
-from .predictor import SamPredictor, validate_boxes
+from .prompts import validate_boxes
 from .results import Results
 from .sources import LoadedImage, Source, iter_entries, resolve_sources
 
 logger = logging.getLogger("mobilesam")
-
-# Predictor factories by backend name. A predictor has SamPredictor's interface: set_image(image,
-# image_format), set_embedding(features, original_size, input_size), get_image_embedding(),
-# predict_torch(...), transform, original_size, input_size.
-def _onnx_predictor(sam: Sam, precision: str) -> Any:
-    from .export import OnnxSamPredictor  # optional extra; a clear ImportError without onnxruntime
-
-    return OnnxSamPredictor.from_sam(sam, precision=precision)
-
-
-BACKENDS: dict[str, Callable[[Sam], Any]] = {
-    "torch": SamPredictor,
-    "torch-bf16": lambda sam: SamPredictor(sam, encoder_precision="bf16"),
-    "onnxruntime": lambda sam: _onnx_predictor(sam, "fp32"),
-    "onnxruntime-int8": lambda sam: _onnx_predictor(sam, "int8"),
-}
 
 _POINT_FORMS = (
     "points=[x, y] (one object from one point); "
@@ -270,23 +257,19 @@ class SAM:
         backend: str = "torch",
         cache_size: int = 8,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {sorted(BACKENDS)}, got {backend!r}")
+        get_backend(backend)  # an unknown name fails here, before any file is read
         if not isinstance(cache_size, int) or cache_size < 0:
             raise ValueError(f"cache_size: expected an int >= 0, got {cache_size!r}")
         self.cache_size = cache_size
-        self._cache: OrderedDict[tuple, tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = OrderedDict()
+        self._cache: FeatureCache[ImageFeatures] = FeatureCache(cache_size)
         self._info: ModelInfo | None = None
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of files skipped in the last run
-        if isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
-            # An exported ONNX folder: no PyTorch model, only the ONNX Runtime predictor.
-            from .export import OnnxSamPredictor
-
-            precision = "int8" if backend == "onnxruntime-int8" else "fp32"
-            self.predictor = OnnxSamPredictor(model, precision=precision)
+        if is_exported_model(model):
+            # An exported folder: no PyTorch model; the default backend becomes the one that runs it.
+            self.backend = backend if get_backend(backend).exported else "onnxruntime"
+            self.predictor = create_predictor(model, self.backend)
             self.model: Sam | None = None
             self.ckpt_path, self.model_type = os.fspath(model), self.predictor.model_type
-            self.backend = backend if backend.startswith("onnxruntime") else "onnxruntime"
             return
         if isinstance(model, Sam):
             sam, self.ckpt_path = model, None
@@ -297,7 +280,7 @@ class SAM:
         self.model = sam.eval().to(select_device(device))
         self.model_type = detect_model_type(sam.state_dict())
         self.backend = backend
-        self.predictor = BACKENDS[backend](self.model)
+        self.predictor = create_predictor(self.model, backend)
 
     # --- device -----------------------------------------------------------------------------------
     @property
@@ -314,6 +297,7 @@ class SAM:
         dev = select_device(device)
         if dev != self.device:
             self.model.to(dev)
+            self.predictor = create_predictor(self.model, self.backend)
             self.clear_cache()
         return self
 
@@ -323,23 +307,15 @@ class SAM:
 
     # --- embedding cache --------------------------------------------------------------------------
     def _set_image(self, rgb: np.ndarray, half: bool) -> bool:
-        """Make ``rgb`` the predictor's image; returns True when the embedding came from the cache."""
+        """Make ``rgb`` the predictor's image; returns True when the features came from the cache."""
         key = (_image_key(rgb), str(self.device), half)
         hit = self._cache.get(key)
         if hit is not None:
-            self._cache.move_to_end(key)
-            self.predictor.set_embedding(hit[0], hit[1], hit[2])
+            self.predictor.set_features(hit)
             return True
         with self._autocast(half):
             self.predictor.set_image(rgb, image_format="RGB")
-        if self.cache_size:
-            self._cache[key] = (
-                self.predictor.get_image_embedding(),
-                tuple(self.predictor.original_size),
-                tuple(self.predictor.input_size),
-            )
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(key, self.predictor.get_features())
         return False
 
     def _autocast(self, half: bool) -> contextlib.AbstractContextManager:
@@ -498,7 +474,7 @@ class SAM:
                 "segment everything (predict with no prompt) needs mobilesam.everything, which this "
                 "installation lacks; pass points=, bboxes= or masks="
             ) from None
-        return SamAutomaticMaskGenerator(self._torch_model("segment everything"), mode=mode, **kwargs)
+        return SamAutomaticMaskGenerator(self.predictor, mode=mode, **kwargs)
 
     def _predict_everything(self, item: LoadedImage, generator: Any, half: bool) -> Results:
         from .masks import decode_rle
@@ -567,9 +543,10 @@ class SAM:
 
     @property
     def name(self) -> str:
-        return {"vit_t": "MobileSAM"}.get(self.model_type or "", "SAM") + (
-            f" ({self.model_type})" if self.model_type else ""
-        )
+        if not self.model_type:
+            return "SAM"
+        family = family_of(self.model) if self.model is not None else family_for_size(self.model_type)
+        return family.display_name(self.model_type)
 
     def _count_gflops(self) -> tuple[float, float]:
         """(image encoder, prompt encoder + mask decoder) GFLOPs, counted on a meta-device copy."""
@@ -578,7 +555,8 @@ class SAM:
         try:
             # No parameter requires grad: FlopCounterMode's module tracker then hooks no autograd
             # (with grads, or under no_grad, it fails on meta tensors in some torch versions).
-            meta = copy.deepcopy(self.model).to("meta").requires_grad_(False)
+            # Counted on the decoder's re-associated attention (same values, fewer operations), as it runs.
+            meta = optimize_for_export(copy.deepcopy(self.model).to("meta").requires_grad_(False))
             size = meta.image_encoder.img_size
             with FlopCounterMode(display=False) as enc_counter:
                 emb = meta.image_encoder(torch.empty(1, 3, size, size, device="meta"))

@@ -3,6 +3,9 @@
 Each sub-command lives in its own module of this package, which defines ``register(subparsers)``;
 the parser it adds sets ``func`` (called with the parsed args, returning an exit code).
 Errors print one line; ``--debug`` shows the traceback.
+
+``mobilesam --help`` and argument errors must stay fast: command modules import nothing heavy (torch,
+OpenCV, ...) at their top, only inside the function that runs the command.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import importlib
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from ..allocator import tune_allocator
 
 # Sub-command modules, in the order --help lists them.
 COMMAND_MODULES = [
@@ -45,6 +50,27 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         help="checkpoint file or known weights name, downloaded on first use (default: %(default)s); "
         "e.g. --model weights/my_sam.pth",
     )
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--backend`` option every model-running command shares (checked against the registry when the
+    command runs, so ``--help`` needs no torch)."""
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        help="predictor backend: torch (exact), torch-bf16, onnxruntime, onnxruntime-int8 (exported once into "
+        "the cache; needs mobilesam[onnx]), or one registered with mobilesam.backends.register_backend "
+        "(default: %(default)s); --model may then also be an exported folder",
+    )
+
+
+def check_backend(name: str) -> str:
+    """``name`` if a backend of that name is registered; a usage error naming ``--backend`` otherwise."""
+    from ..backends import available_backends
+
+    if name not in available_backends():
+        raise CLIError(f"--backend: expected one of {', '.join(available_backends())}, got {name!r}", exit_code=2)
+    return name
 
 
 def next_free_dir(base: str | Path) -> Path:
@@ -84,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # The sub-command's own arguments (only --debug may come before its name), e.g. for a report to quote.
+    args.command_argv = argv[argv.index(args.command) + 1 :]
+    tune_allocator()  # the command line owns its process (see mobilesam.allocator)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

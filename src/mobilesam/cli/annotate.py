@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import CLIError, add_model_argument
+from . import CLIError, add_backend_argument, add_model_argument, check_backend
 
 EXAMPLES = """\
 examples:
@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--det-weights frcnn.pth",
     )
     add_model_argument(p)
+    add_backend_argument(p)
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 or mps (default: best available): --device cpu")
     p.add_argument(
         "--conf", type=float, default=0.25, help="minimum detection score (default: %(default)s): --conf 0.5"
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             save_coco=args.coco,
             strategy=args.strategy,
+            backend=check_backend(args.backend),
             verbose=not args.quiet,
         )
     except ValueError as e:

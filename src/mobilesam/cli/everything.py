@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import CLIError, add_model_argument, next_free_dir
+from . import CLIError, add_backend_argument, add_model_argument, check_backend, next_free_dir
 
 EXAMPLES = """\
 examples:
@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", help="image file, folder, glob pattern (quote it) or http(s) URL: images/")
     add_model_argument(p)
+    add_backend_argument(p)
     p.add_argument("--mode", choices=("fast", "exact"), default="fast",
                    help="fast (default), or exact = the official algorithm, decision for decision: --mode exact")
     for name, typ, default, text in GENERATOR_OPTIONS:
@@ -120,8 +121,7 @@ def overlay(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..build import build_sam
-    from ..device import select_device
+    from ..backends import create_predictor
     from ..everything import SamAutomaticMaskGenerator, check_options
     from ..io import atomic_write_bytes, write_image
     from ..masks import decode_rle
@@ -134,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as e:
         raise CLIError(_option_names(str(e)), exit_code=2) from None
     entries = resolve_sources(args.source)
-    model = build_sam(args.model, device=select_device(args.device))
-    generator = SamAutomaticMaskGenerator(model, **options)
+    predictor = create_predictor(args.model, check_backend(args.backend), device=args.device)
+    generator = SamAutomaticMaskGenerator(predictor, **options)
     save_dir = Path(args.save_dir) if args.save_dir else next_free_dir("runs/everything")
     skipped: list[str] = []
     stems: set[str] = set()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import CLIError, add_model_argument, next_free_dir
+from . import CLIError, add_backend_argument, add_model_argument, check_backend, next_free_dir
 
 EXAMPLES = """\
 examples:
@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image file, folder, glob pattern (quote it) or http(s) URL; e.g. zidane.jpg, images/, 'images/*.png'",
     )
     add_model_argument(p)
+    add_backend_argument(p)
     p.add_argument(
         "--points",
         nargs="+",
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(e), exit_code=2) from None
     resolve_sources(args.source)  # a missing file fails here, before the model loads
 
-    model = SAM(args.model, device=args.device)
+    model = SAM(args.model, device=args.device, backend=check_backend(args.backend))
     save_dir = Path(args.save_dir) if args.save_dir else next_free_dir("runs/predict")
     stems: set[str] = set()
     n_images = 0

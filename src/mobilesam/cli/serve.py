@@ -8,7 +8,8 @@ import socket
 import sys
 from typing import Any
 
-from . import CLIError, add_model_argument
+from ..allocator import tune_allocator
+from . import CLIError, add_backend_argument, add_model_argument, check_backend
 
 EXAMPLES = """examples:
   mobilesam serve --images data/images               label the images of a folder (labels saved beside them)
@@ -26,6 +27,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_argument(p)
+    add_backend_argument(p)
     p.add_argument(
         "--images",
         metavar="DIR",
@@ -89,6 +91,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The server owns its process and embeds image after image: keep the encoder's memory between passes
+    # (see mobilesam.allocator; main() has done it already unless run() is called directly).
+    tune_allocator()
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port: expected 0 to 65535, got {args.port}", 2)
     if args.cache_size < 1:
@@ -109,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             args.images,
             args.cache_size,
             device=args.device,
+            backend=check_backend(args.backend),
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
             max_pixels=args.max_pixels,
             # Against DNS rebinding: on loopback only local host names are accepted.

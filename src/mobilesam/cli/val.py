@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import add_backend_argument, check_backend
+
 EXAMPLE = """example:
   mobilesam val --model my_mobile_sam.pt --teacher sam_vit_h_4b8939.pth --data sa1b/val --prompts 5
   mobilesam val --model my_mobile_sam.pt --teacher sam_vit_h_4b8939.pth --data sa1b/val --embeddings sa1b/emb_val"""
@@ -31,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--multimask", action="store_true",
                    help="use the best of the 3 multimask outputs (highest predicted IoU) instead of the single mask")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
+    add_backend_argument(p)
     p.add_argument("--out", default="val.json", help="JSON file for the summary and per-image IoUs (e.g. runs/val.json)")
     p.set_defaults(func=run)
 
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     result = validate(
         args.model, args.teacher, args.data, embeddings=args.embeddings, prompts=args.prompts,
         max_images=args.max_images, seed=args.seed, multimask=args.multimask, device=args.device,
+        backend=check_backend(args.backend),
     )
     print(format_table(result["summary"]))
     path = atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())

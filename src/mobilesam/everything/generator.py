@@ -13,10 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..backends import Predictor, create_predictor
 from ..io import ImageLike, load_image
 from ..masks import encode_rle, masks_to_boxes
-from ..modeling import Sam
-from ..predictor import SamPredictor
 from .amg import (
     area_from_rle,
     box_xyxy_to_xywh,
@@ -195,7 +194,7 @@ def check_options(**options: Any) -> dict[str, Any]:
     defaults = {
         name: param.default
         for name, param in inspect.signature(SamAutomaticMaskGenerator.__init__).parameters.items()
-        if name not in ("self", "model")
+        if name not in ("self", "model", "backend")
     }
     unknown = sorted(set(options) - set(defaults))
     if unknown:
@@ -270,7 +269,14 @@ class SamAutomaticMaskGenerator:
     normalised ``point_grids``, one per crop layer; ``pred_iou_thresh`` and ``stability_score_thresh``
     filter masks; ``box_nms_thresh`` removes duplicates; ``crop_n_layers`` re-runs on 2**i x 2**i
     crops; ``min_mask_region_area`` removes small islands and holes; ``output_mode`` is
-    ``"binary_mask"``, ``"uncompressed_rle"`` or ``"coco_rle"``), plus ``mode``:
+    ``"binary_mask"``, ``"uncompressed_rle"`` or ``"coco_rle"``), plus ``backend`` and ``mode``.
+
+    ``model`` is a ``Sam``, a checkpoint path or known weights name, an exported folder, or a predictor
+    of any backend (then used as it is); otherwise the predictor is made with
+    ``mobilesam.backends.create_predictor(model, backend)``. Both modes need only the predictor
+    interface, so they run on every backend that decodes batches of prompts.
+
+    ``mode``:
 
     - ``"exact"`` (default): the official algorithm. Every grid point is decoded, each of the 3
       multimask outputs is upsampled to the image size, filtered, and de-duplicated by box NMS.
@@ -292,7 +298,7 @@ class SamAutomaticMaskGenerator:
 
     def __init__(
         self,
-        model: Sam,
+        model: Any,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
         pred_iou_thresh: float = 0.88,
@@ -307,13 +313,19 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         mode: str = "exact",
+        backend: str = "torch",
     ) -> None:
-        opts = check_options(**{k: v for k, v in locals().items() if k not in ("self", "model")})
+        opts = check_options(**{k: v for k, v in locals().items() if k not in ("self", "model", "backend")})
         self.point_grids: list[np.ndarray] = opts.pop("point_grids")
         opts.pop("points_per_side")
         for k, v in opts.items():
             setattr(self, k, v)
-        self.predictor = SamPredictor(model)
+        if isinstance(model, Predictor):
+            if backend != "torch" and backend != model.backend:
+                raise ValueError(f"backend: {backend!r} was asked for, but model is a {model.backend!r} predictor")
+            self.predictor = model
+        else:
+            self.predictor = create_predictor(model, backend)
 
     # ------------------------------------------------------------------ public
 
@@ -429,7 +441,7 @@ class SamAutomaticMaskGenerator:
         del masks
         if self.pred_iou_thresh > 0.0:
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
-        thr = self.predictor.model.mask_threshold
+        thr = self.predictor.mask_threshold
         data["stability_score"] = calculate_stability_score(data["masks"], thr, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
             data.filter(data["stability_score"] >= self.stability_score_thresh)
@@ -448,8 +460,7 @@ class SamAutomaticMaskGenerator:
         """Fast mode on one crop: coarse-to-fine points skipping covered ones, filters and NMS on the
         low-resolution logits, then full resolution for the NMS survivors only."""
         pred = self.predictor
-        model = pred.model
-        thr = model.mask_threshold
+        thr = pred.mask_threshold
         crop_h, crop_w = im_size
         in_h, in_w = pred.input_size
         in_points = pred.transform.apply_coords(points, im_size)
@@ -472,7 +483,7 @@ class SamAutomaticMaskGenerator:
             coords = torch.as_tensor(in_points[take], dtype=torch.float, device=pred.device)[:, None, :]
             low, iou = self._decode_low(coords)
             if covered is None:
-                scale = model.img_size / low.shape[-1]
+                scale = pred.transform.target_length / low.shape[-1]
                 lh, lw = int(np.ceil(in_h / scale)), int(np.ceil(in_w / scale))
                 covered = torch.zeros(lh, lw, dtype=torch.bool, device=low.device)
                 finest = _FinestMasks()
@@ -564,7 +575,7 @@ class SamAutomaticMaskGenerator:
         for start in range(0, len(coords), pred.max_batch):
             chunk = coords[start : start + pred.max_batch]
             labels = torch.ones(len(chunk), 1, dtype=torch.int, device=chunk.device)
-            low, iou = pred._decode_low_res(chunk, labels, None, None, multimask_output=True)
+            low, iou = pred.decode_low_res(chunk, labels, None, None, multimask_output=True)
             lows.append(low)
             ious.append(iou)
         return torch.cat(lows), torch.cat(ious)
@@ -572,11 +583,11 @@ class SamAutomaticMaskGenerator:
     def _upsample_low(self, low: torch.Tensor, scale: float, im_size: tuple[int, ...]) -> torch.Tensor:
         """Low-resolution logits (N, h, w), cropped to the image, upsampled to the crop's size exactly as
         the official code upsamples the full 256x256 logits: (N, H, W)."""
-        model = self.predictor.model
-        side = model.img_size // int(scale)
+        side = self.predictor.transform.target_length // int(scale)
         full = low.new_zeros(len(low), side, side)
         full[:, : low.shape[1], : low.shape[2]] = low
-        return model.postprocess_masks(full[:, None], self.predictor.input_size, im_size)[:, 0]
+        assert tuple(im_size) == tuple(self.predictor.original_size)  # the crop is the predictor's image
+        return self.predictor.postprocess_masks(full[:, None])[:, 0]
 
     @staticmethod
     def postprocess_small_regions(mask_data: MaskData, min_area: float, nms_thresh: float) -> MaskData:

@@ -27,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
+from .._version import __version__
+from ..backends import create_predictor, get_backend, is_exported_model
 from .engine import Engine, EverythingUnavailable, PredictorLike
 from .images import (
     DecodedImage,
@@ -291,6 +292,7 @@ def create_app(
     cache_size: int = 16,
     *,
     device: str | None = None,
+    backend: str = "torch",
     predictor_factory: Callable[[], PredictorLike] | None = None,
     generator_factory: Callable[[Any], Any] | None = None,
     max_upload_bytes: int = 32 * 1024 * 1024,
@@ -298,11 +300,14 @@ def create_app(
     max_images: int = 64,
     allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
-    """The web app. ``model`` is a ``Sam`` or a checkpoint (path or known name, built with ``build_sam``).
+    """The web app. ``model`` is a ``Sam``, a checkpoint (path or known name, built with ``build_sam``) or,
+    for a backend that runs them, a folder written by ``mobilesam export``.
 
     ``images_dir``: a folder whose images can be opened and labelled (labels are written beside them).
-    ``cache_size``: image embeddings kept (about 4 MB each). ``predictor_factory`` makes predictors
-    (default ``SamPredictor(model)``); ``generator_factory(model)`` makes the segment-everything generator.
+    ``cache_size``: image embeddings kept (about 4 MB each). ``backend``: a name from
+    ``mobilesam.backends.available_backends()``; ``predictor_factory`` makes predictors instead (default
+    ``create_predictor(model, backend)``); ``generator_factory(model)`` makes the segment-everything
+    generator (default: the fast generator on ``backend``).
     ``allowed_hosts``: Host header values accepted (against DNS rebinding); None accepts any.
     """
     for name, value, least in (
@@ -313,8 +318,9 @@ def create_app(
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    get_backend(backend)  # an unknown name fails before a slow model load
     folder = ImageFolder(images_dir) if images_dir is not None else None  # checked before a slow model load
-    if model is not None and not hasattr(model, "image_encoder"):
+    if model is not None and not hasattr(model, "image_encoder") and not is_exported_model(model):
         from ..build import build_sam
         from ..device import select_device
 
@@ -322,13 +328,12 @@ def create_app(
     if predictor_factory is None:
         if model is None:
             raise ValueError("create_app: give a model (a Sam or a checkpoint) or a predictor_factory")
-        from ..predictor import SamPredictor
 
         def predictor_factory() -> PredictorLike:
-            return SamPredictor(model)
+            return create_predictor(model, backend)
 
     store = LabelStore(folder.root) if folder else None
-    engine = Engine(predictor_factory, cache_size, model=model, generator_factory=generator_factory)
+    engine = Engine(predictor_factory, cache_size, model=model, generator_factory=generator_factory, backend=backend)
     registry = Registry(max_images, max_bytes=16 * max_upload_bytes)
 
     @asynccontextmanager

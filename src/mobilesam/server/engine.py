@@ -4,32 +4,28 @@ bounded LRU cache; clicks answered by the prompt encoder and mask decoder only, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
+from ..backends.base import ImageFeatures
+from ..cache import FeatureCache
 from ..masks import decode_rle
 
 
 class PredictorLike(Protocol):
-    """What the server needs of a predictor (``SamPredictor`` is one)."""
-
-    original_size: tuple[int, int] | None
-    input_size: tuple[int, int] | None
+    """What the server needs of a predictor (every backend's predictor is one)."""
 
     def set_image(self, image: np.ndarray) -> None: ...
-    def get_image_embedding(self) -> torch.Tensor: ...
-    def set_embedding(
-        self, features: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int] | None = None
-    ) -> None: ...
+    def get_features(self) -> ImageFeatures: ...
+    def set_features(self, features: ImageFeatures) -> None: ...
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -48,14 +44,12 @@ class EverythingUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Embedding:
-    features: torch.Tensor  # (1, 256, 64, 64)
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
+    features: ImageFeatures  # opaque: whatever the backend's decoder needs, with the image's sizes
     seconds: float  # encoder time
 
 
-def default_generator_factory(model: Any) -> Any:
-    """The fast segment-everything generator, imported only when first asked for."""
+def default_generator_factory(model: Any, backend: str = "torch") -> Any:
+    """The fast segment-everything generator on ``backend``, imported only when first asked for."""
     if model is None:
         raise EverythingUnavailable("everything: this server runs without a SAM model, segment-everything is off")
     try:
@@ -67,7 +61,7 @@ def default_generator_factory(model: Any) -> Any:
                 "is missing)"
             ) from None
         raise
-    return module.SamAutomaticMaskGenerator(model, mode="fast")
+    return module.SamAutomaticMaskGenerator(model, mode="fast", backend=backend)
 
 
 class Engine:
@@ -85,21 +79,22 @@ class Engine:
         generator_factory: Callable[[Any], Any] | None = None,
         encoder_workers: int = 1,
         decoder_workers: int = 2,
+        backend: str = "torch",
     ) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size: expected at least 1 cached embedding, got {cache_size}")
         self.cache_size = cache_size
         self.model = model
         self._factory = predictor_factory
-        self._generator_factory = generator_factory or default_generator_factory
+        self._generator_factory = generator_factory or functools.partial(default_generator_factory, backend=backend)
         self._generator: Any = None
         self._decoder = predictor_factory()
         self._decoder_lock = threading.Lock()
         self._generator_lock = threading.Lock()
         self._local = threading.local()
-        self._cache: OrderedDict[str, Embedding] = OrderedDict()
+        self._cache: FeatureCache[Embedding] = FeatureCache(cache_size)
         self._inflight: dict[str, Future] = {}
-        self._cache_lock = threading.Lock()
+        self._inflight_lock = threading.Lock()
         self._encoder_pool = ThreadPoolExecutor(encoder_workers, thread_name_prefix="mobilesam-encoder")
         self._decoder_pool = ThreadPoolExecutor(decoder_workers, thread_name_prefix="mobilesam-decoder")
         # Segment-everything takes seconds to minutes on a CPU: its own thread, so opening another image
@@ -110,23 +105,18 @@ class Engine:
     # -- embeddings ---------------------------------------------------------------------------------------
 
     def cached(self, key: str) -> Embedding | None:
-        with self._cache_lock:
-            emb = self._cache.get(key)
-            if emb is not None:
-                self._cache.move_to_end(key)
-            return emb
+        return self._cache.get(key)
 
     def cached_keys(self) -> list[str]:
-        with self._cache_lock:
-            return list(self._cache)
+        return self._cache.keys()
 
     def submit_embedding(self, key: str, load_rgb: Callable[[], np.ndarray]) -> Future:
         """Start (or join) the encoder pass for ``key``; ``load_rgb`` runs in the encoder thread."""
-        with self._cache_lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
+        with self._inflight_lock:
+            emb = self._cache.get(key)
+            if emb is not None:
                 done: Future = Future()
-                done.set_result(self._cache[key])
+                done.set_result(emb)
                 return done
             fut = self._inflight.get(key)
             if fut is None:
@@ -153,19 +143,13 @@ class Engine:
             pred = self._encoder_predictor()
             t0 = time.perf_counter()
             pred.set_image(rgb)
-            features = pred.get_image_embedding()
-            assert pred.original_size is not None and pred.input_size is not None
-            emb = Embedding(features, tuple(pred.original_size), tuple(pred.input_size), time.perf_counter() - t0)
+            emb = Embedding(pred.get_features(), time.perf_counter() - t0)
             pred.reset_image()
             self.encoder_passes += 1
-            with self._cache_lock:
-                self._cache[key] = emb
-                self._cache.move_to_end(key)
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+            self._cache.put(key, emb)
             return emb
         finally:
-            with self._cache_lock:
+            with self._inflight_lock:
                 self._inflight.pop(key, None)
 
     # -- prompts ------------------------------------------------------------------------------------------
@@ -179,7 +163,7 @@ class Engine:
         multimask: bool,
     ) -> tuple[np.ndarray, float]:
         with self._decoder_lock:
-            self._decoder.set_embedding(emb.features, emb.original_size, emb.input_size)
+            self._decoder.set_features(emb.features)
             masks, scores, _ = self._decoder.predict(points, labels, box, multimask_output=multimask)
             self._decoder.reset_image()
         best = int(np.argmax(scores))

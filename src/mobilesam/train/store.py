@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..backends.torch_fast import optimize_for_inference
 from ..build import detect_model_type
-from ..io import IMAGE_SUFFIXES, atomic_write_bytes, read_image
+from ..io import IMAGE_SUFFIXES, atomic_write_bytes, read_image, walk_images
 from ..modeling import Sam
 from ..modeling.configs import IMAGE_SIZE, PROMPT_EMBED_DIM
 from ..transforms import ResizeLongestSide
@@ -39,19 +40,15 @@ META = "meta.json"
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
-    """Image files under ``root`` (recursive, hidden entries skipped), as sorted POSIX paths relative to it."""
+    """Image files under ``root`` by the folder rule of :func:`mobilesam.io.walk_images` (recursive,
+    hidden entries skipped), as sorted POSIX paths relative to it."""
     base = Path(root).expanduser()
     if not base.is_dir():
         raise FileNotFoundError(f"data: '{root}' is not a folder of images")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append((Path(dirpath) / name).relative_to(base).as_posix())
+    found = walk_images(base)
     if not found:
         raise FileNotFoundError(f"data: folder '{root}' holds no image files (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return sorted(found)
+    return found
 
 
 def embedding_shape(img_size: int) -> tuple[int, int, int]:
@@ -238,11 +235,12 @@ def embed_folder(
     start = time.perf_counter()
     bar = tqdm(total=len(todo), desc="embed" if not info.distributed else f"embed (rank 0 of {info.world_size})",
                unit="img", disable=not progress or not info.is_main)
+    encoder = optimize_for_inference(sam).image_encoder  # the teacher only infers: the CPU fast paths apply
     with torch.inference_mode():
         for idxs, images in loader:
             x = preprocess_batch(sam, images, info.device)
             with _autocast(info.device, precision):
-                emb = sam.image_encoder(x)
+                emb = encoder(x)
             emb = emb.float().cpu()
             for i, e in zip(idxs, emb):
                 store.write(todo[i], e)

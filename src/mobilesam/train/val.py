@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..backends import Predictor, create_predictor, get_backend
 from ..build import build_sam
 from ..device import select_device
 from ..io import read_image
+from ..masks import mask_iou
 from ..modeling import Sam
-from ..predictor import SamPredictor
 from .store import EmbeddingStore, list_images
 
 PROMPT_KINDS = ("point", "two_points", "box")
@@ -61,14 +62,7 @@ def sample_prompts(height: int, width: int, n: int, rng: np.random.Generator) ->
     return {"point": points, "two_points": two, "box": boxes}
 
 
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of boolean masks (B, H, W) pairwise along B; 1.0 where both are empty."""
-    inter = (a & b).flatten(1).sum(1).double()
-    union = (a | b).flatten(1).sum(1).double()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-
-def _predict(pred: SamPredictor, kind: str, prompts: np.ndarray, original_size: tuple[int, int], multimask: bool) -> torch.Tensor:
+def _predict(pred: Predictor, kind: str, prompts: np.ndarray, original_size: tuple[int, int], multimask: bool) -> torch.Tensor:
     """Masks (B, H, W) for B prompts of one kind, in one decoder pass."""
     dev = pred.device
     if kind == "box":
@@ -98,10 +92,13 @@ def validate(
     seed: int = 0,
     multimask: bool = False,
     device: str | torch.device | None = None,
+    backend: str = "torch",
     progress: bool = True,
 ) -> dict[str, Any]:
     """mIoU of student vs teacher masks (overall and per prompt kind) and the embedding MSE.
 
+    ``backend``: where the student runs (a name from ``mobilesam.backends.available_backends()``); the
+    teacher runs on torch.
     ``embeddings``: the teacher's stored embeddings (from ``embed``) instead of running its encoder.
     ``prompts``: prompts of each kind per image. ``max_images``: a seeded random subset of the images.
     """
@@ -109,6 +106,7 @@ def validate(
         raise ValueError(f"prompts: expected a positive number of prompts per kind and image, got {prompts!r}")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images: expected a positive integer, got {max_images}")
+    get_backend(backend)  # an unknown name fails before the models load
     dev = select_device(device)
     s_model, t_model = _load(student, dev), _load(teacher, dev)
     store = EmbeddingStore.open(embeddings) if embeddings is not None else None
@@ -121,7 +119,7 @@ def validate(
     indices = list(range(len(rels)))
     if max_images is not None and max_images < len(rels):
         indices = sorted(np.random.default_rng(seed).choice(len(rels), max_images, replace=False).tolist())
-    s_pred, t_pred = SamPredictor(s_model), SamPredictor(t_model)
+    s_pred, t_pred = create_predictor(s_model, backend), create_predictor(t_model, "torch")
     ious: dict[str, list[float]] = {k: [] for k in PROMPT_KINDS}
     mses: list[float] = []
     per_image = []
@@ -168,6 +166,7 @@ def validate(
             "prompts_per_kind": prompts,
             "seed": seed,
             "multimask": multimask,
+            "backend": backend,
         },
         "images": per_image,
     }

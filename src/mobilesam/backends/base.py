@@ -1,0 +1,374 @@
+"""The predictor interface every backend implements, and the prompt handling they all share.
+
+A predictor embeds an image once (``set_image``) and then answers many prompts on it (``predict``,
+``predict_torch``). What differs between backends is only where the networks run: the image encoder
+(``_encode``), the prompt encoder + mask decoder (``decode_low_res``) and the upscaling of low-resolution
+logits to the image (``postprocess_masks``). Everything else (the resize to the model's input frame,
+prompt validation, splitting large batches, thresholding) is written once, in :class:`PredictorBase`.
+
+The image features are opaque to the callers: an :class:`ImageFeatures` holds whatever tensors the
+model family's decoder needs (one ``image_embeddings`` tensor for SAM and MobileSAM; several feature
+levels for families such as SAM 2) with the sizes that map prompts into its frame. Caches, the server
+and the segment-everything generator move features around without looking inside.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from ..io import load_image
+from ..prompts import LOW_RES_SHAPE, validate_boxes, validate_mask_input, validate_points
+
+
+
+class ImageNotSetError(RuntimeError, ValueError):
+    """A prediction was asked for before ``set_image``. (A RuntimeError, like the official code's.)"""
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """What the image encoder produced for one image, and the sizes that go with it.
+
+    ``tensors``: name -> tensor, in the layout of the model family (``{"image_embeddings": (1, 256, 64,
+    64)}`` for SAM). ``original_size`` (H, W) of the image; ``input_size`` (h, w) after the resize into the
+    model's input frame.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        """The main image embedding: the first tensor (``image_embeddings`` for SAM)."""
+        return next(iter(self.tensors.values()))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def to(self, device: torch.device | str) -> ImageFeatures:
+        return ImageFeatures({k: v.to(device) for k, v in self.tensors.items()}, self.original_size,
+                             self.input_size, dict(self.meta))
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """The interface of every backend's predictor (``SamPredictor`` and ``OnnxSamPredictor`` are two).
+
+    Prompts given to ``predict`` are in original-image pixels; those given to ``predict_torch`` and
+    ``decode_low_res`` are already in the model's input frame (``transform.apply_coords``).
+    """
+
+    backend: str
+    transform: Any  # apply_image, apply_coords, apply_boxes, get_preprocess_shape, target_length
+    original_size: tuple[int, int] | None
+    input_size: tuple[int, int] | None
+    is_image_set: bool
+    mask_threshold: float
+    max_batch: int
+
+    @property
+    def device(self) -> torch.device: ...
+    def set_image(self, image: Any, image_format: str = "RGB") -> None: ...
+    def set_images(self, images: Sequence[Any], image_format: str = "RGB") -> list[ImageFeatures]: ...
+    def get_features(self) -> ImageFeatures: ...
+    def set_features(self, features: ImageFeatures) -> None: ...
+    def reset_image(self) -> None: ...
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def decode_low_res(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def postprocess_masks(self, low_res: torch.Tensor) -> torch.Tensor: ...
+
+
+class PredictorBase(ABC):
+    """Shared prompt handling over three backend-specific steps: ``_encode``, ``decode_low_res`` and
+    ``postprocess_masks``. Mirrors ``segment_anything.SamPredictor``: same methods, arguments and outputs.
+
+    ``max_batch`` bounds how many prompts one decoder run takes: ``predict_torch`` splits a larger batch
+    into chunks (same results, bounded memory). A runtime that decodes one prompt at a time sets 1.
+    """
+
+    backend: str = "?"
+
+    def __init__(self, transform: Any, mask_threshold: float, max_batch: int = 16) -> None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch: expected an int >= 1, got {max_batch!r}")
+        self.transform = transform
+        self.mask_threshold = float(mask_threshold)
+        self.max_batch = max_batch
+        self.reset_image()
+
+    # --- what a backend provides ---------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where the prompt tensors of ``predict_torch`` must live."""
+
+    @abstractmethod
+    def _encode(self, transformed_image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image features of a resized image (1, 3, h, w), 0-255, longest side ``transform.target_length``."""
+
+    @abstractmethod
+    def decode_low_res(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder on the current features, prompts in the input frame, no checks:
+        low-resolution logits (B, C, 256, 256) and predicted IoUs (B, C); C is 3 with multimask else 1."""
+
+    @abstractmethod
+    def postprocess_masks(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Low-resolution logits (B, C, 256, 256) -> logits at the current image's size (B, C, H, W)."""
+
+    def _check_features(self, features: ImageFeatures) -> None:
+        """Refuse features this backend cannot decode (override to check the layout)."""
+
+    # --- state -----------------------------------------------------------------------------------------
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self._features: ImageFeatures | None = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """The current image embedding tensor (None before ``set_image``), as the official predictor has."""
+        return None if self._features is None else self._features.embedding
+
+    def _require_image(self) -> ImageFeatures:
+        if not self.is_image_set or self._features is None:
+            raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
+        return self._features
+
+    def get_features(self) -> ImageFeatures:
+        """The current image's features (opaque; give them back with ``set_features``)."""
+        return self._require_image()
+
+    def set_features(self, features: ImageFeatures) -> None:
+        """Make previously computed features the current image."""
+        if not isinstance(features, ImageFeatures):
+            raise TypeError(f"features: expected an ImageFeatures (from get_features), got {type(features).__name__}")
+        self._check_features(features)
+        self.reset_image()
+        self._features = features
+        self.original_size = (int(features.original_size[0]), int(features.original_size[1]))
+        self.input_size = (int(features.input_size[0]), int(features.input_size[1]))
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        self.is_image_set = True
+
+    # --- images ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_image(self, image: Any, image_format: str = "RGB") -> None:
+        """Embed an image: HxWx3 uint8 array in ``image_format`` ("RGB" or "BGR"), a PIL image or a path.
+
+        Greyscale, RGBA, 16-bit and float-in-[0, 1] arrays are converted.
+        """
+        rgb = load_image(image, image_format=image_format)
+        resized = self.transform.apply_image(rgb)
+        tensor = torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, rgb.shape[:2])
+
+    def set_images(self, images: Sequence[Any], image_format: str = "RGB") -> list[ImageFeatures]:
+        """Embed several images; returns their features in order, and the last one stays set."""
+        out = []
+        for image in images:
+            self.set_image(image, image_format)
+            out.append(self.get_features())
+        return out
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Embed an image already resized into the input frame: (1, 3, h, w) in 0-255."""
+        size = self.transform.target_length
+        if (
+            not isinstance(transformed_image, torch.Tensor)
+            or transformed_image.ndim != 4
+            or transformed_image.shape[0] != 1
+            or transformed_image.shape[1] != 3
+            or max(transformed_image.shape[2:]) != size
+        ):
+            got = tuple(transformed_image.shape) if isinstance(transformed_image, torch.Tensor) else type(
+                transformed_image).__name__
+            raise ValueError(f"transformed_image: expected shape (1, 3, h, w) with longest side {size}, got {got}")
+        original = (int(original_image_size[0]), int(original_image_size[1]))
+        tensors = self._encode(transformed_image)
+        input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
+        self.set_features(ImageFeatures(tensors, original, input_size))
+
+    # --- legacy names of the official API --------------------------------------------------------------
+    def get_image_embedding(self) -> torch.Tensor:
+        """The image embedding (1, 256, 64, 64 for SAM) of the current image."""
+        return self._require_image().embedding
+
+    def set_embedding(
+        self, features: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int] | None = None
+    ) -> None:
+        """Use a previously computed embedding (1, 256, 64, 64 for SAM) for an image of ``original_size``."""
+        original = (int(original_size[0]), int(original_size[1]))
+        if input_size is None:
+            input_size = self.transform.get_preprocess_shape(*original, self.transform.target_length)
+        tensors = self._embedding_tensors(features)
+        self.set_features(ImageFeatures(tensors, original, (int(input_size[0]), int(input_size[1]))))
+
+    def _embedding_tensors(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The features dict of a family whose features are one embedding tensor."""
+        return {"image_embeddings": torch.as_tensor(embedding).to(self.device)}
+
+    # --- prompts ---------------------------------------------------------------------------------------
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one object, prompts in original-image pixels.
+
+        point_coords (N, 2) as (x, y); point_labels (N,) with 1 = foreground, 0 = background;
+        box (4,) XYXY; mask_input (1, 256, 256) low-res logits from an earlier call.
+        Returns masks (C, H, W) (bool, or float logits with ``return_logits``), scores (C,) and
+        low-res logits (C, 256, 256); C is 3 with ``multimask_output`` else 1.
+        """
+        self._require_image()
+        points = validate_points(point_coords, point_labels)
+        coords_t = labels_t = box_t = mask_t = None
+        if points is not None:
+            coords = self.transform.apply_coords(points[0], self.original_size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(points[1], dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            boxes = validate_boxes(box)
+            if boxes.shape[0] != 1:
+                raise ValueError(f"box: predict takes one box of shape (4,); use predict_torch for {boxes.shape[0]}")
+            box_t = torch.as_tensor(self.transform.apply_boxes(boxes, self.original_size), dtype=torch.float,
+                                    device=self.device)
+        if mask_input is not None:
+            mask_t = torch.as_tensor(validate_mask_input(mask_input, None), device=self.device)[None]
+        masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t, multimask_output, return_logits)
+        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction, prompts already in the resized frame (see ``self.transform``).
+
+        point_coords (B, N, 2), point_labels (B, N), boxes (B, 4), mask_input (B, 1, 256, 256).
+        Returns masks (B, C, H, W), scores (B, C) and low-res logits (B, C, 256, 256).
+        """
+        self._require_image()
+        batch = check_torch_prompts(point_coords, point_labels, boxes, mask_input)
+        if batch <= self.max_batch:
+            return self._decode(point_coords, point_labels, boxes, mask_input, multimask_output, return_logits)
+        masks_out = None
+        ious, lows = [], []
+        for i in range(0, batch, self.max_batch):
+            sl = slice(i, i + self.max_batch)
+            masks, iou, low_res = self._decode(
+                *(t[sl] if t is not None else None for t in (point_coords, point_labels, boxes, mask_input)),
+                multimask_output,
+                return_logits,
+            )
+            if masks_out is None:
+                masks_out = masks.new_empty((batch, *masks.shape[1:]))
+            masks_out[sl] = masks
+            ious.append(iou)
+            lows.append(low_res)
+        return masks_out, torch.cat(ious), torch.cat(lows)
+
+    def _decode(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decoder run for at most ``max_batch`` prompts: full-size masks, IoUs, low-res logits."""
+        low_res, iou = self.decode_low_res(point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks = self.postprocess_masks(low_res)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return masks, iou, low_res
+
+
+def check_torch_prompts(
+    point_coords: torch.Tensor | None,
+    point_labels: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+) -> int:
+    """Validate batched prompt tensors (shapes, finiteness, XYXY order); returns the batch size."""
+    batches = {}
+    if (point_coords is None) != (point_labels is None):
+        raise ValueError("point_coords and point_labels must be given together")
+    if point_coords is not None:
+        if point_coords.ndim != 3 or point_coords.shape[-1] != 2:
+            raise ValueError(f"point_coords: expected shape (B, N, 2), got {tuple(point_coords.shape)}")
+        if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
+            raise ValueError(
+                f"point_labels: expected shape {tuple(point_coords.shape[:2])}, got {tuple(point_labels.shape)}"
+            )
+        if not torch.isfinite(point_coords).all():
+            raise ValueError("point_coords: all values must be finite, got NaN or inf")
+        batches["point_coords"] = point_coords.shape[0]
+    if boxes is not None:
+        if boxes.ndim != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"boxes: expected shape (B, 4) XYXY, got {tuple(boxes.shape)}")
+        if not torch.isfinite(boxes).all():
+            raise ValueError("boxes: all values must be finite, got NaN or inf")
+        validate_boxes(boxes.detach().float().cpu().numpy(), "boxes")
+        batches["boxes"] = boxes.shape[0]
+    if mask_input is not None:
+        if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != LOW_RES_SHAPE:
+            raise ValueError(f"mask_input: expected shape (B, 1, 256, 256), got {tuple(mask_input.shape)}")
+        batches["mask_input"] = mask_input.shape[0]
+    if len(set(batches.values())) > 1:
+        raise ValueError(f"prompts: batch sizes differ: {batches}")
+    return next(iter(batches.values()), 1)

@@ -1,0 +1,222 @@
+"""The ONNX Runtime backend: ``OnnxSamPredictor`` over the files written by ``mobilesam export``.
+
+Pre-processing (resize with PIL, coordinates) is the same code as the torch backend's; normalisation,
+padding, mask decoding and upscaling run inside the exported graphs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..export.graphs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
+from ..export.manifest import ExportError, file_entry, read_manifest
+from ..export.runtime import check_io, import_onnxruntime, make_session
+from ..transforms import ResizeLongestSide
+from .base import ImageFeatures, PredictorBase
+
+logger = logging.getLogger("mobilesam")
+
+PRECISIONS = ("fp32", "int8")
+_ENCODER_IO = (["image"], ["image_embeddings"])
+_DECODER_IO = (
+    ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
+    ["masks", "iou_predictions", "low_res_masks"],
+)
+
+
+def _key(part: str, precision: str) -> str:
+    return part if precision == "fp32" else f"{part}_{precision}"
+
+
+class OnnxSamPredictor(PredictorBase):
+    """Embeds an image once and predicts masks for prompts on it, with ONNX Runtime.
+
+    ``model_dir`` is a folder written by ``mobilesam export`` (or its ``manifest.json``).
+    ``precision`` "fp32" or "int8" picks the image encoder file, ``decoder_precision`` the decoder's (int8
+    files need an export with ``--quantize int8``).
+    Same methods and outputs as :class:`~mobilesam.predictor.SamPredictor`; tensors are on the CPU.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        precision: str = "fp32",
+        decoder_precision: str = "fp32",
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        verify: bool = True,
+        max_batch: int = 16,
+    ) -> None:
+        import_onnxruntime()
+        for name, value in (("precision", precision), ("decoder_precision", decoder_precision)):
+            if value not in PRECISIONS:
+                raise ValueError(f"{name}: expected one of {list(PRECISIONS)}, got {value!r}")
+        folder, manifest = read_manifest(model_dir)
+        self.manifest = manifest
+        self.model_dir = folder
+        self.precision, self.decoder_precision = precision, decoder_precision
+        self.backend = "onnxruntime" if precision == "fp32" else f"onnxruntime-{precision}"
+        self.model = None  # kept for the official attribute; no torch model here: the graphs hold the weights
+        self.model_type = manifest.get("model_type")
+        self.img_size = int(manifest.get("image_size", 1024))
+        self.embedding_shape = tuple(manifest.get("embedding_shape", (1, 256, 64, 64)))
+        self.single_mask = bool(manifest.get("decoder_return_single_mask", False))
+        files = manifest["files"]
+        self.encoder = None
+        if "encoder" in files or "encoder_int8" in files:  # a decoder-only export works from embeddings
+            path = file_entry(manifest, folder, _key("encoder", precision), verify)
+            self.encoder = make_session(path, threads, providers)
+            check_io(self.encoder, path, "image encoder", *_ENCODER_IO)
+        path = file_entry(manifest, folder, _key("decoder", decoder_precision), verify)
+        self.decoder = make_session(path, threads, providers)
+        check_io(self.decoder, path, "prompt decoder", *_DECODER_IO)
+        super().__init__(ResizeLongestSide(self.img_size), float(manifest.get("mask_threshold", 0.0)), max_batch)
+
+    @classmethod
+    def from_sam(
+        cls,
+        sam: torch.nn.Module,
+        precision: str = "fp32",
+        cache: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> OnnxSamPredictor:
+        """Export ``sam`` once into a cache folder keyed by its weights (reused later), then load it."""
+        from ..build import detect_model_type
+        from ..export.onnx_export import export_onnx
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+        sd = sam.state_dict()
+        h = hashlib.sha256()
+        for k in sorted(sd):
+            h.update(k.encode())
+            h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
+        model_type = detect_model_type(sd) or "sam"
+        if cache is None:
+            from ..weights import cache_dir
+
+            cache = cache_dir() / "onnx"
+        folder = Path(cache) / f"{model_type}-{h.hexdigest()[:16]}"
+        int8 = "int8" in (precision, kwargs.get("decoder_precision"))
+        try:
+            _, manifest = read_manifest(folder)
+            ready = not int8 or {"encoder_int8", "decoder_int8"} <= set(manifest["files"])
+        except (FileNotFoundError, ExportError):
+            ready = False
+        if not ready:
+            logger.info("exporting the model to ONNX in %s (once)", folder)
+            export_onnx(sam, folder, quantize="int8" if int8 else None)
+        return cls(folder, precision=precision, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def __repr__(self) -> str:
+        return (f"OnnxSamPredictor(model_dir='{self.model_dir}', precision={self.precision!r}, "
+                f"decoder_precision={self.decoder_precision!r})")
+
+    def _encode(self, transformed_image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.encoder is None:
+            raise ExportError(
+                f"onnx model: the export in '{self.model_dir}' has no image encoder; use set_embedding(...) or "
+                "re-export with the encoder"
+            )
+        image = np.ascontiguousarray(transformed_image.detach().cpu().numpy(), dtype=np.float32)
+        return {"image_embeddings": torch.from_numpy(self.encoder.run(None, {"image": image})[0])}
+
+    def _embedding_tensors(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = torch.as_tensor(embedding).detach().cpu().float()
+        if features.ndim == 3:
+            features = features[None]
+        return {"image_embeddings": features.contiguous()}
+
+    def _check_features(self, features: ImageFeatures) -> None:
+        got = {k: tuple(v.shape) for k, v in features.tensors.items()}
+        if list(got) != ["image_embeddings"] or got["image_embeddings"] != self.embedding_shape:
+            shown = got.get("image_embeddings") if len(got) == 1 else got
+            raise ValueError(f"features: expected an image embedding of shape {self.embedding_shape}, got {shown}")
+
+    def _run_decoder(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decoder run: full-size logits, IoUs and low-res logits, ``multimask_output`` selected."""
+        features = self._require_image()
+        batch = next((t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None), 1)
+        coords = [np.zeros((batch, 0, 2), np.float32)]
+        labels = [np.zeros((batch, 0), np.float32)]
+        if point_coords is not None:
+            coords.append(point_coords.detach().cpu().numpy().astype(np.float32))
+            labels.append(point_labels.detach().cpu().numpy().astype(np.float32))
+            if boxes is None:
+                # SAM's prompt encoder appends a "not a point" token when there is no box.
+                coords.append(np.zeros((batch, 1, 2), np.float32))
+                labels.append(np.full((batch, 1), LABEL_PAD, np.float32))
+        if boxes is not None:
+            coords.append(boxes.detach().cpu().numpy().astype(np.float32).reshape(batch, 2, 2))
+            labels.append(np.tile(np.array([[LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT]], np.float32), (batch, 1)))
+        if mask_input is not None:
+            mask = mask_input.detach().cpu().numpy().astype(np.float32)
+            has_mask = np.ones(1, np.float32)
+        else:
+            mask = np.zeros((1, 1, 256, 256), np.float32)
+            has_mask = np.zeros(1, np.float32)
+        feeds = {
+            "image_embeddings": features.embedding.numpy(),
+            "point_coords": np.ascontiguousarray(np.concatenate(coords, axis=1)),
+            "point_labels": np.ascontiguousarray(np.concatenate(labels, axis=1)),
+            "mask_input": np.ascontiguousarray(mask),
+            "has_mask_input": has_mask,
+            "orig_im_size": np.array(self.original_size, np.float32),
+        }
+        masks, iou, low_res = (torch.from_numpy(a) for a in self.decoder.run(None, feeds))
+        if not self.single_mask:
+            sl = slice(1, None) if multimask_output else slice(0, 1)
+            masks, iou, low_res = masks[:, sl], iou[:, sl], low_res[:, sl]
+        return masks, iou, low_res
+
+    def decode_low_res(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _, iou, low_res = self._run_decoder(point_coords, point_labels, boxes, mask_input, multimask_output)
+        return low_res, iou
+
+    def postprocess_masks(self, low_res: torch.Tensor) -> torch.Tensor:
+        """The decoder graph's upscaling, in torch: to the padded input, crop, to the image size."""
+        self._require_image()
+        x = F.interpolate(low_res.float(), (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        x = x[..., : self.input_size[0], : self.input_size[1]]
+        return F.interpolate(x, self.original_size, mode="bilinear", align_corners=False)
+
+    def _decode(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # The graph upscales to the image size itself: one run gives everything.
+        masks, iou, low_res = self._run_decoder(point_coords, point_labels, boxes, mask_input, multimask_output)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return masks, iou, low_res
