@@ -169,10 +169,13 @@ def test_no_mask_is_dropped_unless_asked(model, zidane) -> None:
     assert torch.equal(kept.masks.data, r.masks.data[keep])
 
 
-def test_empty_prompt_lists_give_empty_results(model, zidane) -> None:
-    r = model.predict(str(zidane), bboxes=np.zeros((0, 4)))[0]
-    assert len(r) == 0 and r.masks.data.shape == (0, H, W) and r.boxes.data.shape == (0, 6)
-    assert model.predict(str(zidane), points=[])[0].masks.data.shape[0] == 0
+def test_empty_prompt_lists_are_an_error(model, zidane) -> None:
+    # Issue 13, item 16: an empty prompt array is an error (it used to give empty results), unless no
+    # prompt at all is given (which segments everything).
+    with pytest.raises(ValueError, match="bboxes: the prompt array is empty"):
+        model.predict(str(zidane), bboxes=np.zeros((0, 4)))
+    with pytest.raises(ValueError, match="points: the prompt array is empty"):
+        model.predict(str(zidane), points=[])
 
 
 def test_embedding_computed_once_per_image(vit_t_pair, zidane) -> None:

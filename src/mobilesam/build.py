@@ -10,6 +10,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
+from .device import select_device
 from .hub import SAM_FAMILY, ModelFamily, closest_architecture, detect_family, families, family_for_size, known_sizes
 from .modeling import Sam
 from .weights import WEIGHTS, CheckpointError, load_state_dict, resolve_weights
@@ -91,6 +92,8 @@ def build_sam(
     ``sam_vit_b_01ec64.pth``, ...; downloaded on first use). The family and size are detected from the
     checkpoint; ``model_type`` forces a size. Without a checkpoint, ``model_type`` gives random weights.
     """
+    if device is not None:
+        device = select_device(device)  # an unusable device (meta, CUDA on a CPU machine) fails first
     # Looked up first so that an unknown size is rejected before any file is read.
     forced = family_for_size(model_type) if model_type is not None else None
     if checkpoint is None:

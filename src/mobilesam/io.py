@@ -34,6 +34,8 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB, applying its EXIF orientation."""
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"image: '{p}' is a folder, not an image file")
     if not p.is_file():
         raise FileNotFoundError(f"image: file '{p}' not found")
     try:
@@ -61,6 +63,8 @@ def array_to_rgb(arr: np.ndarray, name: str = "image", image_format: str = "RGB"
         raise ValueError(f"{name}: expected an array of shape HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"{name}: image is empty, shape {arr.shape}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # big-endian data (from FITS, raw files): same values
     if arr.dtype == np.uint8:
         pass
     elif arr.dtype == np.uint16:

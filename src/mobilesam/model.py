@@ -37,7 +37,7 @@ from .device import select_device
 from .hub import family_for_size, family_of
 from .masks import masks_to_boxes
 from .modeling import Sam
-from .prompts import validate_boxes
+from .prompts import check_inside_image, validate_boxes
 from .results import Results
 from .sources import LoadedImage, Source, iter_entries, resolve_sources
 
@@ -203,6 +203,8 @@ def parse_prompts(points: Any = None, labels: Any = None, bboxes: Any = None, ma
 
     ``points`` / ``labels`` follow ``_POINT_FORMS``; ``bboxes`` (4,) or (B, 4) XYXY; ``masks`` low-res
     logits. Points, boxes and masks given together pair up per object, so their counts must agree.
+    An empty prompt array (``points=[]``, ``bboxes`` of shape (0, 4)) is an error: no prompt at all
+    (all None) is what segments everything.
     """
     if points is None and bboxes is None and masks is None:
         if labels is not None:
@@ -212,15 +214,21 @@ def parse_prompts(points: Any = None, labels: Any = None, bboxes: Any = None, ma
     p = lab = box = msk = None
     if points is not None:
         p, form = _parse_points(points)
+        if not p:
+            raise _empty_prompt("points", points)
         lab = _parse_labels(labels, p, form)
         counts["points"] = len(p)
     elif labels is not None:
         raise ValueError("labels: given without points; pass points=[x, y] with labels=[1]")
     if bboxes is not None:
         arr = _floats(bboxes, "bboxes")
-        box = np.zeros((0, 4)) if arr.size == 0 else validate_boxes(arr, "bboxes")
+        if arr.size == 0:
+            raise _empty_prompt("bboxes", bboxes)
+        box = validate_boxes(arr, "bboxes")
         counts["bboxes"] = len(box)
     if masks is not None:
+        if np.size(_as_numpy(masks)) == 0:
+            raise _empty_prompt("masks", masks)
         msk = _parse_masks(masks)
         counts["masks"] = len(msk)
     if len(set(counts.values())) > 1:
@@ -229,6 +237,13 @@ def parse_prompts(points: Any = None, labels: Any = None, bboxes: Any = None, ma
             f"{counts}; for one object from several points nest them: points=[[[x1, y1], [x2, y2]]]"
         )
     return Prompts(next(iter(counts.values())), p, lab, box, msk)
+
+
+def _empty_prompt(name: str, value: Any) -> ValueError:
+    return ValueError(
+        f"{name}: the prompt array is empty (shape {np.shape(_as_numpy(value))}), so there is no object to "
+        f"segment; give at least one prompt, or leave out {name}= (and every other prompt) to segment everything"
+    )
 
 
 def _image_key(rgb: np.ndarray) -> str:
@@ -342,6 +357,7 @@ class SAM:
         image_format: str = "BGR",
         verbose: bool = True,
         mode: str = "fast",
+        strict: bool = False,
         **everything_kwargs: Any,
     ) -> list[Results] | Iterator[Results]:
         """Segment the images of ``source``; one ``Results`` per image (a generator with ``stream=True``).
@@ -358,6 +374,8 @@ class SAM:
             conf: opt-in filter: drop masks whose predicted IoU is below ``conf``. By default mask i
                 answers prompt i, always.
             half: float16 autocast, CUDA only.
+            strict: points or boxes outside an image raise a ValueError; by default they log one warning
+                per call (logger ``mobilesam``), however many images and prompts are outside.
             mode, everything_kwargs: with no prompt at all, every object is segmented by
                 ``mobilesam.everything.SamAutomaticMaskGenerator(model, mode=mode, **everything_kwargs)``.
         """
@@ -385,7 +403,7 @@ class SAM:
         images = iter_entries(entries, image_format, on_skip=lambda p, r: self.skipped.append((p, r)))
         if len(entries) > 1 and verbose:
             images = tqdm(images, total=len(entries), desc="mobilesam", unit="image")
-        gen = self._run(images, prompts, multimask_output, conf, half, mode, everything_kwargs)
+        gen = self._run(images, prompts, multimask_output, conf, half, mode, everything_kwargs, strict)
         return gen if stream else list(gen)
 
     def _run(
@@ -397,14 +415,19 @@ class SAM:
         half: bool,
         mode: str,
         everything_kwargs: dict[str, Any],
+        strict: bool,
     ) -> Iterator[Results]:
         generator = None
+        warned = False  # one warning per call about prompts outside the images
         for item in images:
             if prompts is None:
                 if generator is None:
                     generator = self._everything_generator(mode, everything_kwargs)
                 yield self._predict_everything(item, generator, half)
             else:
+                if strict or not warned:
+                    points = np.concatenate(prompts.points) if prompts.points else None
+                    warned = check_inside_image(item.image.shape[:2], points, prompts.bboxes, strict)
                 yield self._predict_prompts(item, prompts, multimask_output, conf, half)
 
     def _predict_prompts(
@@ -416,11 +439,6 @@ class SAM:
         h, w = rgb.shape[:2]
         c = 3 if multimask_output else 1
         dev = self.device
-        if prompts.count == 0:
-            return Results(bgr, item.path, {}, torch.zeros((0, 6), device=dev),
-                           torch.zeros((0, h, w), dtype=torch.bool, device=dev),
-                           torch.zeros((0, 256, 256), device=dev), prompts.as_dict(),
-                           {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0})
         t1 = time.perf_counter()
         self._set_image(rgb, half)
         masks = torch.empty((prompts.count, c, h, w), dtype=torch.bool, device=dev)

@@ -6,9 +6,12 @@ functions, so a bad prompt gets the same message wherever it comes in.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger("mobilesam")
 
 LOW_RES_SHAPE = (1, 256, 256)  # SAM's low-resolution mask logits, as the decoder returns them
 
@@ -73,3 +76,48 @@ def validate_mask_input(mask_input: Any, batch: int | None, name: str = "mask_in
             f"prediction), got shape {arr.shape}"
         )
     return arr
+
+
+def outside_image(
+    size: tuple[int, int], points: np.ndarray | None = None, boxes: np.ndarray | None = None
+) -> str | None:
+    """Describe the prompts that lie outside an image of ``size`` (H, W), or None when all are inside.
+
+    ``points`` (..., 2) as (x, y), ``boxes`` (..., 4) XYXY, in original-image pixels. Inside means
+    0 <= x <= W and 0 <= y <= H (the image's far edges included).
+    """
+    h, w = int(size[0]), int(size[1])
+    parts = []
+    if points is not None and np.size(points):
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        out = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
+        if out.any():
+            parts.append(f"{int(out.sum())} point(s), e.g. (x, y) = {pts[out][0].tolist()}")
+    if boxes is not None and np.size(boxes):
+        bx = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        out = (bx[:, 0] < 0) | (bx[:, 1] < 0) | (bx[:, 2] > w) | (bx[:, 3] > h)
+        if out.any():
+            parts.append(f"{int(out.sum())} box(es), e.g. XYXY {bx[out][0].tolist()}")
+    if not parts:
+        return None
+    return (
+        f"prompts: {' and '.join(parts)} outside the image of {w} x {h} (W x H) pixels; "
+        "coordinates are pixels of the original image, x in [0, W] and y in [0, H]"
+    )
+
+
+def check_inside_image(
+    size: tuple[int, int], points: np.ndarray | None = None, boxes: np.ndarray | None = None,
+    strict: bool = False,
+) -> bool:
+    """Warn (logger ``mobilesam``) about prompts outside the image, or raise a ValueError with ``strict``.
+
+    Returns True when a warning was logged, so that a caller checking several images warns once.
+    """
+    message = outside_image(size, points, boxes)
+    if message is None:
+        return False
+    if strict:
+        raise ValueError(message)
+    logger.warning("mobilesam: %s (pass strict=True to make this an error)", message)
+    return True

@@ -15,9 +15,13 @@ from PIL import Image
 
 
 def preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
-    """(h, w) after scaling so the longest side is ``long_side_length``."""
+    """(h, w) after scaling so the longest side is ``long_side_length``.
+
+    Each side is at least 1 pixel: a very thin image (1 x 3000, say) would otherwise round its short
+    side to 0, which no resize accepts. (The official code rounds the same way and fails there.)
+    """
     scale = long_side_length * 1.0 / max(oldh, oldw)
-    return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+    return max(1, int(oldh * scale + 0.5)), max(1, int(oldw * scale + 0.5))
 
 
 class ResizeLongestSide:

@@ -40,6 +40,7 @@ __all__ = [
     "CheckpointError",
     "WeightsEntry",
     "cache_dir",
+    "check_finite",
     "download_file",
     "get_weights_entry",
     "is_offline",
@@ -288,7 +289,9 @@ def _diagnose_load_error(path: Path, exc: Exception) -> CheckpointError:
         return CheckpointError(
             f"checkpoint: '{path}' is empty; it looks truncated: {redownload}"
         )
-    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in message:
+    # torch words it "Unsupported global: GLOBAL x" or "Trying to load unsupported GLOBAL x whose module
+    # is blocked" (os, sys, ...: the usual payloads), depending on the global.
+    if isinstance(exc, pickle.UnpicklingError) and "unsupported global" in message.lower():
         found = re.search(r"GLOBAL (\S+)", message)
         what = f" ({found.group(1)})" if found else ""
         return CheckpointError(
@@ -363,8 +366,28 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 f"{type(value).__name__}; expected a state_dict"
             )
 
+    check_finite(obj, path)
+
     prefix = "module."
     # Only strip when every key has it (a DDP wrapper); a partial match is a real name.
     if all(key.startswith(prefix) for key in obj):
         return {key[len(prefix):]: value for key, value in obj.items()}
     return dict(obj)
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source: str | os.PathLike[str]) -> None:
+    """Refuse a state_dict with a NaN or inf in a floating-point tensor, naming the first few tensors.
+
+    Such weights load and run, but every prediction is NaN (``conf=[nan]``, empty masks).
+    """
+    bad = [
+        key for key, value in state_dict.items()
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        few = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"checkpoint: '{source}' holds NaN or inf values in {len(bad)} tensor(s): {few}; "
+            f"a model with these weights predicts NaN: the file is damaged or the training diverged"
+            f"{_registry_hint(Path(source))}"
+        )

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..io import load_image
-from ..prompts import LOW_RES_SHAPE, validate_boxes, validate_mask_input, validate_points
+from ..prompts import LOW_RES_SHAPE, check_inside_image, validate_boxes, validate_mask_input, validate_points
 
 
 
@@ -90,6 +90,8 @@ class Predictor(Protocol):
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        strict: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
     def predict_torch(
         self,
@@ -260,6 +262,8 @@ class PredictorBase(ABC):
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        strict: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for one object, prompts in original-image pixels.
 
@@ -267,18 +271,21 @@ class PredictorBase(ABC):
         box (4,) XYXY; mask_input (1, 256, 256) low-res logits from an earlier call.
         Returns masks (C, H, W) (bool, or float logits with ``return_logits``), scores (C,) and
         low-res logits (C, 256, 256); C is 3 with ``multimask_output`` else 1.
+        Points or a box outside the image log one warning (logger ``mobilesam``); with ``strict=True``
+        they raise a ValueError.
         """
         self._require_image()
         points = validate_points(point_coords, point_labels)
+        boxes = validate_boxes(box) if box is not None else None
+        if boxes is not None and boxes.shape[0] != 1:
+            raise ValueError(f"box: predict takes one box of shape (4,); use predict_torch for {boxes.shape[0]}")
+        check_inside_image(self.original_size, points[0] if points is not None else None, boxes, strict)
         coords_t = labels_t = box_t = mask_t = None
         if points is not None:
             coords = self.transform.apply_coords(points[0], self.original_size)
             coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
             labels_t = torch.as_tensor(points[1], dtype=torch.int, device=self.device)[None]
-        if box is not None:
-            boxes = validate_boxes(box)
-            if boxes.shape[0] != 1:
-                raise ValueError(f"box: predict takes one box of shape (4,); use predict_torch for {boxes.shape[0]}")
+        if boxes is not None:
             box_t = torch.as_tensor(self.transform.apply_boxes(boxes, self.original_size), dtype=torch.float,
                                     device=self.device)
         if mask_input is not None:
