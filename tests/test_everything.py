@@ -357,7 +357,7 @@ def test_cli_writes_the_official_layout_and_rle(tmp_path, tiny_checkpoint, image
         assert int(rows[1].split(",")[1]) == (mask > 0).sum()
         assert Image.open(out / f"{stem}.png").size == Image.open(next(src.glob(f"{stem}.*"))).size
     rle_args = ["everything", str(src / "cat.png"), "--model", str(tiny_checkpoint), "--mode", "exact",
-                "--save-dir", str(out), "--rle"]
+                "--save-dir", str(out), "--rle", "--exist-ok"]  # replaces cat.png, the overlay
     assert main(rle_args + CLI_LOW) == 0
     recs = json.loads((out / "cat.json").read_text())
     rows = (out / "cat" / "metadata.csv").read_text().splitlines()

@@ -11,10 +11,12 @@ OpenCV, ...) at their top, only inside the function that runs the command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..allocator import tune_allocator
 
@@ -83,8 +85,154 @@ def next_free_dir(base: str | Path) -> Path:
     return path
 
 
+def add_save_dir_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--save-dir`` and ``--exist-ok``, shared by the commands that write results per image."""
+    parser.add_argument(
+        "--save-dir",
+        default=None,
+        help=f"output folder (default: {default}, or {default}2, ... if that is not empty): --save-dir out/",
+    )
+    parser.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="allow replacing the results of an earlier run in --save-dir (refused otherwise; inputs are "
+        "never overwritten): --exist-ok",
+    )
+
+
+def input_files(entries: Iterable[Any]) -> set[Path]:
+    """The resolved paths of the local files among resolved source entries (what outputs must not replace)."""
+    return {Path(e.obj).resolve() for e in entries if getattr(e, "kind", None) == "file"}
+
+
+def planned_stems(entries: Iterable[Any]) -> set[str]:
+    """The output stems a run over ``entries`` will use if no image is skipped (files the folder walk found
+    that are not images are skipped, so they take none)."""
+    from ..io import IMAGE_SUFFIXES
+
+    taken: set[str] = set()
+    for e in entries:
+        if e.kind == "url" or (e.kind == "file" and (not e.skippable or Path(e.name).suffix.lower() in IMAGE_SUFFIXES)):
+            unique_stem(e.name, taken)
+    return taken
+
+
+def unique_stem(name: str, taken: set[str]) -> str:
+    """The file stem of ``name`` (``image`` if none), with ``_2``, ``_3``, ... if already in ``taken``; added to it."""
+    stem = Path(name).stem or "image"
+    unique, k = stem, 1
+    while unique in taken:
+        k += 1
+        unique = f"{stem}_{k}"
+    taken.add(unique)
+    return unique
+
+
+def overlay_path(save_dir: Path, stem: str, inputs: set[Path]) -> Path:
+    """``SAVE_DIR/STEM.png``, or ``STEM_overlay.png`` when that file is one of the inputs: an output never
+    replaces an input (e.g. ``predict shot.png --save-dir .``)."""
+    path = save_dir / f"{stem}.png"
+    return path.with_name(f"{stem}_overlay.png") if path.resolve() in inputs else path
+
+
+def check_outputs(paths: Iterable[Path], inputs: set[Path], exist_ok: bool, save_dir: Path) -> None:
+    """Refuse (one line, before anything is written) to write over an input, into a folder that holds an
+    input, or, without ``--exist-ok``, over the results of an earlier run."""
+    for path in paths:
+        resolved = path.resolve()
+        if resolved in inputs or any(resolved in p.parents for p in inputs):
+            raise CLIError(
+                f"--save-dir: '{path}' would replace an input of this run; choose another --save-dir", exit_code=2
+            )
+        if path.exists() and not exist_ok:
+            raise CLIError(
+                f"--save-dir: '{save_dir}' already holds results ('{path}' exists); pass --exist-ok to replace "
+                "them, or choose another --save-dir",
+                exit_code=2,
+            )
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, so that a result is committed whole; re-raised after it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or _held:
+        yield  # another thread (no signals there), or inside a block that already holds Ctrl-C
+        return
+    caught: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    _held.append(True)
+    try:
+        yield
+    finally:
+        _held.pop()
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+_held: list[bool] = []
+
+
+def write_folder(folder: Path, write: Callable[[Path], None], result_names: str) -> Path:
+    """Fill ``folder`` through ``write(tmp)`` in a hidden sibling folder, then swap it in for the old one.
+
+    An interruption (Ctrl-C, an error) while writing leaves the old folder as it was and no temporary
+    folder; the swap itself runs with Ctrl-C held. So a result folder is always one run's, whole. An old
+    folder holding anything whose name does not match the regex ``result_names`` is not replaced.
+    """
+    import re
+    import secrets
+    import shutil
+
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise CLIError(f"--save-dir: '{folder}' is a link or a file; refusing to replace it with a results folder")
+    if folder.is_dir():
+        foreign = [p.name for p in folder.iterdir() if not (p.is_file() and re.fullmatch(result_names, p.name))]
+        if foreign:
+            raise CLIError(
+                f"--save-dir: '{folder}' holds '{sorted(foreign)[0]}', not a result of this command; "
+                "refusing to replace it (move it away, or choose another --save-dir)"
+            )
+
+    token = secrets.token_hex(6)
+    tmp = folder.with_name(f".{folder.name}.{token}.part")
+    old = folder.with_name(f".{folder.name}.{token}.old")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        with deferred_interrupt():
+            if folder.exists():
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a hint for the usual cause of stray arguments: a glob the shell expanded."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            extras = message.split(":", 1)[1].split()
+            if any(os.path.exists(x) for x in extras):
+                message += (
+                    " (the shell expanded a glob into several files? quote the pattern, e.g. 'images/*.jpg', "
+                    "or pass the folder)"
+                )
+        return super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mobilesam",
         description="MobileSAM / SAM from the command line. Run 'mobilesam COMMAND --help' for each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -99,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a command not built in this version
             raise
         module.register(sub)
+    for command in sub.choices.values():  # --debug also after the command name: mobilesam predict x.jpg --debug
+        if "--debug" not in command._option_string_actions:
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show full tracebacks on errors")
     return parser
 
 

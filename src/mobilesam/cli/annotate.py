@@ -84,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def cli_message(message: str) -> str:
+    """A Python API message in the words of this command's flags (``weights=PATH`` -> ``--det-weights PATH``)."""
+    message = message.replace("pass weights=PATH to a local state_dict", "pass --det-weights PATH (a local state_dict)")
+    return message.replace("det_model: ", "--det-model: ", 1) if message.startswith("det_model: ") else message
+
+
 def run(args: argparse.Namespace) -> int:
     from ..annotate import auto_annotate
 
@@ -97,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--det-weights: only for a torchvision --det-model ({', '.join(TORCHVISION_MODELS)}), got {det!r}",
                 exit_code=2,
             )
-        det = TorchvisionDetector(name, weights=args.det_weights)  # takes the run's device
+        try:
+            det = TorchvisionDetector(name, weights=args.det_weights)  # takes the run's device
+        except (RuntimeError, ValueError) as e:
+            raise CLIError(cli_message(str(e))) from None
     try:
         auto_annotate(
             args.data,
@@ -116,6 +125,6 @@ def run(args: argparse.Namespace) -> int:
             backend=check_backend(args.backend),
             verbose=not args.quiet,
         )
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    except (ValueError, RuntimeError) as e:
+        raise CLIError(cli_message(str(e))) from None
     return 0

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="folder of images, searched recursively (e.g. sa1b/images)")
     p.add_argument("--out", required=True, help="embeddings folder to create or complete (e.g. sa1b/emb_vit_h)")
     p.add_argument("--batch-size", type=int, default=1, help="images per teacher forward pass (e.g. 4 on a large GPU)")
-    p.add_argument("--workers", type=int, default=4, help="image-loading worker processes (e.g. 8; 0 loads in the main process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-loading worker processes (default: 4, or the number of CPUs if fewer; e.g. 8; "
+                   "0 loads in the main process)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="teacher compute precision on CUDA (e.g. bf16: about 2-3x faster, slightly less exact); "

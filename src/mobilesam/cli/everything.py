@@ -14,7 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from . import CLIError, add_backend_argument, add_model_argument, check_backend, next_free_dir
+from . import (
+    CLIError,
+    add_backend_argument,
+    add_model_argument,
+    add_save_dir_arguments,
+    check_backend,
+    check_outputs,
+    deferred_interrupt,
+    input_files,
+    planned_stems,
+    next_free_dir,
+    overlay_path,
+    unique_stem,
+    write_folder,
+)
 
 EXAMPLES = """\
 examples:
@@ -24,7 +38,9 @@ examples:
   mobilesam everything photo.jpg --points-per-side 16 --pred-iou-thresh 0.8 --min-mask-region-area 100
 
 For each image, SAVE_DIR gets NAME/ (0.png, 1.png, ... and metadata.csv, as Meta's amg.py writes them)
-or NAME.json with --rle, and NAME.png, an overlay of all masks.
+or NAME.json with --rle, and NAME.png, an overlay of all masks (NAME_overlay.png when NAME.png is the
+input image itself: an output never replaces an input). Each NAME/ is written whole, metadata.csv last,
+so an interrupted run leaves every folder from one run. Earlier results are replaced only with --exist-ok.
 """
 
 METADATA_HEADER = (
@@ -59,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", help="image file, folder, glob pattern (quote it) or http(s) URL: images/")
+    p.add_argument("source", nargs="+",
+                   help="image files, folders, glob patterns or http(s) URLs: images/ (or a.jpg b.jpg)")
     add_model_argument(p)
     add_backend_argument(p)
     p.add_argument("--mode", choices=("fast", "exact"), default="fast",
@@ -71,9 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rle", action="store_true",
                    help="write NAME.json with COCO-RLE masks instead of a folder of PNGs: --rle")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available): --device cpu")
-    p.add_argument("--save-dir", default=None,
-                   help="output folder (default: runs/everything, or runs/everything2, ... if that is not empty): "
-                   "--save-dir out/")
+    add_save_dir_arguments(p, "runs/everything")
     p.set_defaults(func=run)
 
 
@@ -85,19 +100,28 @@ def _option_names(message: str) -> str:
 
 
 def write_masks_to_folder(records: list[dict[str, Any]], folder: Path) -> None:
-    """One 0/255 PNG per mask and metadata.csv, as the official amg.py; stale PNGs of a rerun removed."""
+    """One 0/255 PNG per mask and metadata.csv, as the official amg.py.
+
+    The files go into a fresh hidden folder, metadata.csv last, which then replaces ``folder`` whole: an
+    interrupted run leaves the old folder or the new one, never PNGs of one run under another's metadata.
+    """
     from ..io import atomic_write_bytes, write_image
 
-    rows = [METADATA_HEADER]
-    for i, rec in enumerate(records):
-        write_image(folder / f"{i}.png", rec["segmentation"].astype(np.uint8) * 255)
-        values = [i, rec["area"], *rec["bbox"], *rec["point_coords"][0], rec["predicted_iou"],
-                  rec["stability_score"], *rec["crop_box"]]
-        rows.append(",".join(str(v) for v in values))
-    for stale in folder.glob("*.png"):
-        if stale.stem.isdigit() and int(stale.stem) >= len(records):
-            stale.unlink()
-    atomic_write_bytes(folder / "metadata.csv", "\n".join(rows).encode())
+    def write(tmp: Path) -> None:
+        rows = [METADATA_HEADER]
+        for i, rec in enumerate(records):
+            write_image(tmp / f"{i}.png", rec["segmentation"].astype(np.uint8) * 255)
+            values = [i, rec["area"], *rec["bbox"], *rec["point_coords"][0], rec["predicted_iou"],
+                      rec["stability_score"], *rec["crop_box"]]
+            rows.append(",".join(str(v) for v in values))
+        atomic_write_bytes(tmp / "metadata.csv", "\n".join(rows).encode())
+
+    write_folder(folder, write, r"\d+\.png|metadata\.csv")
+
+
+def output_paths(save_dir: Path, stem: str, rle: bool, inputs: set[Path]) -> tuple[Path, Path]:
+    """The masks (NAME.json with --rle, else the folder NAME/) and the overlay of the image named ``stem``."""
+    return save_dir / (f"{stem}.json" if rle else stem), overlay_path(save_dir, stem, inputs)
 
 
 def overlay(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
@@ -133,35 +157,44 @@ def run(args: argparse.Namespace) -> int:
         check_options(**options)  # bad options and a missing source fail before the model loads
     except (ValueError, TypeError) as e:
         raise CLIError(_option_names(str(e)), exit_code=2) from None
-    entries = resolve_sources(args.source)
+    source = args.source[0] if len(args.source) == 1 else args.source
+    entries = resolve_sources(source)
+    save_dir = Path(args.save_dir) if args.save_dir else next_free_dir("runs/everything")
+    inputs = input_files(entries)
+    planned = planned_stems(entries)
+    for stem in sorted(planned):  # results of an earlier run, or an input in the way: refused before the model loads
+        check_outputs(output_paths(save_dir, stem, args.rle, inputs), inputs, args.exist_ok, save_dir)
     predictor = create_predictor(args.model, check_backend(args.backend), device=args.device)
     generator = SamAutomaticMaskGenerator(predictor, **options)
-    save_dir = Path(args.save_dir) if args.save_dir else next_free_dir("runs/everything")
     skipped: list[str] = []
     stems: set[str] = set()
     done = 0
     bar = tqdm(iter_entries(entries, "RGB", lambda path, reason: skipped.append(path)), total=len(entries),
                desc="everything", unit="image")
     for item in bar:
-        stem = Path(item.path).stem or "image"
-        unique, k = stem, 1
-        while unique in stems:
-            k += 1
-            unique = f"{stem}_{k}"
-        stems.add(unique)
+        unique = unique_stem(item.path, stems)
+        masks_path, overlay_file = output_paths(save_dir, unique, args.rle, inputs)
+        if unique not in planned:
+            check_outputs((masks_path, overlay_file), inputs, args.exist_ok, save_dir)
         records = generator.generate(item.image)
         if args.rle:
-            atomic_write_bytes(save_dir / f"{unique}.json", json.dumps(records).encode())
             masks = [decode_rle(r["segmentation"]) for r in records]
         else:
-            write_masks_to_folder(records, save_dir / unique)
             masks = [r["segmentation"] for r in records]
-        write_image(save_dir / f"{unique}.png", overlay(item.image, masks), image_format="BGR")
+        picture = overlay(item.image, masks)
+        with deferred_interrupt():  # the masks and their overlay, committed together
+            if args.rle:
+                atomic_write_bytes(masks_path, json.dumps(records).encode())
+            else:
+                write_masks_to_folder(records, masks_path)
+            write_image(overlay_file, picture, image_format="BGR")
+        if overlay_file.stem != unique:
+            tqdm.write(f"{item.path}: overlay written to {overlay_file} (not {unique}.png: that is the input)")
         bar.set_postfix_str(f"{unique}: {len(records)} masks")
         done += 1
     if skipped:
         print(f"mobilesam everything: skipped {len(skipped)} file(s) that could not be read")
     if done == 0:
-        raise CLIError(f"no image of {args.source!r} could be read")
+        raise CLIError(f"no image of {source!r} could be read")
     print(f"Results saved to {save_dir}")
     return 0

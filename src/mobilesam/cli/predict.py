@@ -9,7 +9,21 @@ from typing import Any
 
 import numpy as np
 
-from . import CLIError, add_backend_argument, add_model_argument, check_backend, next_free_dir
+from . import (
+    CLIError,
+    add_backend_argument,
+    add_model_argument,
+    add_save_dir_arguments,
+    check_backend,
+    check_outputs,
+    deferred_interrupt,
+    input_files,
+    planned_stems,
+    next_free_dir,
+    overlay_path,
+    unique_stem,
+    write_folder,
+)
 
 EXAMPLES = """\
 examples:
@@ -22,7 +36,9 @@ examples:
   mobilesam predict 'photos/*.jpg' --model mobile_sam.pt --device cpu  no prompt: segment everything
 
 For each image, SAVE_DIR gets NAME.png (overlay), NAME_masks/mask_000.png ... (one 0/255 PNG per
-mask) and NAME.json (scores, boxes, COCO RLE masks). Mask i answers prompt i.
+mask) and NAME.json (scores, boxes, COCO RLE masks). Mask i answers prompt i. An output never replaces
+an input: when SAVE_DIR/NAME.png is the input image itself, the overlay is NAME_overlay.png. Results of
+an earlier run in SAVE_DIR are replaced only with --exist-ok.
 """
 
 
@@ -37,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "source",
-        help="image file, folder, glob pattern (quote it) or http(s) URL; e.g. zidane.jpg, images/, 'images/*.png'",
+        nargs="+",
+        help="image files, folders, glob patterns or http(s) URLs; e.g. zidane.jpg, images/, 'images/*.png', "
+        "a.jpg b.jpg",
     )
     add_model_argument(p)
     add_backend_argument(p)
@@ -80,11 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="segment-everything mode, used only without prompts (default: %(default)s): --mode exact",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available): --device cpu")
-    p.add_argument(
-        "--save-dir",
-        default=None,
-        help="output folder (default: runs/predict, or runs/predict2, ... if that is not empty): --save-dir out/",
-    )
+    add_save_dir_arguments(p, "runs/predict")
     p.set_defaults(func=run)
 
 
@@ -131,26 +145,31 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def save_result(result: Any, save_dir: Path, stem: str) -> tuple[Path, Path, Path]:
-    """Write the overlay PNG, one PNG per mask and the JSON of ``result``; returns their paths."""
+def output_paths(save_dir: Path, stem: str, inputs: set[Path]) -> tuple[Path, Path, Path]:
+    """The overlay PNG, the masks folder and the JSON of the image named ``stem``."""
+    return overlay_path(save_dir, stem, inputs), save_dir / f"{stem}_masks", save_dir / f"{stem}.json"
+
+
+def save_result(
+    result: Any, save_dir: Path, stem: str, inputs: set[Path] | None = None
+) -> tuple[Path, Path, Path]:
+    """Write the overlay PNG, one PNG per mask and the JSON of ``result``; returns their paths.
+
+    The masks go into a fresh folder that is swapped in whole, and the JSON is written last (atomically,
+    Ctrl-C held between the two): an interrupted run leaves each image's masks and JSON from one run.
+    """
     from ..io import atomic_write_bytes, write_image
 
-    overlay = save_dir / f"{stem}.png"
-    mask_dir = save_dir / f"{stem}_masks"
-    meta = save_dir / f"{stem}.json"
-    write_image(overlay, result.plot(), image_format="BGR")
+    overlay, mask_dir, meta = output_paths(save_dir, stem, inputs or set())
     records = result.summary()
     masks = result.masks.numpy().data.astype(bool)
-    for i, (m, rec) in enumerate(zip(masks, records)):
-        path = mask_dir / f"mask_{i:03d}.png"
-        write_image(path, m.astype(np.uint8) * 255)
-        rec["file"] = str(path.relative_to(save_dir))
-    # Masks of an earlier run into the same folder that this result does not have: they would
-    # not match the JSON.
-    for stale in mask_dir.glob("mask_*.png") if mask_dir.is_dir() else ():
-        index = stale.stem[len("mask_"):]
-        if index.isdigit() and int(index) >= len(records):
-            stale.unlink()
+    for i, rec in enumerate(records):
+        rec["file"] = str((mask_dir / f"mask_{i:03d}.png").relative_to(save_dir))
+
+    def write_masks(folder: Path) -> None:
+        for i, m in enumerate(masks[: len(records)]):
+            write_image(folder / f"mask_{i:03d}.png", m.astype(np.uint8) * 255)
+
     doc = {
         "image": result.path,
         "orig_shape": list(result.orig_shape),
@@ -158,7 +177,12 @@ def save_result(result: Any, save_dir: Path, stem: str) -> tuple[Path, Path, Pat
         "speed_ms": result.speed,
         "masks": records,
     }
-    atomic_write_bytes(meta, (json.dumps(doc, indent=2) + "\n").encode())
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    picture = result.plot()
+    with deferred_interrupt():  # Ctrl-C held: this image's files are committed together
+        write_folder(mask_dir, write_masks, r"mask_\d+\.png")
+        atomic_write_bytes(meta, data)
+        write_image(overlay, picture, image_format="BGR")
     return overlay, mask_dir, meta
 
 
@@ -175,14 +199,19 @@ def run(args: argparse.Namespace) -> int:
         parse_prompts(points, labels, bboxes)  # fail on bad prompts before loading anything
     except ValueError as e:
         raise CLIError(str(e), exit_code=2) from None
-    resolve_sources(args.source)  # a missing file fails here, before the model loads
+    source = args.source[0] if len(args.source) == 1 else args.source
+    entries = resolve_sources(source)  # a missing file fails here, before the model loads
+    save_dir = Path(args.save_dir) if args.save_dir else next_free_dir("runs/predict")
+    inputs = input_files(entries)
+    planned = planned_stems(entries)
+    for stem in sorted(planned):  # results of an earlier run, or an input in the way: refused before the model loads
+        check_outputs(output_paths(save_dir, stem, inputs), inputs, args.exist_ok, save_dir)
 
     model = SAM(args.model, device=args.device, backend=check_backend(args.backend))
-    save_dir = Path(args.save_dir) if args.save_dir else next_free_dir("runs/predict")
     stems: set[str] = set()
     n_images = 0
     for result in model.predict(
-        args.source,
+        source,
         stream=True,
         points=points,
         labels=labels,
@@ -191,18 +220,16 @@ def run(args: argparse.Namespace) -> int:
         conf=args.conf,
         mode=args.mode,
     ):
-        stem = Path(result.path).stem or "image"
-        unique, k = stem, 1
-        while unique in stems:
-            k += 1
-            unique = f"{stem}_{k}"
-        stems.add(unique)
-        overlay, mask_dir, meta = save_result(result, save_dir, unique)
+        unique = unique_stem(result.path, stems)
+        if unique not in planned:
+            check_outputs(output_paths(save_dir, unique, inputs), inputs, args.exist_ok, save_dir)
+        overlay, mask_dir, meta = save_result(result, save_dir, unique, inputs)
         n_images += 1
-        print(f"{result.path}: {result.verbose()} -> {overlay}, {meta}, {mask_dir}/")
+        note = f" (not {save_dir / (unique + '.png')}: that is the input)" if overlay.stem != unique else ""
+        print(f"{result.path}: {result.verbose()} -> {overlay}{note}, {meta}, {mask_dir}/")
     if model.skipped:
         print(f"mobilesam predict: skipped {len(model.skipped)} file(s) that could not be read", flush=True)
     if n_images == 0:
-        raise CLIError(f"no image of {args.source!r} could be read")
+        raise CLIError(f"no image of {source!r} could be read")
     print(f"Results saved to {save_dir}")
     return 0

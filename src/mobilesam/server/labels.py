@@ -158,6 +158,14 @@ class LabelStore:
 
     def _check_writable(self, image: Path) -> None:
         js, txt = self.paths(image)
+        if txt.parent.resolve() == self.root.resolve() and txt.name.lower() == CLASSES_FILE.lower():
+            # The YOLO labels of classes.png would be classes.txt, the class list of the whole folder (and
+            # YOLO tools look for them under no other name): refused, nothing written.
+            raise LabelError(
+                f"save: the YOLO labels of '{image.name}' would be {txt.name}, the class list of this folder; "
+                "rename the image (e.g. to classes_1" + image.suffix + ") to label it",
+                409,
+            )
         twins = [
             p.name
             for p in image.parent.iterdir()

@@ -183,6 +183,15 @@ def _collate(batch: list) -> tuple[list[int], list[torch.Tensor]]:
     return [b[0] for b in batch], [b[1] for b in batch]
 
 
+def default_workers(most: int = 4) -> int:
+    """``most`` loader processes, or as many as this process may use CPUs if fewer (torch warns above that)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(most, cpus))
+
+
 def embed_folder(
     teacher: str | os.PathLike | Sam,
     data: str | os.PathLike,
@@ -190,7 +199,7 @@ def embed_folder(
     *,
     img_size: int = IMAGE_SIZE,
     batch_size: int = 1,
-    workers: int = 4,
+    workers: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "fp32",
     overwrite: bool = False,
@@ -201,11 +210,14 @@ def embed_folder(
 
     Under torchrun the images are split between ranks (image i goes to rank i % world_size), so
     every rank computes a fixed share whatever was already done. ``precision`` is "fp32", "bf16" or
-    "fp16" (autocast on CUDA only). Returns counts and timing for this process.
+    "fp16" (autocast on CUDA only). ``workers`` (loader processes): None takes :func:`default_workers`,
+    4 or the number of usable CPUs if fewer. Returns counts and timing for this process.
     """
     check_img_size(img_size)
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+    if workers is None:
+        workers = default_workers()
     if workers < 0:
         raise ValueError(f"workers: expected 0 or more, got {workers}")
     if precision not in ("fp32", "bf16", "fp16"):
