@@ -46,7 +46,7 @@ def _onnx(precision: str) -> Any:
     def factory(model: Any, **options: Any) -> Predictor:
         from .onnx_predictor import OnnxSamPredictor
 
-        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        if is_exported_model(model):
             return OnnxSamPredictor(model, precision=precision, **options)
         return OnnxSamPredictor.from_sam(model, precision=precision, **options)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -43,7 +43,6 @@ class ImageFeatures:
     tensors: dict[str, torch.Tensor]
     original_size: tuple[int, int]
     input_size: tuple[int, int]
-    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def embedding(self) -> torch.Tensor:
@@ -53,10 +52,6 @@ class ImageFeatures:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
-    def to(self, device: torch.device | str) -> ImageFeatures:
-        return ImageFeatures({k: v.to(device) for k, v in self.tensors.items()}, self.original_size,
-                             self.input_size, dict(self.meta))
 
 
 @runtime_checkable
