@@ -47,3 +47,44 @@ def reference_model(model_type: str, seed: int = 0, package: str | None = None) 
     perturb_(ref, seed + 1)
     ref.train()
     return ref.eval()
+
+
+# Meta's config file of each SAM 2 size (configs/<release>/<file>.yaml inside the sam2 package).
+_SAM2_CONFIG_FILES = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+
+
+def sam2_config_file(model_type: str) -> str:
+    """``"sam2.1_hiera_tiny"`` -> ``"configs/sam2.1/sam2.1_hiera_t.yaml"``."""
+    release, size = model_type.split("_hiera_")
+    return f"configs/{release}/{release}_hiera_{_SAM2_CONFIG_FILES[size]}.yaml"
+
+
+def sam2_reference_model(model_type: str, seed: int = 0, device: str = "cpu") -> torch.nn.Module:
+    """Meta's ``SAM2Base`` of ``model_type`` (``"sam2_hiera_tiny"``, ``"sam2.1_hiera_base_plus"``, ...)
+    as ``sam2.build_sam.build_sam2`` makes it (with its default post-processing: dynamic multimask),
+    seeded and, unless on the meta device, perturbed; in eval mode.
+
+    Meta's Hiera turns a ``torch.linspace`` into Python floats (drop-path rates), which the meta device
+    cannot do: that one tensor is made on the CPU.
+    """
+    import contextlib
+    from unittest import mock
+
+    from sam2.build_sam import build_sam2
+
+    patch = contextlib.nullcontext()
+    if device == "meta":
+        linspace = torch.linspace
+        patch = mock.patch.object(torch, "linspace", lambda *a, **k: linspace(*a, **{**k, "device": "cpu"}))
+    torch.manual_seed(seed)
+    with warnings.catch_warnings(), patch, torch.device(device):
+        warnings.simplefilter("ignore")
+        ref = build_sam2(sam2_config_file(model_type), None, device=device)
+    if device != "meta":
+        perturb_(ref, seed + 1)
+    return ref.eval()
+
+
+def save_sam2_checkpoint(ref: torch.nn.Module, path) -> None:  # noqa: ANN001 - str or Path
+    """Save a reference model as Meta's checkpoints are: ``{"model": state_dict}``."""
+    torch.save({"model": ref.state_dict()}, path)

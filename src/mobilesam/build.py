@@ -86,10 +86,12 @@ def build_sam(
     model_type: str | None = None,
     device: str | torch.device | None = "cpu",
 ) -> nn.Module:
-    """Build a model of any registered family (a ``Sam`` for MobileSAM and SAM) in eval mode.
+    """Build a model of any registered family (a ``Sam`` for MobileSAM and SAM, a ``Sam2`` for SAM 2 and
+    SAM 2.1) in eval mode.
 
     ``checkpoint`` is a file path (any name) or a known weights name (``mobile_sam.pt``,
-    ``sam_vit_b_01ec64.pth``, ...; downloaded on first use). The family and size are detected from the
+    ``sam_vit_b_01ec64.pth``, ...; downloaded on first use). Flat state_dicts and Meta's
+    ``{"model": state_dict}`` files are both read. The family and size are detected from the
     checkpoint; ``model_type`` forces a size. Without a checkpoint, ``model_type`` gives random weights.
     """
     if device is not None:

@@ -3,6 +3,11 @@
 The model given is the reference (``mobilesam.modeling``); the predictor runs
 ``optimize_for_inference(model)``, the same weights with the CPU fast paths, under ``torch.no_grad``.
 Pre-processing (resize rule, mean/std, padding) comes from the model's family in ``mobilesam.hub``.
+
+One predictor serves every family. A family whose features are several tensors (SAM 2: an
+embedding and two high-resolution levels) provides them through its module: ``image_features(x)``
+returns the feature dict named as the family's ``feature_layout``, and ``decode_prompts(features,
+...)`` runs its prompt encoder and mask decoder on them. SAM's ``Sam`` is driven through its parts.
 """
 
 from __future__ import annotations
@@ -10,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..hub import family_of
 from ..io import load_image
-from ..transforms import transform_for
+from ..transforms import fill_holes_and_sprinkles, transform_for
 from .base import ImageFeatures, PredictorBase
 from .torch_fast import optimize_for_inference
 
@@ -32,12 +38,22 @@ class SamPredictor(PredictorBase):
     ``encoder_precision="bf16"`` runs the image encoder under bfloat16 autocast (about 2x faster on CPUs
     with AMX or AVX512-BF16, and on GPUs; embeddings within about 2% of fp32); the decoder stays fp32.
     ``encoder_batch``: images per encoder pass in ``set_images``.
+    ``max_hole_area`` / ``max_sprinkle_area``: as SAM 2's predictor, background regions (holes) and
+    foreground regions (sprinkles) of at most that many low-resolution pixels are flipped before the
+    masks are upscaled (:func:`mobilesam.transforms.fill_holes_and_sprinkles`); 0 (default) is off.
     """
 
     backend = "torch"
 
     def __init__(
-        self, sam_model: nn.Module, max_batch: int = 16, encoder_precision: str = "fp32", encoder_batch: int = 4
+        self,
+        sam_model: nn.Module,
+        max_batch: int = 16,
+        encoder_precision: str = "fp32",
+        encoder_batch: int = 4,
+        *,
+        max_hole_area: float = 0.0,
+        max_sprinkle_area: float = 0.0,
     ) -> None:
         if not isinstance(sam_model, nn.Module):
             raise TypeError(f"sam_model: expected a Sam module (build_sam(...)), got {type(sam_model).__name__}")
@@ -45,7 +61,12 @@ class SamPredictor(PredictorBase):
             raise ValueError(f"encoder_precision: expected 'fp32' or 'bf16', got {encoder_precision!r}")
         if isinstance(encoder_batch, bool) or not isinstance(encoder_batch, int) or encoder_batch < 1:
             raise ValueError(f"encoder_batch: expected an int >= 1, got {encoder_batch!r}")
+        for name, value in (("max_hole_area", max_hole_area), ("max_sprinkle_area", max_sprinkle_area)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}: expected a number of pixels >= 0 (0 = off), got {value!r}")
         self.encoder_batch = encoder_batch
+        self.max_hole_area = float(max_hole_area)
+        self.max_sprinkle_area = float(max_sprinkle_area)
         family = family_of(sam_model)
         self.model = sam_model
         self.family = family
@@ -56,6 +77,11 @@ class SamPredictor(PredictorBase):
         self._mean = torch.tensor(pre.pixel_mean, dtype=torch.float32).view(-1, 1, 1)
         self._std = torch.tensor(pre.pixel_std, dtype=torch.float32).view(-1, 1, 1)
         self._fast = optimize_for_inference(sam_model)
+        # Families with several feature tensors bring their own encode / decode steps (see the module doc).
+        self._multi_level = hasattr(sam_model, "image_features") and hasattr(sam_model, "decode_prompts")
+        # Low-res logits handed back clipped (SAM 2), the full-size masks made from the unclipped ones.
+        self._low_res_limit = getattr(sam_model, "low_res_logit_limit", None)
+        self._batch_features: list[ImageFeatures] | None = None
         super().__init__(transform_for(pre), sam_model.mask_threshold, max_batch)
 
     @property
@@ -73,14 +99,36 @@ class SamPredictor(PredictorBase):
         size = self.transform.target_length
         return F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
 
-    def _run_encoder(self, x: torch.Tensor) -> torch.Tensor:
+    def _features_of(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._multi_level:
+            return self._fast.image_features(x)
+        return {"image_embeddings": self._fast.image_encoder(x)}
+
+    def _run_encoder(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised images (B, 3, S, S) -> the family's features, each with batch B."""
         if self.encoder_precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self._fast.image_encoder(x).float()
-        return self._fast.image_encoder(x)
+                return {k: v.float() for k, v in self._features_of(x).items()}
+        return self._features_of(x)
 
     def _encode(self, transformed_image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"image_embeddings": self._run_encoder(self._normalise(transformed_image))}
+        return self._run_encoder(self._normalise(transformed_image))
+
+    def _check_features(self, features: ImageFeatures) -> None:
+        expected = list(self.family.feature_layout)
+        if sorted(features.tensors) != sorted(expected):
+            raise ValueError(
+                f"features: expected the tensors {expected} of the {self.family.title} family, "
+                f"got {list(features.tensors)}"
+            )
+
+    def _embedding_tensors(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        if len(self.family.feature_layout) > 1:
+            raise ValueError(
+                f"set_embedding: a {self.family.title} model decodes from {list(self.family.feature_layout)}, "
+                "not one embedding tensor; keep and restore all of them with get_features() / set_features()"
+            )
+        return super()._embedding_tensors(embedding)
 
     @torch.no_grad()
     def set_images(self, images: Sequence[Any], image_format: str = "RGB") -> list[ImageFeatures]:
@@ -95,8 +143,8 @@ class SamPredictor(PredictorBase):
                 resized = torch.as_tensor(self.transform.apply_image(rgb)).permute(2, 0, 1)[None]
                 inputs.append(self._normalise(resized))
                 sizes.append((tuple(rgb.shape[:2]), tuple(resized.shape[-2:])))
-            embeddings = self._run_encoder(torch.cat(inputs))
-            out += [ImageFeatures({"image_embeddings": embeddings[i : i + 1]}, orig, inp)
+            features = self._run_encoder(torch.cat(inputs))
+            out += [ImageFeatures({k: v[i : i + 1] for k, v in features.items()}, orig, inp)
                     for i, (orig, inp) in enumerate(sizes)]
         if out:
             self.set_features(out[-1])
@@ -112,6 +160,11 @@ class SamPredictor(PredictorBase):
         multimask_output: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         features = self._require_image()
+        if self._multi_level:
+            low_res, iou, _ = self._fast.decode_prompts(
+                features.tensors, point_coords, point_labels, boxes, mask_input, multimask_output
+            )
+            return low_res, iou
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self._fast.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         return self._fast.mask_decoder(
@@ -125,4 +178,88 @@ class SamPredictor(PredictorBase):
     @torch.no_grad()
     def postprocess_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         self._require_image()
+        low_res = fill_holes_and_sprinkles(low_res, self.mask_threshold, self.max_hole_area, self.max_sprinkle_area)
         return self._fast.postprocess_masks(low_res, self.input_size, self.original_size)
+
+    def _decode(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        masks, iou, low_res = super()._decode(
+            point_coords, point_labels, boxes, mask_input, multimask_output, return_logits
+        )
+        if self._low_res_limit is not None:
+            low_res = low_res.clamp(-self._low_res_limit, self._low_res_limit)
+        return masks, iou, low_res
+
+    # --- SAM 2's predictor API ---------------------------------------------------------------------
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        normalize_coords: bool = True,
+        *,
+        strict: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`PredictorBase.predict`; with ``normalize_coords=False`` (SAM 2's predictor) the
+        points and box are given relative to the image size, in [0, 1], instead of in pixels."""
+        if not normalize_coords:
+            self._require_image()
+            h, w = self.original_size
+            if point_coords is not None:
+                point_coords = np.asarray(point_coords, dtype=float) * (w, h)
+            if box is not None:
+                box = np.asarray(box, dtype=float) * (w, h, w, h)
+        return super().predict(
+            point_coords, point_labels, box, mask_input, multimask_output, return_logits, strict=strict
+        )
+
+    @torch.no_grad()
+    def set_image_batch(self, image_list: Sequence[Any], image_format: str = "RGB") -> None:
+        """Embed several images for :meth:`predict_batch` (SAM 2's predictor API); the last one is also
+        set for :meth:`predict`."""
+        if isinstance(image_list, (str, np.ndarray)) or not isinstance(image_list, Sequence) or not image_list:
+            raise ValueError(f"image_list: expected a non-empty list of images, got {type(image_list).__name__}")
+        self._batch_features = self.set_images(image_list, image_format)
+
+    def predict_batch(
+        self,
+        point_coords_batch: Sequence[np.ndarray | None] | None = None,
+        point_labels_batch: Sequence[np.ndarray | None] | None = None,
+        box_batch: Sequence[np.ndarray | None] | None = None,
+        mask_input_batch: Sequence[np.ndarray | None] | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        normalize_coords: bool = True,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """One :meth:`predict` per image of the last :meth:`set_image_batch`, with the i-th entry of each
+        prompt list (None for none); returns lists of masks, scores and low-res logits."""
+        if not self._batch_features:
+            raise RuntimeError("An image batch must be set with .set_image_batch(...) before predict_batch.")
+        n = len(self._batch_features)
+        prompts = {"point_coords_batch": point_coords_batch, "point_labels_batch": point_labels_batch,
+                   "box_batch": box_batch, "mask_input_batch": mask_input_batch}
+        for name, values in prompts.items():
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name}: expected one entry per image ({n}), got {len(values)}")
+        current = self._features
+        out: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        try:
+            for i, features in enumerate(self._batch_features):
+                self.set_features(features)
+                pick = [v[i] if v is not None else None for v in prompts.values()]
+                for acc, value in zip(out, self.predict(*pick, multimask_output, return_logits, normalize_coords)):
+                    acc.append(value)
+        finally:
+            if current is not None:
+                self.set_features(current)
+        return out

@@ -25,7 +25,9 @@ from .registry import (
     weights_aliases,
 )
 from .sam import SAM_FAMILY
+from .sam2 import SAM2_FAMILY
 
 register_family(SAM_FAMILY)
+register_family(SAM2_FAMILY)
 
-__all__ = ["SAM_FAMILY", "ModelFamily", "Preprocessing", "WeightsEntry", *registry.__all__]
+__all__ = ["SAM2_FAMILY", "SAM_FAMILY", "ModelFamily", "Preprocessing", "WeightsEntry", *registry.__all__]
