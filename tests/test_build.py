@@ -62,7 +62,7 @@ def test_unknown_model_type_is_rejected(tiny_checkpoint) -> None:
 def test_state_dict_of_something_else(tmp_path) -> None:
     path = tmp_path / "resnet.pt"
     torch.save({"conv1.weight": torch.zeros(3, 3), "fc.bias": torch.zeros(2)}, path)
-    with pytest.raises(CheckpointError, match="not a SAM / MobileSAM checkpoint.*conv1.weight"):
+    with pytest.raises(CheckpointError, match="not a SAM / MobileSAM / SAM 2 checkpoint.*conv1.weight"):
         build_sam(path)
 
 

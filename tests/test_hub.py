@@ -126,8 +126,9 @@ def test_preprocessing_rejects_bad_values() -> None:
 def test_transform_for() -> None:
     transform = transform_for(SAM_FAMILY.preprocessing)
     assert isinstance(transform, ResizeLongestSide) and transform.target_length == 1024
-    with pytest.raises(NotImplementedError, match="resize='square'"):
-        transform_for(Preprocessing("square", 1024, SAM_MEAN, SAM_STD))
+    from mobilesam.transforms import ResizeSquare
+
+    assert isinstance(transform_for(Preprocessing("square", 1024, SAM_MEAN, SAM_STD)), ResizeSquare)
     with pytest.raises(ValueError, match="expected resize 'longest_side' or 'square', got None"):
         transform_for(object())
 
@@ -203,7 +204,7 @@ def test_registered_family_is_detected_and_built_from_a_file(blob_family: ModelF
     # Another family's checkpoint is still recognised, and the error lists both families.
     assert detect_family(_meta_state_dict("vit_t")) == (SAM_FAMILY, "vit_t")
     torch.save({"x.weight": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="not a SAM / MobileSAM / Blob checkpoint.*blob_s, blob_m"):
+    with pytest.raises(CheckpointError, match="not a SAM / MobileSAM / SAM 2 / Blob checkpoint.*blob_s, blob_m"):
         build_sam(tmp_path / "other.pt")
 
 
@@ -224,7 +225,7 @@ def test_unregistered_family_is_forgotten(blob_family: ModelFamily, tmp_path: Pa
     unregister_family("blob")
     try:
         assert weights.get_weights_entry("blob_m.pt") is None
-        with pytest.raises(CheckpointError, match="not a SAM / MobileSAM checkpoint"):
+        with pytest.raises(CheckpointError, match="not a SAM / MobileSAM / SAM 2 checkpoint"):
             build_sam(path)
     finally:
         register_family(blob_family)  # the fixture unregisters it again

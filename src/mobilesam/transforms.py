@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -126,6 +125,8 @@ class ResizeSquare:
 
 def _small_components(binary: np.ndarray, max_area: float) -> np.ndarray:
     """Pixels of the 8-connected components of ``binary`` (H, W) whose area is at most ``max_area``."""
+    import cv2  # only for this optional clean-up: importing the transforms stays light
+
     _, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
     small = stats[:, cv2.CC_STAT_AREA] <= max_area
     small[0] = False  # label 0: the pixels outside ``binary``
