@@ -16,6 +16,23 @@ from mobilesam.modeling import Sam, build_model  # noqa: E402
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
+def prompt_cases(h: int, w: int) -> dict[str, dict]:
+    """Prompts scaled to the image: a point, points with a negative, a box, box + points."""
+    return {
+        "point": dict(point_coords=np.array([[w * 0.5, h * 0.4]]), point_labels=np.array([1])),
+        "points_neg": dict(
+            point_coords=np.array([[w * 0.3, h * 0.3], [w * 0.7, h * 0.6], [w * 0.5, h * 0.9]]),
+            point_labels=np.array([1, 0, 1]),
+        ),
+        "box": dict(box=np.array([w * 0.1, h * 0.2, w * 0.8, h * 0.9])),
+        "box_points": dict(
+            box=np.array([w * 0.05, h * 0.1, w * 0.6, h * 0.7]),
+            point_coords=np.array([[w * 0.3, h * 0.4], [w * 0.55, h * 0.65]]),
+            point_labels=np.array([1, 0]),
+        ),
+    }
+
+
 def parity_images() -> dict[str, np.ndarray]:
     """A real photograph, a wide synthetic greyscale image and a very small one."""
     from skimage import data

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import parity_images, reference_and_ours
+from conftest import parity_images, prompt_cases, reference_and_ours
 from oracle import reference_model
 
 from mobilesam.modeling import build_model
@@ -16,23 +16,6 @@ from mobilesam.predictor import SamPredictor
 
 EMB_RTOL = 1e-4  # max abs difference relative to the embedding's max abs value
 LOGIT_ATOL = 1e-3
-
-
-def prompt_cases(h: int, w: int) -> dict[str, dict]:
-    """Prompts scaled to the image: a point, points with a negative, a box, box + points."""
-    return {
-        "point": dict(point_coords=np.array([[w * 0.5, h * 0.4]]), point_labels=np.array([1])),
-        "points_neg": dict(
-            point_coords=np.array([[w * 0.3, h * 0.3], [w * 0.7, h * 0.6], [w * 0.5, h * 0.9]]),
-            point_labels=np.array([1, 0, 1]),
-        ),
-        "box": dict(box=np.array([w * 0.1, h * 0.2, w * 0.8, h * 0.9])),
-        "box_points": dict(
-            box=np.array([w * 0.05, h * 0.1, w * 0.6, h * 0.7]),
-            point_coords=np.array([[w * 0.3, h * 0.4], [w * 0.55, h * 0.65]]),
-            point_labels=np.array([1, 0]),
-        ),
-    }
 
 
 def compare_predictors(ref_model: torch.nn.Module, ours_model: torch.nn.Module, image: np.ndarray) -> list[str]:

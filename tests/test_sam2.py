@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import parity_images
+from conftest import parity_images, prompt_cases
 from oracle import sam2_reference_model, save_sam2_checkpoint
 
 from mobilesam.build import build_sam
@@ -65,23 +65,6 @@ def predictors(model_type: str, image_name: str):
         ours.set_image(image)  # ours converts greyscale itself
         _PREDICTORS[key] = (ref, ours)
     return _PREDICTORS[key]
-
-
-def prompt_cases(h: int, w: int) -> dict[str, dict]:
-    """Prompts scaled to the image: a point, points with a negative, a box, box + points."""
-    return {
-        "point": dict(point_coords=np.array([[w * 0.5, h * 0.4]]), point_labels=np.array([1])),
-        "points_neg": dict(
-            point_coords=np.array([[w * 0.3, h * 0.3], [w * 0.7, h * 0.6], [w * 0.5, h * 0.9]]),
-            point_labels=np.array([1, 0, 1]),
-        ),
-        "box": dict(box=np.array([w * 0.1, h * 0.2, w * 0.8, h * 0.9])),
-        "box_points": dict(
-            box=np.array([w * 0.05, h * 0.1, w * 0.6, h * 0.7]),
-            point_coords=np.array([[w * 0.3, h * 0.4], [w * 0.55, h * 0.65]]),
-            point_labels=np.array([1, 0]),
-        ),
-    }
 
 
 def _official_object_scores(ref, prompt: dict, mask_input, multimask: bool) -> np.ndarray:
