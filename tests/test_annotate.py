@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 from scipy import ndimage
 
 import mobilesam.annotate as annotate_mod
-from mobilesam.annotate import auto_annotate, mask_to_segment
+from mobilesam.annotate import COCO_PARTS, auto_annotate, mask_to_segment
 from mobilesam.build import build_sam
 from mobilesam.detectors import (
     COCO80_NAMES,
@@ -426,3 +427,91 @@ def test_torchrun_two_ranks_shard_without_loss_or_duplicates(dataset, tiny_check
     assert len(ids) == len(set(ids)) == len(_read_lines(out / "im0.txt")) + len(_read_lines(out / "im1.txt"))
     for a in coco.dataset["annotations"]:
         assert decode_rle(a["segmentation"]).shape == (60, 80)
+
+
+def _last_bar(err: str) -> str:
+    """The last state tqdm drew of the auto_annotate bar."""
+    return [s for s in err.replace("\r", "\n").splitlines() if s.startswith("auto_annotate:") and "img" in s][-1]
+
+
+def test_unusable_images_are_skipped_and_the_dataset_files_written(sam, tmp_path, monkeypatch, caplog, capsys) -> None:
+    """Issue 13 item 7: a decompression bomb and a 1-pixel-high image (too thin for an R-CNN's resize) are
+    skipped and reported like unreadable files; the run ends (bar at 100%) with classes.txt and data.yaml."""
+    pytest.importorskip("torchvision")
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    Image.fromarray(_image(40, 50, 0)).save(images / "ok.png")
+    Image.fromarray(_image(40, 50, 1)).save(images / "done.png")
+    Image.fromarray(_image(1, 3000, 2)).save(images / "thin.png")
+    Image.fromarray(_image(150, 150, 3)).save(images / "bomb.png")
+    (images / "corrupt.jpg").write_bytes(b"not an image")
+    out.mkdir()
+    (out / "done.txt").write_text("")  # labelled by an earlier run: skipped
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # bomb.png (22,500 pixels) is over twice the limit
+    torch.manual_seed(0)
+    det = TorchvisionDetector("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None)
+    with caplog.at_level(logging.WARNING, logger="mobilesam.annotate"):
+        s = auto_annotate(images, det, sam, device="cpu", conf=1.0, output_dir=out)
+    assert (s.images, s.skipped, s.annotated, s.failed) == (5, 1, 1, 3)
+    assert s.failed_files == ["bomb.png", "corrupt.jpg", "thin.png"]
+    assert "thin.png skipped: image of 3000x1 pixels is too thin" in caplog.text
+    assert "bomb.png skipped:" in caplog.text and "decompression bomb" in caplog.text
+    assert (out / "ok.txt").read_text() == "" and not (out / "thin.txt").exists()
+    assert (out / "classes.txt").read_text().splitlines() == list(COCO80_NAMES)
+    assert "nc: 80" in (out / "data.yaml").read_text()
+    err = capsys.readouterr().err
+    assert " 100%" in _last_bar(err) and "4/4" in _last_bar(err)
+
+
+def test_interrupted_run_keeps_a_dataset_and_coco_parts_only_until_finished(sam, tmp_path, monkeypatch, capsys) -> None:
+    """Issue 13 items 7 and 23: an error part-way still leaves classes.txt / data.yaml for what was labelled
+    and keeps .coco_parts/ for the rerun; a finished run removes .coco_parts/, resumes from instances.json,
+    and its summary and help name only what exists."""
+    from pycocotools.coco import COCO
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    for k in range(4):
+        Image.fromarray(_image(40, 50, k)).save(images / f"im{k}.png")
+    calls = []
+
+    def detect(image):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the detector's device went away")
+        # One object, on the first image only; the others are background.
+        return ([[5, 5, 30, 25]], [2], [0.9], {2: "bird"}) if len(calls) == 1 else ([], [], [])
+
+    with pytest.raises(RuntimeError, match="device went away"):
+        auto_annotate(images, detect, sam, device="cpu", output_dir=out, save_coco=True, verbose=False)
+    assert (out / "classes.txt").read_text().splitlines() == ["0", "1", "bird"]
+    assert "nc: 3" in (out / "data.yaml").read_text()
+    assert sorted(p.name for p in (out / COCO_PARTS).iterdir()) == ["im0.png.json", "im1.png.json"]
+    assert not (out / "instances.json").exists()
+    objects = len(_read_lines(out / "im0.txt"))
+
+    s = auto_annotate(images, lambda im: ([], [], []), sam, device="cpu", output_dir=out, save_coco=True)
+    assert (s.skipped, s.annotated) == (2, 2)
+    assert not (out / COCO_PARTS).exists()
+    coco = COCO(str(out / "instances.json"))
+    assert sorted(im["file_name"] for im in coco.dataset["images"]) == [f"im{k}.png" for k in range(4)]
+    assert len(coco.dataset["annotations"]) == objects
+    printed = capsys.readouterr().out
+    named = re.findall(r"-> (\S+)", printed) + re.findall(r"\(COCO: (\S+)\)", printed)
+    assert len(named) == 2 and all(Path(p).exists() for p in named)
+
+    # Resume after a finished run: instances.json is what it resumes from.
+    (out / "im3.txt").unlink()
+    s = auto_annotate(images, lambda im: ([], [], []), sam, device="cpu", output_dir=out, save_coco=True, verbose=False)
+    assert (s.skipped, s.annotated) == (3, 1) and not (out / COCO_PARTS).exists()
+    again = COCO(str(out / "instances.json"))
+    assert again.dataset["annotations"] == coco.dataset["annotations"]
+    assert again.dataset["images"] == coco.dataset["images"]
+
+    from mobilesam.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["annotate", "--help"])
+    help_text = capsys.readouterr().out
+    assert ".coco_parts/" in help_text and "interrupted" in help_text and "--trust-weights" in help_text
+    assert "_masks" not in help_text

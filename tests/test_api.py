@@ -336,9 +336,14 @@ def test_segment_everything_when_no_prompt(model, monkeypatch) -> None:
         assert r.boxes.data.tolist() == [[30, 20, 89, 59, pytest.approx(0.95), 0], [5, 5, 14, 9, pytest.approx(0.8), 1]]
     # The generator runs on the facade's own predictor, so it uses the backend the SAM was made with.
     assert _StubGenerator.calls[0][0] is model.predictor and _StubGenerator.calls[0][1] == "fast"  # default mode
-    assert _StubGenerator.calls[0][2] == {"points_per_side": 8, "output_mode": "binary_mask"}
+    # progress (a bar over the grid points) follows verbose unless given.
+    assert _StubGenerator.calls[0][2] == {"progress": True, "points_per_side": 8, "output_mode": "binary_mask"}
     model.predict(img, mode="exact")
-    assert _StubGenerator.calls[-1][1:] == ("exact", {})
+    assert _StubGenerator.calls[-1][1:] == ("exact", {"progress": True})
+    model.predict(img, verbose=False)
+    assert _StubGenerator.calls[-1][2] == {"progress": False}
+    model.predict(img, verbose=False, progress=True)
+    assert _StubGenerator.calls[-1][2] == {"progress": True}
     with pytest.raises(ValueError, match="mode: expected 'fast' or 'exact'"):
         model.predict(img, mode="quick")
 

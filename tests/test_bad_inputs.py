@@ -6,19 +6,30 @@ unhelpful message.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import http.server
 import logging
 import math
 import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
+import mobilesam.everything.generator
+import mobilesam.io
 from mobilesam import SAM, SamPredictor
 from mobilesam.backends import create_predictor
 from mobilesam.build import build_sam
 from mobilesam.device import select_device
-from mobilesam.io import array_to_rgb, load_image, read_image
+from mobilesam.io import array_to_rgb, load_image, read_image, read_url
 from mobilesam.transforms import ResizeLongestSide, preprocess_shape
 from mobilesam.weights import CheckpointError, load_state_dict
 
@@ -160,3 +171,180 @@ def test_item17_non_finite_weights_are_refused_at_load(tmp_path, vit_t_pair) -> 
         build_sam(path)
     with pytest.raises(CheckpointError, match="NaN or inf"):
         SAM(str(path), device="cpu")
+
+
+# --------------------------------------------------------------------------- items 7, 8, 15, 20, 23
+
+
+@pytest.fixture(scope="module")
+def colour_sam() -> SAM:
+    """SAM on the structured stand-in model of test_everything: no image encoder to run, so fast."""
+    from test_everything import colour_models
+
+    return SAM(colour_models()[1], device="cpu")
+
+
+def bomb_folder(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """a_good.png, bomb.png (over twice the lowered PIL limit: PIL refuses it) and thin.png (1 x 3000)."""
+    from test_everything import shapes_image
+
+    folder = root / "imgs"
+    folder.mkdir()
+    PIL.Image.fromarray(shapes_image(48, 64)).save(folder / "a_good.png")
+    PIL.Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(folder / "bomb.png")
+    thin = np.random.default_rng(0).integers(0, 256, (1, 3000, 3), dtype=np.uint8)
+    PIL.Image.fromarray(thin).save(folder / "thin.png")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 4096)  # the others are below it: no warning either
+    return folder
+
+
+def test_item7_decompression_bomb_in_a_folder_is_skipped(colour_sam, tmp_path, monkeypatch, caplog, capsys) -> None:
+    """Item 7: PIL's DecompressionBombError was not caught by the folder skip: the run stopped there."""
+    folder = bomb_folder(tmp_path, monkeypatch)
+    caplog.set_level(logging.WARNING, logger="mobilesam")
+    results = colour_sam.predict(folder, points=[[10, 0]])
+    assert [Path(r.path).name for r in results] == ["a_good.png", "thin.png"]  # 1 x 3000 still works
+    assert [Path(p).name for p, _ in colour_sam.skipped] == ["bomb.png"]
+    reason = colour_sam.skipped[0][1]
+    assert "decompression bomb" in reason and "raise it if you trust the file" in reason and "\n" not in reason
+    got = _warnings(caplog)
+    assert any(w.startswith(f"mobilesam: skipped '{folder / 'bomb.png'}': ") and "MAX_IMAGE_PIXELS" in w for w in got)
+    assert got[-1].startswith("mobilesam: skipped 1 of 3 files") and got[-1].endswith(str(folder / "bomb.png"))
+    assert "3/3" in capsys.readouterr().err.split("\r")[-1]  # the bar counts the skipped file as done
+
+    caplog.clear()
+    results = colour_sam.predict(folder, points_per_side=2, verbose=False)  # segment everything: the same
+    assert [Path(r.path).name for r in results] == ["a_good.png", "thin.png"]
+    assert any("skipped 1 of 3 files" in w for w in _warnings(caplog))
+
+    # Named directly, the file is an error: one line naming it and the way out.
+    bomb = folder / "bomb.png"
+    for call in (lambda: read_image(bomb), lambda: colour_sam.predict(bomb, points=[1, 1])):
+        with pytest.raises(ValueError, match=r"cannot read '.*bomb\.png' as an image \(DecompressionBombError: "
+                                             r".*decompression bomb.*MAX_IMAGE_PIXELS \(4,096\)") as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Sends one byte every 0.2 s, the body (/slow) or from the status line on (/slow-head), for at
+    most 8 s: within any per-read timeout, and short enough that a missing deadline fails, not hangs."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+        data = head + b"x" * 1000 if self.path == "/slow-head" else b"x" * 1000
+        if self.path == "/slow":
+            self.wfile.write(head)
+        try:
+            for byte in data[:40]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client hung up: what the deadline does
+
+
+@pytest.fixture(scope="module")
+def trickle_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_item8_url_download_has_an_overall_deadline(colour_sam, trickle_url, monkeypatch) -> None:
+    """Item 8: a server trickling a byte at a time held SAM.predict(url) without end (the timeout was per read)."""
+    monkeypatch.setattr(mobilesam.io, "URL_DEADLINE", 1.0)  # read when called
+    for path in ("/slow", "/slow-head"):
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match=rf"downloading '{trickle_url}{path}' took longer than the 1 s "
+                                                  r"deadline .*or raise mobilesam\.io\.URL_DEADLINE"):
+            colour_sam.predict(trickle_url + path, points=[1, 1])
+        assert time.monotonic() - start < 3.0
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="took longer than the 0.5 s deadline"):
+        read_url(trickle_url + "/slow", deadline=0.5)
+    assert time.monotonic() - start < 2.5
+    with pytest.raises(ValueError, match=r"deadline: expected a number of seconds > 0, got 0"):
+        read_url(trickle_url + "/slow", deadline=0)
+
+
+def test_item20_segment_everything_shows_progress_and_explains_zero_masks(sam, colour_sam, images, monkeypatch,
+                                                                          caplog, capsys) -> None:
+    """Item 20: segment everything printed nothing for minutes, then "0 masks" with no reason (random
+    weights predict IoUs far below pred_iou_thresh=0.88)."""
+    monkeypatch.setattr(mobilesam.everything.generator, "PROGRESS_DELAY", 0)  # shown at once, not after 1 s
+    caplog.set_level(logging.WARNING, logger="mobilesam")
+    rgb = images["tiny"]
+    result = sam.predict(rgb, image_format="RGB", points_per_side=2, mode="exact")[0]
+    err = capsys.readouterr().err
+    assert "grid points: " in err and "/4 [" in err  # a bar over the 4 grid points, on stderr
+    assert len(result) == 0
+    got = [w for w in _warnings(caplog) if "0 masks" in w]
+    assert len(got) == 1
+    n = 2 * 2 * 3  # 3 candidate masks per grid point
+    assert got[0].startswith(f"mobilesam: 0 masks: {n} candidates from 4 points, {n} below pred_iou_thresh=0.88 (best ")
+    assert got[0].endswith("; lower pred_iou_thresh")
+    best = float(got[0].split("(best ")[1].split(")")[0])
+    assert best < 0.88
+
+    colour_sam.predict(rgb, image_format="RGB", points_per_side=2, mode="exact")
+    assert "grid points: " in capsys.readouterr().err
+    colour_sam.predict(rgb, image_format="RGB", points_per_side=2, mode="exact", verbose=False)
+    assert "grid points" not in capsys.readouterr().err  # verbose=False: no bar
+
+
+def test_item23_half_in_the_constructor_is_the_default_of_predict(colour_sam, monkeypatch) -> None:
+    """Item 23: SAM(..., half=True) was a TypeError; only predict(half=True) existed."""
+    model = colour_sam.model
+    with pytest.raises(ValueError, match=r"half: float16 inference runs on CUDA only, and this model is on cpu"):
+        SAM(model, device="cpu", half=True)
+    with pytest.raises(TypeError, match=r"half: expected True or False, got 'yes'"):
+        SAM(model, device="cpu", half="yes")
+    # Without a GPU, the CUDA check is bypassed to see which half each step runs with.
+    seen: list[bool] = []
+    monkeypatch.setattr(SAM, "_check_half", lambda self, half: None)
+    monkeypatch.setattr(SAM, "_autocast", lambda self, half: seen.append(half) or contextlib.nullcontext())
+    sam = SAM(model, device="cpu", half=True)
+    rgb = np.zeros((32, 40, 3), np.uint8)
+    sam.predict(rgb, points=[5, 5])
+    assert seen and all(seen)
+    n = len(seen)
+    sam.predict(rgb, points=[5, 5], half=False)  # the argument of predict wins
+    assert len(seen) > n and not any(seen[n:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_item23_half_runs_on_cuda(vit_t_pair, images) -> None:
+    sam = SAM(copy.deepcopy(vit_t_pair[1]), device="cuda", half=True)
+    result = sam.predict(images["photo"], points=[100, 100], image_format="RGB")[0]
+    full = sam.predict(images["photo"], points=[100, 100], image_format="RGB", half=False)[0]
+    assert result.masks.data.shape == full.masks.data.shape and result.masks.data.is_cuda
+
+
+@pytest.mark.parametrize("error", [RuntimeError("benchmark: backend 'torch' failed"), KeyboardInterrupt()])
+def test_item15_failed_benchmark_leaves_no_temporary_folder(tiny_checkpoint, tmp_path, monkeypatch, error) -> None:
+    """Item 15: a failed benchmark left its mobilesam-bench-* folder in the temporary folder."""
+    from mobilesam import bench
+
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    used: list[Path] = []
+
+    def fail(job, params, tmp):
+        used.append(Path(tmp))
+        assert (Path(tmp) / "bench.png").is_file()  # the run had written there
+        raise error
+
+    monkeypatch.setattr(bench, "_run_in_process", fail)
+    with pytest.raises(type(error)):
+        bench.run_benchmark(str(tiny_checkpoint), ["torch"], rounds=1, runs=1, prompts=1, batch=False)
+    assert used and used[0].parent == root
+    assert list(root.iterdir()) == []

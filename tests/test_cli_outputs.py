@@ -13,6 +13,7 @@ from PIL import Image
 
 from mobilesam.cli import build_parser, main
 from mobilesam.masks import decode_rle
+from test_bad_inputs import bomb_folder
 
 LOW = ["--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
        "--box-nms-thresh", "1.0", "--device", "cpu", "--mode", "exact"]
@@ -226,3 +227,50 @@ def test_detector_error_names_the_flag_and_embed_workers_fit_the_cpus(tmp_path, 
     Image.fromarray(small(images)).save(tmp_path / "imgs" / "a.png")
     store.embed_folder(tiny_checkpoint, tmp_path / "imgs", tmp_path / "emb", img_size=64, progress=False)
     assert seen == [2]
+
+
+def _named_paths(line: str, save_dir: Path) -> list[Path]:
+    return [Path(w.strip(",()")) for w in line.split() if w.strip(",()").startswith(str(save_dir))]
+
+
+@pytest.mark.slow  # four image-encoder passes of the random vit_t: over 10 s on a busy 2-core machine
+def test_folder_runs_skip_a_bomb_end_the_bar_at_100_and_name_only_what_exists(tmp_path, tiny_checkpoint,
+                                                                               monkeypatch, capsys):
+    """Items 7, 20, 23: a decompression bomb in a folder stopped predict and everything; the bar ended at
+    2/3 when a file was skipped; 0 masks came without a reason; every path the summary names exists."""
+    folder = bomb_folder(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--model", str(tiny_checkpoint), "--points", "10,0", "--conf", "1",
+                 "--device", "cpu", "--save-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if " -> " in line]
+    assert [Path(line.split(":")[0]).name for line in lines] == ["a_good.png", "thin.png"]
+    for line in lines:
+        named = _named_paths(line, out)
+        assert len(named) == 3 and all(p.exists() for p in named), line
+        empty = not any((out / f"{Path(line.split(':')[0]).stem}_masks").iterdir())
+        assert ("is empty" in line) == empty
+    assert "bomb.png" in captured.err and "decompression bomb" in captured.err
+    assert "skipped 1 of 3 files" in captured.err
+    assert "3/3" in captured.err.split("\r")[-1]
+    assert "Traceback" not in captured.err
+
+    n = 2 * 2 * 3  # --points-per-side 2: 3 candidate masks per grid point
+    assert main(["everything", str(folder), "--model", str(tiny_checkpoint), "--points-per-side", "2",
+                 "--mode", "exact", "--device", "cpu", "--save-dir", str(tmp_path / "every")]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 of 3 files" in err and "decompression bomb" in err
+    assert "3/3" in err.split("\r")[-1]
+    # Random weights predict IoUs far below the default threshold: each image says so, in the CLI's words.
+    reasons = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("mobilesam: 0 masks")]
+    assert len(reasons) == 2
+    for line in reasons:
+        assert f"0 masks: {n} candidates from 4 points, {n} below --pred-iou-thresh=0.88 (best " in line
+        assert line.endswith("; lower --pred-iou-thresh")
+
+    # A bomb named directly: one line naming it, exit code 1.
+    assert main(["predict", str(folder / "bomb.png"), "--model", str(tiny_checkpoint), "--points", "1,1",
+                 "--device", "cpu", "--save-dir", str(tmp_path / "one")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mobilesam predict: error: image: cannot read ")
+    assert "bomb.png" in err[0] and "decompression bomb" in err[0]

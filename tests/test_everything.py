@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import warnings
 
 import cv2
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import mobilesam.everything.generator
 from mobilesam.everything import SamAutomaticMaskGenerator
 from mobilesam.everything.amg import (
     box_iou,
@@ -377,3 +379,55 @@ def test_cli_rejects_bad_options_before_loading(tmp_path, capsys):
     assert main(["everything", str(tmp_path / "nope.png"), "--model", str(tmp_path / "missing.pt")]) == 1
     err = capsys.readouterr().err
     assert "nope.png" in err and "missing.pt" not in err
+
+
+# --------------------------------------------------------------------------- progress and 0-masks reason
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_progress_bar_over_the_grid_points(colour_pair, mode, monkeypatch, capsys):
+    """Issue 13 item 20: minutes without a word on a slow machine; now a bar over the grid points."""
+    monkeypatch.setattr(mobilesam.everything.generator, "PROGRESS_DELAY", 0)
+    image = shapes_image()
+    gen = SamAutomaticMaskGenerator(colour_pair[1], points_per_side=2, points_per_batch=2, mode=mode,
+                                    crop_n_layers=1, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    assert gen.generate(image)
+    err = capsys.readouterr().err
+    total = 4 + 4 * 4  # the image and its four crops, 4 points each
+    assert "grid points: " in err and f"/{total} [" in err
+    SamAutomaticMaskGenerator(colour_pair[1], points_per_side=2, mode=mode, progress=False).generate(image)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(TypeError, match="progress: expected True or False, got 'no'"):
+        SamAutomaticMaskGenerator(colour_pair[1], progress="no")
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_zero_masks_are_explained_per_filter(colour_pair, mode, caplog):
+    """Issue 13 item 20: "0 masks" came without a reason; now one warning with the count per filter."""
+    image = shapes_image()
+    kw = dict(points_per_side=4, mode=mode, progress=False)
+    caplog.set_level(logging.WARNING, logger="mobilesam")
+    gen = SamAutomaticMaskGenerator(colour_pair[1], pred_iou_thresh=0.0, stability_score_thresh=0.0, **kw)
+    assert gen.generate(image)
+    assert not [r for r in caplog.records if "0 masks" in r.getMessage()]  # masks found: no warning
+    best = gen.counts.best_iou
+
+    # The filter is "iou > pred_iou_thresh": at the best IoU of all candidates, none passes.
+    gen = SamAutomaticMaskGenerator(colour_pair[1], pred_iou_thresh=best, **kw)
+    assert gen.generate(image) == []
+    c = gen.counts
+    assert c.below_iou == c.candidates > 0 and c.best_iou == best
+    got = [r.getMessage() for r in caplog.records if "0 masks" in r.getMessage()]
+    assert got == [f"mobilesam: 0 masks: {c.candidates} candidates from {c.points} points, {c.candidates} below "
+                   f"pred_iou_thresh={best:g} (best {best:.3g}); lower pred_iou_thresh"]
+
+    # Stability: an offset above every logit leaves no pixel inside the "stable" mask.
+    caplog.clear()
+    gen = SamAutomaticMaskGenerator(colour_pair[1], pred_iou_thresh=0.0, stability_score_thresh=0.5,
+                                    stability_score_offset=100.0, **kw)
+    assert gen.generate(image) == []
+    c = gen.counts
+    assert c.below_stability == c.candidates > 0 and c.below_iou == 0
+    got = [r.getMessage() for r in caplog.records if "0 masks" in r.getMessage()]
+    assert len(got) == 1 and f"{c.candidates} below stability_score_thresh=0.5 (best 0)" in got[0]
+    assert got[0].endswith("; lower stability_score_thresh")

@@ -233,6 +233,22 @@ def test_click_uses_cached_embedding_and_matches_sam_predictor(real_client):
         assert png.size == (160, 120) and np.array_equal(np.array(png)[..., 3] > 127, mask)  # alpha = mask
 
 
+@pytest.mark.parametrize("shape", [(1, 3000), pytest.param((3000, 1), marks=pytest.mark.slow)])
+def test_one_pixel_thin_upload_clicks_end_to_end(real_client, shape):
+    """Issue 13 item 9: a 1 x 3000 upload (its short side rounds to 0 in the model's frame) is embedded
+    and answers clicks and boxes with full-size masks, where it used to give HTTP 500."""
+    h, w = shape
+    rgb = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    image = upload(real_client, rgb, "thin.png")
+    assert (image["height"], image["width"]) == (h, w)
+    for body in ({"points": [[w / 2, h / 2]], "labels": [1]}, {"box": [0, 0, w, h]}):
+        r = real_client.post(f"/api/images/{image['id']}/predict", json=body)
+        assert r.status_code == 200, r.text
+        assert mask_of(r.json()).shape == (h, w)
+    shown = real_client.get(f"/api/images/{image['id']}/image")
+    assert shown.status_code == 200 and Image.open(io.BytesIO(shown.content)).size == (w, h)
+
+
 BAD_PROMPTS = [
     ({"points": [[200, 10]], "labels": [1]}, "points[0]"),
     ({"points": [[-1, 10]], "labels": [1]}, "points[0]"),
@@ -313,6 +329,40 @@ def test_upload_rejects_non_images_and_oversized_files():
         )
         assert r.status_code == 413
         assert len(c.app.state.registry) == 0
+
+
+def multipart(name: str, data: bytes, boundary: str = "mobilesam-test") -> tuple[bytes, bytes, str]:
+    """The head and tail of a one-file multipart/form-data body, and its content type."""
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    return head + data, f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_chunked_upload_is_held_to_the_size_limit_while_streaming():
+    """Issue 13 item 10: a body sent without a Content-Length (chunked) and over the limit gets 413, as one
+    with a Content-Length does, not 400 'error parsing the body'; a small chunked upload still works."""
+    limit = 1024  # the body limit is this plus 1 MiB of form overhead
+    with stub_app(max_upload_bytes=limit) as c:
+        head, tail, ctype = multipart("big.png", b"")
+
+        def body():
+            yield head
+            for _ in range(3 * 1024):  # 3 MiB in 1 KiB chunks
+                yield b"\0" * 1024
+            yield tail
+
+        r = c.post("/api/images/upload", content=body(), headers={"content-type": ctype})
+        assert "content-length" not in {k.lower() for k in r.request.headers}
+        assert r.status_code == 413, r.text
+        assert "limit" in r.json()["detail"] and r.headers["x-content-type-options"] == "nosniff"
+        assert len(c.app.state.registry) == 0
+
+        start, end, _ = multipart("small.png", png_bytes(scene()))
+        r = c.post("/api/images/upload", content=iter([start[:100], start[100:], end]), headers={"content-type": ctype})
+        assert r.status_code == 200, r.text
+        assert (r.json()["width"], r.json()["height"]) == (160, 120)
 
 
 def png_bomb(w: int, h: int) -> bytes:
@@ -416,6 +466,76 @@ def test_concurrent_clicks_on_different_images_get_their_own_masks():
         assert len(results) == 24
         for k, mask in results:
             assert np.array_equal(mask, red_mask(shift=(0, 10, 20)[k])), k
+
+
+def flat_png(h: int, w: int, value: int = 90) -> bytes:
+    """A one-colour PNG: a few kB on the wire, h * w * 3 bytes once decoded."""
+    return png_bytes(np.full((h, w, 3), value, np.uint8))
+
+
+def test_full_encoder_queue_answers_503_with_retry_after():
+    """Issue 13 item 15: uploads waiting for the encoder are bounded (max_queue); one more gets 503 with
+    Retry-After and is not kept; failed uploads give their place back; the queue drains."""
+    gate = threading.Event()
+    with stub_app(predictor_factory=lambda: ColourRegionPredictor(gate=gate), max_queue=2) as c:
+        try:
+            for _ in range(3):  # refused before a place is used up for good
+                r = c.post("/api/images/upload", files={"file": ("x.png", b"not an image", "image/png")})
+                assert r.status_code == 415
+            a = upload(c, scene(), "a.png")  # in the encoder, held at the gate
+            b = upload(c, scene(shift=5), "b.png")  # waiting behind it
+            r = c.post("/api/images/upload", files={"file": ("c.png", png_bytes(scene(shift=10)), "image/png")})
+            assert r.status_code == 503, r.text
+            assert int(r.headers["retry-after"]) >= 1
+            assert "max-queue" in r.json()["detail"] and "retry" in r.json()["detail"]
+            assert len(c.app.state.registry) == 2
+            # Joining a pass already queued needs no new place: the page's embed call after an upload.
+            joined: dict = {}
+            t = threading.Thread(target=lambda: joined.update(r=c.post(f"/api/images/{b['id']}/embed")))
+            t.start()
+        finally:
+            gate.set()
+        t.join(30)
+        assert joined["r"].status_code == 200, joined["r"].text
+        assert c.post(f"/api/images/{a['id']}/embed").json()["cached"] is True
+        upload(c, scene(shift=10), "c.png")
+        upload(c, scene(shift=15), "d.png")
+
+
+def test_queued_uploads_hold_their_bytes_not_their_pixels():
+    """Issue 13 item 15: an upload waiting for the encoder keeps its compressed bytes; the pixels are
+    decoded when its encoder pass starts (12 flat 6000 x 6000 PNGs used to hold 108 MB each)."""
+    import gc
+    import tracemalloc
+
+    h, w = 1000, 1500
+    decoded = h * w * 3
+    gate = threading.Event()
+    with stub_app(predictor_factory=lambda: ColourRegionPredictor(gate=gate), max_queue=4) as c:
+        try:
+            upload(c, scene())  # the encoder thread waits at the gate with this one
+            gc.collect()
+            tracemalloc.start()
+            try:
+                ids = []
+                for k in range(3):
+                    data = flat_png(h, w, 60 + k)
+                    assert len(data) < decoded / 100
+                    r = c.post("/api/images/upload", files={"file": (f"flat{k}.png", data, "image/png")})
+                    assert r.status_code == 200, r.text
+                    ids.append(r.json()["id"])
+                del data, r
+                gc.collect()
+                held, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert held < decoded / 4, (held, decoded)  # three queued images, not even a quarter of one
+            assert peak < 2.5 * decoded, (peak, decoded)  # one upload decoded at a time, then let go
+        finally:
+            gate.set()
+        for k, image_id in enumerate(ids):  # the queued passes decode the right pixels
+            r = c.post(f"/api/images/{image_id}/predict", json={"points": [[5, 5]], "labels": [1]})
+            assert r.status_code == 200 and mask_of(r.json()).all(), k
 
 
 def test_embedding_cache_and_open_images_are_bounded():
@@ -654,6 +774,96 @@ def test_save_writes_labels_atomically_and_reopen_loads_them(folder: Path):
         assert (folder / "a.txt").read_text() == ""
 
 
+def test_folder_image_deleted_or_changed_after_opening_gets_a_clear_4xx(folder: Path):
+    """Issue 13 item 10: an opened image whose file is then deleted gives 404 naming it (was 500), on
+    the image and on a click that must embed it again; one replaced by another picture gives 409."""
+    with stub_app(images_dir=folder, cache_size=1) as c:
+        a = c.post("/api/images/open", json={"name": "a.png"}).json()
+        b = c.post("/api/images/open", json={"name": "sub/b.png"}).json()
+        assert c.post(f"/api/images/{a['id']}/embed").status_code == 200
+        assert c.post(f"/api/images/{b['id']}/embed").status_code == 200  # a's embedding is evicted
+        (folder / "a.png").unlink()
+        for r in (
+            c.get(f"/api/images/{a['id']}/image"),
+            c.post(f"/api/images/{a['id']}/predict", json={"points": [[60, 50]], "labels": [1]}),
+            c.post(f"/api/images/{a['id']}/everything"),
+        ):
+            assert r.status_code == 404, r.text
+            assert "'a.png'" in r.json()["detail"] and "no longer" in r.json()["detail"]
+        r = c.post("/api/images/open", json={"name": "a.png"})
+        assert r.status_code == 404 and "a.png" in r.json()["detail"]
+        Image.fromarray(scene(shift=20)).save(folder / "sub" / "b.png")
+        r = c.get(f"/api/images/{b['id']}/image")
+        assert r.status_code == 409 and "'sub/b.png'" in r.json()["detail"] and "open it again" in r.json()["detail"]
+        again = c.post("/api/images/open", json={"name": "sub/b.png"}).json()
+        assert c.get(f"/api/images/{again['id']}/image").status_code == 200
+
+
+LINE_BREAKS = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\r", "\n", "\x1c"]
+
+
+@pytest.mark.parametrize("sep", LINE_BREAKS, ids=[f"U+{ord(c):04X}" for c in LINE_BREAKS])
+def test_class_names_with_line_breaks_are_refused_and_ids_survive_a_restart(folder: Path, sep: str):
+    """Issue 13 item 4: a class name with a line break inside is refused with 422 naming it (it would take
+    two lines of classes.txt and shift every later class id); at either end it is trimmed. After a
+    restart on the same folder every saved object has its own class name again."""
+    with stub_app(images_dir=folder) as c:
+        a = c.post("/api/images/open", json={"name": "a.png"}).json()
+        brick, ball = objects_from_clicks(c, a["id"])
+        r = c.post(f"/api/images/{a['id']}/save", json={"objects": [brick, {**ball, "class_name": f"big{sep}ball"}]})
+        assert r.status_code == 422, r.text
+        assert "objects[1].class_name" in r.json()["detail"] and repr(f"big{sep}ball") in r.json()["detail"]
+        assert not (folder / "classes.txt").exists() and not (folder / "a.json").exists()
+        r = c.post(f"/api/images/{a['id']}/export", json={"objects": [brick], "classes": ["ok", f"x{sep}y"]})
+        assert r.status_code == 422 and "classes[1]" in r.json()["detail"]
+        r = c.post(f"/api/images/{a['id']}/save", json={"objects": [brick, {**ball, "class_name": f"{sep}ball{sep}"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["classes"] == ["brick", "ball"]
+        b = c.post("/api/images/open", json={"name": "sub/b.png"}).json()
+        red_b = c.post(f"/api/images/{b['id']}/predict", json={"points": [[60, 60]], "labels": [1]}).json()
+        r = c.post(f"/api/images/{b['id']}/save", json={"objects": [{"class_name": "cube", "rle": red_b["rle"]}]})
+        assert r.status_code == 200, r.text
+    with stub_app(images_dir=folder) as c:  # a restart: the class list is read back from classes.txt
+        assert c.get("/api/info").json()["classes"] == ["brick", "ball", "cube"]
+        names = dict(enumerate(c.get("/api/info").json()["classes"]))
+        for image, expected in (("a.png", ["brick", "ball"]), ("sub/b.png", ["cube"])):
+            got = c.post("/api/images/open", json={"name": image}).json()
+            assert [o["class_name"] for o in got["objects"]] == expected
+            if image == "sub/b.png":  # saved without a score: reopened with none (was a 500)
+                assert got["objects"][0]["score"] is None
+            ids = [int(line.split()[0]) for line in (folder / image).with_suffix(".txt").read_text().splitlines()]
+            assert [names[i] for i in ids] == expected
+
+
+FOREIGN_CLASSES = {
+    "u2028_inside": ("cat\u2028dog\nbrick\n", {"cat\u2028dog": 0, "brick": 1, "ball": 2}),
+    "blank_line": ("cat\n\nbrick\n", {"cat": 0, "brick": 2, "ball": 3}),
+    "crlf_no_final_newline": ("cat\r\nbrick", {"cat": 0, "brick": 1, "ball": 2}),
+}
+
+
+@pytest.mark.parametrize("text,ids", FOREIGN_CLASSES.values(), ids=FOREIGN_CLASSES.keys())
+def test_saving_keeps_the_ids_of_a_foreign_classes_txt(folder: Path, text: str, ids: dict):
+    """Issue 13 item 4: a classes.txt another tool wrote, with a U+2028 inside a name or a blank line, is
+    appended to, never rewritten: its lines keep their numbers (the class ids of labels already in the
+    folder), where the server used to answer 500 or renumber them."""
+    (folder / "classes.txt").write_bytes(text.encode())
+    with stub_app(images_dir=folder) as c:
+        a = c.post("/api/images/open", json={"name": "a.png"}).json()
+        r = c.post(f"/api/images/{a['id']}/save", json={"objects": objects_from_clicks(c, a["id"])})
+        assert r.status_code == 200, r.text
+        assert (folder / "classes.txt").read_bytes().startswith(text.encode())
+        yolo_ids = [int(line.split()[0]) for line in (folder / "a.txt").read_text().splitlines()]
+        assert yolo_ids == [ids["brick"], ids["ball"]]
+        doc = json.loads((folder / "a.json").read_text())
+        cats = {cat["id"]: cat["name"] for cat in doc["categories"]}
+        assert [cats[ann["category_id"]] for ann in doc["annotations"]] == ["brick", "ball"]
+    with stub_app(images_dir=folder) as c:
+        assert c.get("/api/info").json()["classes"] == list(ids)
+        got = c.post("/api/images/open", json={"name": "a.png"}).json()
+        assert got["labels_error"] is None and [o["class_name"] for o in got["objects"]] == ["brick", "ball"]
+
+
 def test_save_never_overwrites_foreign_files_or_follows_links(folder: Path, tmp_path: Path):
     (folder / "sub" / "b.json").write_text('{"mine": true}')
     Image.fromarray(scene()).save(folder / "twin.png")
@@ -701,6 +911,8 @@ def test_create_app_argument_errors(tmp_path: Path):
         create_app()
     with pytest.raises(ValueError, match="cache_size"):
         create_app(predictor_factory=ColourRegionPredictor, cache_size=0)
+    with pytest.raises(ValueError, match="max_queue"):
+        create_app(predictor_factory=ColourRegionPredictor, max_queue=0)
     with pytest.raises(NotADirectoryError, match="images"):
         create_app(predictor_factory=ColourRegionPredictor, images_dir=tmp_path / "nope")
 
@@ -713,12 +925,22 @@ def test_cli_serve_help_and_errors(tmp_path: Path, capsys, monkeypatch):
         main(["serve", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--model", "--images", "--host", "--port", "--cache-size", "--max-upload-mb", "--max-pixels"):
+    for opt in (
+        "--model",
+        "--images",
+        "--host",
+        "--port",
+        "--cache-size",
+        "--max-upload-mb",
+        "--max-pixels",
+        "--max-queue",
+    ):
         assert opt in out
     assert main(["serve", "--model", str(tmp_path / "missing.pt"), "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.pt" in err and err.startswith("mobilesam serve: error:")
     assert main(["serve", "--port", "70000"]) == 2 and "--port" in capsys.readouterr().err
+    assert main(["serve", "--max-queue", "0", "--port", "0"]) == 2 and "--max-queue" in capsys.readouterr().err
     assert (
         main(["serve", "--model", str(tmp_path / "missing.pt"), "--images", str(tmp_path / "no_dir"), "--port", "0"])
         == 1

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from PIL import Image
@@ -140,6 +143,79 @@ def test_embed_store_values_and_resume(work: Path, emb_t: Path, tiny_checkpoint:
         embed_folder(tiny_checkpoint, work / "images", emb_t, img_size=128, workers=0, progress=False)
 
 
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_embed_reports_bad_images_and_embeds_the_others(
+    work: Path, tiny_checkpoint: Path, workers: int, tmp_path: Path, monkeypatch, capsys, caplog
+) -> None:
+    """Issue 13 items 7 and 11: a truncated image and a decompression bomb are each reported in one line,
+    every other image (a 1-pixel-high one too) is embedded, the bar ends at 100%, the exit code is 1."""
+    images = tmp_path / "images"
+    shutil.copytree(work / "images", images)
+    _truncate(images / "im2.png")
+    Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(images / "bomb.png")
+    Image.fromarray(np.full((1, 50, 3), 200, np.uint8)).save(images / "thin.png")
+    # Over twice the limit PIL refuses to open the file; the loader workers are forked with the low limit.
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 4096)
+    out = tmp_path / "emb"
+    argv = ["embed", "--model", str(tiny_checkpoint), "--data", str(images), "--out", str(out),
+            "--img-size", str(SIZE), "--workers", str(workers)]
+    with caplog.at_level(logging.WARNING, logger="mobilesam.train.store"):
+        rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 1
+    skipped = {r.getMessage().split("'")[1]: r.getMessage() for r in caplog.records if "skipped" in r.getMessage()}
+    assert skipped.keys() == {"bomb.png", "im2.png"}
+    assert skipped["im2.png"] == "embed: skipped 'im2.png': OSError: image file is truncated"
+    assert skipped["bomb.png"].startswith("embed: skipped 'bomb.png': DecompressionBombError: Image size (10000 pixels)")
+    error = captured.err.strip().splitlines()[-1]
+    assert error.startswith("mobilesam embed: error: 2 image(s) could not be read") and "'bomb.png'" in error
+    assert "Traceback" not in captured.err
+    assert "8/8" in captured.err.split("\r")[-1]  # the bar counts the bad images as done
+    assert "6 computed" in captured.out and "2 failed" in captured.out
+    stored = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy"))
+    assert stored == sorted(f"{r}.npy" for r in ["im0.png", "im1.png", "im3.png", "im4.png", "sub/im5.png", "thin.png"])
+
+    # A damaged stored file is recomputed by the next run; the bad images are reported again.
+    _truncate(out / "im3.png.npy", keep=0.3)
+    with caplog.at_level(logging.WARNING, logger="mobilesam.train.store"):
+        r = embed_folder(tiny_checkpoint, images, out, img_size=SIZE, workers=workers, progress=False)
+    assert (r["computed"], r["skipped"], r["failed"]) == (1, 5, 2)
+    assert "1 stored embedding(s) are damaged and will be recomputed" in caplog.text
+    assert EmbeddingStore.open(out).read("im3.png").shape == (256, SIZE // 16, SIZE // 16)
+
+
+def test_train_stops_on_a_damaged_embedding_or_image(work: Path, emb_b: Path, tmp_path: Path, capsys) -> None:
+    """Issue 13 item 11: one line naming the bad file and what to do, not a loader traceback."""
+    emb = tmp_path / "emb"
+    shutil.copytree(emb_b, emb)
+    _truncate(emb / "im3.png.npy")
+    rc = main(["train", "--data", str(work / "images"), "--embeddings", str(emb), "--out", str(tmp_path / "run"),
+               "--steps", "2", "--batch-size", "2", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"embeddings: '{emb / 'im3.png.npy'}' is damaged (truncated: " in err
+    assert "run 'mobilesam embed' again with the same --data and --out" in err
+    assert not (tmp_path / "run" / "last.pt").exists()  # refused before training
+
+    # Damage a stat cannot see (the right size, not an array) is found when the loader reads the file.
+    (emb / "im3.png.npy").write_bytes(b"\0" * EmbeddingStore.open(emb).file_bytes)
+    with pytest.raises(ValueError, match=r"^embeddings: '.*im3\.png\.npy' is damaged \(not a readable \.npy file") as e:
+        train(_cfg(work, emb, str(tmp_path / "run2"), steps=6, workers=1))
+    assert "\n" not in str(e.value) and "Caught" not in str(e.value)
+
+    images = tmp_path / "images"
+    shutil.copytree(work / "images", images)
+    _truncate(images / "im1.png")
+    with pytest.raises(ValueError, match=r"^data: cannot read image '.*im1\.png' \(OSError: image file is truncated\)") as e:
+        train(_cfg(work, emb_b, str(tmp_path / "run3"), data=str(images), steps=6, workers=1))
+    assert "\n" not in str(e.value)
+
+
 # ---------------------------------------------------------------- data: flips and sampler
 
 
@@ -218,6 +294,9 @@ def test_student_learns_the_teacher_embeddings(trained_run: Path, emb_b: Path, w
 
 
 def test_resume_is_bit_identical(work: Path, emb_b: Path) -> None:
+    """On CPU with one thread. With more, even two uninterrupted runs differ in the last digits at 256 px
+    (multi-threaded kernels do not fix the order of their sums); README says which holds."""
+    assert torch.get_num_threads() == 1  # the _one_thread fixture: what makes the result reproducible
     kw = {"steps": 4, "accumulate": 2, "hflip": 0.5, "vflip": 0.5, "lr": 2e-3}
     train(_cfg(work, emb_b, "run_full", **kw))
     assert train(_cfg(work, emb_b, "run_split", stop_after=2, **kw))["finished"] is False
@@ -236,10 +315,65 @@ def test_resume_is_bit_identical(work: Path, emb_b: Path) -> None:
         train(_cfg(work, emb_b, "run_full", **kw))
 
 
+def test_resume_takes_the_runs_settings(work: Path, emb_b: Path, tmp_path: Path, capsys) -> None:
+    """Issue 13 item 19: --resume RUN needs no repeated flags; one that would change the run is refused,
+    naming it; options of one call are free. Item 23: no '0.0 img/s' (nor a nan loss) for a resumed run."""
+    run = tmp_path / "run"
+    start = ["train", "--data", str(work / "images"), "--embeddings", str(emb_b), "--out", str(run),
+             "--steps", "4", "--batch-size", "3", "--lr", "0.002", "--warmup-steps", "1", "--workers", "0"]
+    assert main([*start, "--stop-after", "2"]) == 0
+    capsys.readouterr()
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)  # a run folder that moved: --resume writes where it is now
+
+    rc = main(["train", "--resume", str(run), "--lr", "0.01"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"--lr: 0.01 differs from the run's 0.002 (saved in '{run / 'last.pt'}'); drop it to resume" in err
+    with pytest.raises(ValueError, match="^batch_size: 2 differs from the run's 3"):
+        TrainConfig.resumed(run, batch_size=2)
+    fewer = tmp_path / "fewer"
+    shutil.copytree(work / "images", fewer, ignore=shutil.ignore_patterns("im0.png"))
+    with pytest.raises(ValueError, match="^data: the run .* trained on 6 images, .* has 5 with embeddings now"):
+        train(TrainConfig.resumed(run, data=str(fewer)), resume=run)
+    on_gpu = tmp_path / "on_gpu.pt"  # as if started on CUDA, where precision "auto" is bf16
+    torch.save({**load_checkpoint(run / "last.pt"), "precision": "bf16"}, on_gpu)
+    with pytest.raises(ValueError, match="^device: the run .* trained in bf16, this call on cpu would use fp32"):
+        train(TrainConfig.resumed(on_gpu, device="cpu"), resume=on_gpu)
+
+    assert main(["train", "--resume", str(moved), "--lr", "0.002", "--save-every", "1", "--log-every", "1"]) == 0
+    out = capsys.readouterr().out
+    ckpt = load_checkpoint(moved / "last.pt")
+    assert ckpt["step"] == 4 and ckpt["config"]["batch_size"] == 3 and ckpt["config"]["lr"] == 0.002
+    assert load_checkpoint(run / "last.pt")["step"] == 2  # the original folder is left as it was
+    line = next(x for x in out.splitlines() if x.startswith("train: done"))
+    rate = float(line.split(" img/s")[0].rsplit(" ", 1)[1])
+    seconds = float(line.split("over this call's ")[1].split(" s ")[0])
+    assert rate == pytest.approx(2 * 3 / seconds, rel=0.01), line  # this call's 2 steps of 3 images
+
+    # Through the API: the run's settings, nothing repeated; a finished run does nothing and says so.
+    r = train(resume=moved)
+    assert r["finished"] and r["step"] == 4 and r["images_per_s"] is None and r["loss"] == ckpt["loss"]
+    assert main(["train", "--resume", str(moved)]) == 0
+    out = capsys.readouterr().out
+    assert "the run was already complete at step 4 (loss " in out and "img/s" not in out and "nan" not in out
+
+
+def test_train_summary_rate_keeps_its_digits(work: Path, emb_b: Path, monkeypatch, capsys) -> None:
+    """Issue 13 item 23: a slow run (large images on CPU) printed '0.0 img/s'."""
+    import mobilesam.train.trainer as trainer
+
+    summary = {"rank": 0, "finished": True, "step": 10, "loss": 0.5, "seconds": 650.0, "checkpoint": "x/last.pt"}
+    summary["images_per_s"] = 10 * 2 / summary["seconds"]
+    monkeypatch.setattr(trainer, "train", lambda cfg, resume=None: summary)
+    assert main(["train", "--data", str(work / "images"), "--embeddings", str(emb_b)]) == 0
+    assert f" {summary['images_per_s']:.3g} img/s " in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes(work: Path, emb_b: Path, emb_t: Path, tiny_checkpoint: Path) -> None:
-    """Two gloo ranks: distributed embed gives the single-process files; DDP training gives the loss
-    curve of one process with the same global batch (same micro-batches through accumulation)."""
+    """Two gloo ranks: distributed embed gives the single-process files (to fp16 rounding); DDP training
+    gives the loss curve of one process with the same global batch (same micro-batches through accumulation)."""
     driver = work / "ddp_driver.py"
     driver.write_text(
         "import sys\nfrom mobilesam.cli import main\n"
@@ -257,8 +391,14 @@ def test_torchrun_two_processes(work: Path, emb_b: Path, emb_t: Path, tiny_check
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + "\n".join(
         line for line in proc.stderr.splitlines() if "Error" in line or "error" in line)[-3000:]
-    for f in emb_t.rglob("*.npy"):
-        assert np.array_equal(np.load(f), np.load(work / "emb_ddp" / f.relative_to(emb_t))), f
+    # Equal up to one fp16 rounding step: the two runs are separate processes, and oneDNN may pick other
+    # kernels (another summation order) in each, which moves a float32 value across an fp16 rounding
+    # boundary now and then (CI saw it once in 256x4x4 values).
+    files = sorted(emb_t.rglob("*.npy"))
+    assert len(files) == 6
+    for f in files:
+        got = np.load(work / "emb_ddp" / f.relative_to(emb_t)).astype(np.float32)
+        np.testing.assert_allclose(got, np.load(f).astype(np.float32), rtol=2**-10, atol=2**-14, err_msg=str(f))
     ckpt = load_checkpoint(work / "run_ddp" / "last.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
 
@@ -360,3 +500,47 @@ def test_val_self_is_one_and_perturbed_is_lower(work: Path, tiny_checkpoint: Pat
     assert s["embedding_mse"] > 0 and s["miou"] < 1.0
     assert s["prompts"] == same["prompts"]
     assert len(result["images"]) == 1 and len(result["images"][0]["box"]) == 2
+
+
+def test_val_checks_out_before_validating(work: Path, emb_b: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                          monkeypatch, capsys) -> None:
+    """Issue 13 item 15: a bad --out is refused before validation (which may take hours) runs, in one
+    line naming --out; a good one is written atomically, missing parent folders created."""
+    import mobilesam.train.val as val_mod
+
+    ran = []
+
+    def fake_validate(*args, **kwargs):
+        ran.append(args)
+        summary = {"miou": 0.5, "embedding_mse": 0.1, "images": 1, "prompts": {"point": 1, "two_points": 0, "box": 1}}
+        summary.update({"miou_point": 0.5, "miou_two_points": None, "miou_box": 0.5})
+        return {"summary": summary, "settings": {}, "images": []}
+
+    monkeypatch.setattr(val_mod, "validate", fake_validate)
+    base = ["val", "--model", str(tiny_checkpoint), "--teacher", str(tiny_checkpoint), "--data", str(work / "images"),
+            "--embeddings", str(emb_b), "--out"]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))  # even as root
+    bad = {
+        str(tmp_path): "is a folder",
+        str(work / "images" / "sub" / "im5.png"): "is an input of this run",
+        str(tiny_checkpoint): "is an input of this run",
+        str(emb_b / "val.json"): "is inside the --embeddings folder",
+        str(tiny_checkpoint / "val.json"): f"'{tiny_checkpoint}' is a file, not a folder",
+        str(locked / "new" / "val.json"): f"no permission to write in '{locked}'",
+    }
+    for out, why in bad.items():
+        rc = main([*base, out])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and err.startswith("mobilesam val: error: --out: ") and why in err, err
+    assert not ran
+
+    out = tmp_path / "new" / "deeper" / "val.json"
+    assert main([*base, str(out)]) == 0 and len(ran) == 1
+    assert json.loads(out.read_text())["summary"]["miou"] == 0.5
+    assert [p.name for p in out.parent.iterdir()] == ["val.json"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask

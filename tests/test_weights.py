@@ -12,6 +12,8 @@ import pickle
 import re
 import socket
 import threading
+import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +71,18 @@ class _Server:
                     self._headers(len(PAYLOAD))
                     self.wfile.flush()
                     server.release.wait(5)
+                elif self.path == "/stall.bin":
+                    # Some of the body, then nothing.
+                    self._headers(len(PAYLOAD))
+                    self.wfile.write(PAYLOAD[:5000])
+                    self.wfile.flush()
+                    server.release.wait(5)
+                elif self.path == "/trickle.bin":
+                    self._headers(4000)
+                    for start in range(0, 4000, 1000):
+                        self.wfile.write(PAYLOAD[start : start + 1000])
+                        self.wfile.flush()
+                        time.sleep(0.05)
                 else:
                     self.send_error(404)
 
@@ -241,10 +255,43 @@ def test_download_http_error(server: _Server, dl: Path) -> None:
 
 
 def test_download_timeout(server: _Server, dl: Path) -> None:
-    with pytest.raises(CheckpointError, match="timed out") as info:
+    with pytest.raises(CheckpointError, match="timed out: nothing received for 0.3 s") as info:
         download_file(f"{server.url}/slow.bin", dl / "s.bin", None, progress=False, timeout=0.3)
     assert isinstance(info.value.__cause__, TimeoutError)
     assert _files(dl) == []
+
+
+def test_download_stall_ends_with_a_clear_message(server: _Server, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """Issue 13 item 8: a connection that stops sending mid-file fails after DOWNLOAD_STALL_TIMEOUT
+    (read when called), saying it stalled, not "no network"."""
+    monkeypatch.setattr(weights, "DOWNLOAD_STALL_TIMEOUT", 0.3)
+    _point(monkeypatch, "mobile_sam.pt", f"{server.url}/stall.bin")
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as info:
+        resolve_weights("mobile_sam.pt", progress=False)
+    assert time.monotonic() - start < 3
+    msg = str(info.value)
+    assert "nothing received for 0.3 s" in msg and "stalled connection" in msg and "no network" not in msg
+    assert _files(tmp_path / "cache") == []
+
+
+def test_download_progress_moves_on_a_slow_connection(server: _Server, tmp_path: Path) -> None:
+    """Issue 13 item 8: the bar was updated once per 1 MiB read, so a slow (GB) download looked stalled."""
+
+    class Bar:
+        def __init__(self) -> None:
+            self.updates: list[int] = []
+
+        def update(self, n: int) -> None:
+            self.updates.append(n)
+
+    bar = Bar()
+    tmp = tmp_path / "t.part"
+    with urllib.request.urlopen(f"{server.url}/trickle.bin", timeout=5) as response, open(tmp, "wb") as out:
+        n, digest = weights._copy_response(response, out, bar, tmp)  # type: ignore[arg-type]
+    assert n == 4000 and tmp.read_bytes() == PAYLOAD[:4000] and digest == hashlib.sha256(PAYLOAD[:4000]).hexdigest()
+    assert len(bar.updates) > 1 and sum(bar.updates) == 4000
 
 
 def test_download_connection_refused(dl: Path) -> None:
@@ -318,6 +365,7 @@ def test_resolve_offline_missing(server: _Server, monkeypatch: pytest.MonkeyPatc
     assert str(expected_path) in msg
     assert entry.url in msg and "curl -L -o" in msg
     assert "MOBILESAM_OFFLINE" in msg and "MOBILESAM_HOME" in msg
+    assert "--model path/to/file.pt" in msg and 'SAM("path/to/file.pt")' in msg  # item 23: a local file will do
     assert server.hits == before  # no download was tried
     assert not (tmp_path / "cache").exists()
 
@@ -337,6 +385,7 @@ def test_resolve_no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert str(tmp_path / "cache" / "sam_vit_h_4b8939.pth") in msg
     assert entry.url in msg and "curl -L -o" in msg
     assert "MOBILESAM_OFFLINE" in msg and "MOBILESAM_HOME" in msg
+    assert "--model path/to/file.pt" in msg and 'SAM("path/to/file.pt")' in msg  # item 23: a local file will do
     assert _files(tmp_path / "cache") == []
 
 

@@ -6,6 +6,8 @@ as a YOLO segmentation dataset (and optionally COCO instance segmentation).
 
 Resumable (complete label files are skipped), atomic (a crash never leaves half a file), tolerant (an
 unreadable image is logged and counted) and distributed (under ``torchrun`` each rank takes a shard).
+With COCO output, each labelled image's COCO piece waits in ``output_dir/.coco_parts/`` until the end of
+the run merges them into one JSON and removes the folder: only an interrupted run leaves it, for its rerun.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +54,7 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("all", "largest")
 COCO_PARTS = ".coco_parts"  # per-image COCO pieces in output_dir, merged into one JSON at the end
 COCO_JSON = "instances.json"
+COCO_DESCRIPTION = "YOLO boxes -> SAM masks, written by mobilesam auto_annotate"
 # Masks of one decoder call are upsampled to full image size as float32: bound B x H x W per call.
 MAX_MASK_ELEMENTS = 2**27
 
@@ -200,6 +204,19 @@ def _final_names(known: dict[int, str], seen: set[int], previous: dict[int, str]
     return {i: known.get(i) or previous.get(i) or str(i) for i in range(top)}
 
 
+def _write_names(
+    output_dir: Path, data_root: Path, known: dict[int, str], seen: set[int], label_files: dict[Path, str]
+) -> dict[int, str]:
+    """Write ``classes.txt`` and ``data.yaml`` for the classes known or seen (and an earlier run's);
+    returns the names written."""
+    clash = (output_dir / CLASSES_FILE) in label_files
+    names = _final_names(known, seen, {} if clash else _read_names(output_dir / CLASSES_FILE))
+    if clash:
+        logger.warning("auto_annotate: an image is named 'classes': classes.txt not written, see data.yaml")
+    write_dataset_files(output_dir, data_root, names, classes_txt=not clash)
+    return names
+
+
 DATA_YAML_COMMENT = (
     "YOLO segmentation dataset written by mobilesam auto_annotate.\n"
     "Ultralytics finds an image's label by replacing '/images/' with '/labels/' in its path: to train,\n"
@@ -217,19 +234,55 @@ def write_dataset_files(output_dir: Path, data_root: Path, names: dict[int, str]
     )
 
 
+def previous_coco(path: Path | None) -> dict[str, dict[str, Any]]:
+    """The images of a COCO JSON that an earlier run wrote at ``path``, as parts (file name -> ``file_name,
+    width, height, annotations``): a finished run keeps no parts, and its JSON is what a rerun resumes from.
+    Any other file at ``path`` gives nothing (and is replaced at the end)."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        doc = coco.read_coco(path)
+        if not isinstance(doc.get("info"), dict) or doc["info"].get("description") != COCO_DESCRIPTION:
+            return {}
+        anns: dict[int, list[dict[str, Any]]] = {}
+        for a in doc["annotations"]:
+            part = {k: v for k, v in a.items() if k not in ("id", "image_id")}
+            anns.setdefault(int(a["image_id"]), []).append(part)
+        return {
+            str(im["file_name"]): {
+                "file_name": str(im["file_name"]),
+                "width": int(im["width"]),
+                "height": int(im["height"]),
+                "annotations": anns.get(int(im["id"]), []),
+            }
+            for im in doc["images"]
+        }
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("auto_annotate: '%s' cannot be read back (%s): its images are labelled again", path, e)
+        return {}
+
+
 def merge_coco(
-    output_dir: Path, names_list: Sequence[str], names: dict[int, str], detector: Detector, path: Path
+    output_dir: Path,
+    names_list: Sequence[str],
+    names: dict[int, str],
+    detector: Detector,
+    path: Path,
+    previous: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[Path, int]:
-    """Merge the per-image COCO parts of ``names_list`` (image order) into one COCO instance-segmentation
-    JSON with RLE masks; returns its path and the number of images without a part (failed)."""
+    """Merge the per-image COCO parts of ``names_list`` (image order), else their ``previous`` records,
+    into one COCO instance-segmentation JSON with RLE masks; returns its path and the number of images
+    with neither (failed)."""
     parts = []
     missing = 0
     for name in names_list:
         p = coco_part_path(output_dir, name)
-        if not p.is_file():
+        if p.is_file():
+            parts.append(json.loads(p.read_text(encoding="utf-8")))
+        elif previous and name in previous:
+            parts.append({"id": detector.image_id(name), **previous[name]})
+        else:
             missing += 1
-            continue
-        parts.append(json.loads(p.read_text(encoding="utf-8")))
     kept_ids = [int(pt["id"]) for pt in parts if pt.get("id") is not None]
     base = max(kept_ids, default=0)
     images, annotations = [], []
@@ -238,7 +291,7 @@ def merge_coco(
         images.append(coco.image_record(img_id, pt["file_name"], pt["width"], pt["height"]))
         annotations.extend({"image_id": img_id, **a} for a in pt["annotations"])
     info = {
-        "description": "YOLO boxes -> SAM masks, written by mobilesam auto_annotate",
+        "description": COCO_DESCRIPTION,
         "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     cats = coco.category_records(names, detector.category_id)
@@ -318,15 +371,17 @@ def auto_annotate(
     save_coco: bool | str | os.PathLike = False,
     strategy: str = "all",
     backend: str = "torch",
+    trust_weights: bool = False,
     verbose: bool = True,
 ) -> AnnotateSummary:
     """Label a folder of images with segmentation masks: detector boxes -> SAM masks -> YOLO polygons.
 
     Args:
         data: folder of images (subfolders included) or one image file.
-        det_model: Ultralytics weights (``"yolo11x.pt"``, needs ``pip install 'mobilesam[annotate-yolo]'``),
-            a torchvision model name (``"fasterrcnn_resnet50_fpn_v2"``), a folder of YOLO box labels, a
-            COCO box JSON, a :class:`~mobilesam.detectors.Detector`, or a callable
+        det_model: Ultralytics weights (``"yolo11x.pt"``, needs ``pip install 'mobilesam[annotate-yolo]'``;
+            a ``.pt`` file other than the official ones needs ``trust_weights``), a torchvision model name
+            (``"fasterrcnn_resnet50_fpn_v2"``), a folder of YOLO box labels, a COCO box JSON, a
+            :class:`~mobilesam.detectors.Detector`, or a callable
             ``image (H, W, 3) RGB uint8 -> (boxes XYXY, class_ids, scores[, names])``.
         sam_model: SAM checkpoint path or weights name, a ``Sam``, an exported folder (ONNX backends) or a
             predictor of any backend. backend: a name from ``mobilesam.backends.available_backends()``.
@@ -337,13 +392,18 @@ def auto_annotate(
         output_dir: default ``<data>_auto_annotate_labels`` beside ``data``.
         overwrite: redo images whose label file exists (default: skip them, so a rerun resumes).
         save_coco: also write a COCO instance-segmentation JSON with RLE masks (``True``: ``output_dir/
-            instances.json``; or a path).
+            instances.json``; or a path). Per-image pieces wait in ``output_dir/.coco_parts/`` until the
+            end of the run, which removes them (an interrupted run leaves them for its rerun).
         strategy: ``"all"`` joins every part of a mask into one polygon (as Ultralytics); ``"largest"``
             keeps the largest part.
+        trust_weights: load Ultralytics weights that are not official (by SHA-256): they are pickles of
+            Python objects, and loading one runs code from the file.
         verbose: progress bar and summary (rank 0).
 
     Writes one ``.txt`` per image (``class x1 y1 x2 y2 ...`` normalised, one line per object in
-    detection order, empty for an image without objects), ``classes.txt`` and ``data.yaml``.
+    detection order, empty for an image without objects), ``classes.txt`` and ``data.yaml`` (also when
+    an error stops the run, for what it labelled). Unreadable or unusable images (a decompression bomb,
+    an image too thin for the detector) are logged, counted as failed and retried by the next run.
     Returns an :class:`AnnotateSummary`.
     """
     t0 = time.perf_counter()
@@ -364,13 +424,17 @@ def auto_annotate(
     pool: ThreadPoolExecutor | None = None
     try:
         dev = _pick_device(device, dist)
-        detector = make_detector(det_model, device=dev)
+        detector = make_detector(det_model, device=dev, trust_weights=trust_weights)
         _check_not_overwriting_input(detector, out, coco_path)
         detector.configure(conf=float(conf), iou=float(iou), imgsz=imgsz, max_det=max_det, classes=classes, device=dev)
         out.mkdir(parents=True, exist_ok=True)
 
+        previous = previous_coco(coco_path)
+
         def complete(i: int) -> bool:
-            return labels[i].is_file() and (coco_path is None or coco_part_path(out, names_list[i]).is_file())
+            if not labels[i].is_file():
+                return False
+            return coco_path is None or names_list[i] in previous or coco_part_path(out, names_list[i]).is_file()
 
         pending = [i for i in range(len(names_list)) if overwrite or not complete(i)]
         dist.barrier()  # every rank has its pending list before anyone writes
@@ -382,10 +446,8 @@ def auto_annotate(
         # Mask -> polygon work runs on CPU threads while the next image waits; ranks of a node share the cores.
         workers = min(8, (os.cpu_count() or 1) // max(dist.local_world, 1))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="annotate") if workers > 1 and shard else None
-        bar = tqdm(
-            shard, desc="auto_annotate", unit="img", disable=not (verbose and dist.rank == 0), dynamic_ncols=True
-        )
-        for i in bar:
+
+        def annotate_one(i: int) -> None:
             name = names_list[i]
             try:
                 try:
@@ -400,7 +462,7 @@ def auto_annotate(
                 stats["failed"] += 1
                 failed_files.append(name)
                 logger.warning("auto_annotate: %s skipped: %s", name, e)
-                continue
+                return
             lines, anns, empty = _label_image(predictor, image, dets, detector, strategy, coco_path is not None, pool)
             if empty:
                 logger.warning(
@@ -419,7 +481,28 @@ def auto_annotate(
             stats["objects"] += len(lines)
             stats["empty_masks"] += len(empty)
             stats["background"] += int(len(dets) == 0)
-            bar.set_postfix(objects=stats["objects"], failed=stats["failed"], refresh=False)
+
+        # Counted by hand: every image (labelled, failed or not) moves the bar, so a finished run ends at 100%.
+        bar = tqdm(
+            total=len(shard), desc="auto_annotate", unit="img", disable=not (verbose and dist.rank == 0),
+            dynamic_ncols=True,
+        )  # fmt: skip
+        try:
+            for i in shard:
+                try:
+                    annotate_one(i)
+                finally:
+                    bar.set_postfix(objects=stats["objects"], failed=stats["failed"], refresh=False)
+                    bar.update(1)
+        except BaseException:
+            bar.close()
+            if stats["annotated"]:
+                # What was labelled stays a usable dataset; the COCO parts stay for the rerun to merge.
+                try:
+                    _write_names(out, root, detector.names, seen, seen_label)
+                except Exception as e:  # noqa: BLE001 - the error that stopped the run is the one to report
+                    logger.warning("auto_annotate: classes.txt / data.yaml not written: %s", e)
+            raise
         bar.close()
         note = detector.report()
         if note:
@@ -442,13 +525,11 @@ def auto_annotate(
             all_seen.update(sn)
             known.update(nm)
         if dist.rank == 0:
-            clash = (out / CLASSES_FILE) in seen_label
-            names = _final_names(known, all_seen, {} if clash else _read_names(out / CLASSES_FILE))
-            if clash:
-                logger.warning("auto_annotate: an image is named 'classes': classes.txt not written, see data.yaml")
-            write_dataset_files(out, root, names, classes_txt=not clash)
+            names = _write_names(out, root, known, all_seen, seen_label)
             if coco_path is not None:
-                merge_coco(out, names_list, names, detector, coco_path)
+                merge_coco(out, names_list, names, detector, coco_path, previous)
+                # Every rank is done: the JSON holds all the parts, which a rerun no longer needs.
+                shutil.rmtree(out / COCO_PARTS, ignore_errors=True)
         dist.barrier()  # every rank returns once the dataset files are complete
         summary.coco_json = coco_path
         summary.seconds = time.perf_counter() - t0

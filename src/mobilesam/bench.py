@@ -338,71 +338,73 @@ def run_benchmark(
     backends = list(dict.fromkeys([*backends, *([OFFICIAL] if vs_official else [])]))
     check_options(backends, rounds, runs, prompts)
     plugin_modules = _plugin_modules(backends)
-    tmp = Path(tempfile.mkdtemp(prefix="mobilesam-bench-"))
-    note = ""
-    try:
-        ckpt = Path(resolve_weights(model))
-    except CheckpointError:
-        if not random_weights:
-            raise
-        ckpt = make_random_checkpoint("vit_t", tmp / "random_vit_t.pt")
-        note = f"weights: '{model}' not available; a randomly initialised vit_t checkpoint was used"
-    sd = load_state_dict(ckpt)
-    model_type = detect_model_type(sd)
-    params = sum(v.numel() for k, v in sd.items() if v.is_floating_point())
-    if image:
-        image_path = Path(image)
-        img_shape = read_image(image_path).shape
-    else:
-        from PIL import Image
+    # Removed on every way out: success, a failed backend, Ctrl-C.
+    with tempfile.TemporaryDirectory(prefix="mobilesam-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        note = ""
+        try:
+            ckpt = Path(resolve_weights(model))
+        except CheckpointError:
+            if not random_weights:
+                raise
+            ckpt = make_random_checkpoint("vit_t", tmp / "random_vit_t.pt")
+            note = f"weights: '{model}' not available; a randomly initialised vit_t checkpoint was used"
+        sd = load_state_dict(ckpt)
+        model_type = detect_model_type(sd)
+        params = sum(v.numel() for k, v in sd.items() if v.is_floating_point())
+        if image:
+            image_path = Path(image)
+            img_shape = read_image(image_path).shape
+        else:
+            from PIL import Image
 
-        image_path = tmp / "bench.png"
-        img = synthetic_image()
-        Image.fromarray(img).save(image_path)
-        img_shape = img.shape
-    onnx_dir = None
-    if any(b.startswith(ONNX_PREFIX) for b in backends):
-        onnx_dir = ensure_onnx(ckpt, quantize=f"{ONNX_PREFIX}-int8" in backends)
-    samples: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
-    masks: dict[str, Path] = {}
-    for r in range(rounds):
-        order = backends[r % len(backends):] + backends[: r % len(backends)]  # rotate who goes first
-        for b in order:
-            m = tmp / f"masks-{b}.npz" if r == 0 else None
-            print(f"round {r + 1}/{rounds}: {b}", file=sys.stderr)
-            result, failure = _run_in_process("backend", {
-                "backend": b, "checkpoint": str(ckpt), "image_path": str(image_path),
-                "onnx_dir": str(onnx_dir) if onnx_dir else None, "runs": runs, "prompts": prompts, "batch": batch,
-                "masks_out": str(m) if m else None, "threads": threads, "plugin_modules": plugin_modules,
-            }, tmp)
-            if result is None:
-                raise RuntimeError(f"benchmark: backend {b!r} failed: {' | '.join(failure)}")
-            samples[b].append(result)
-            if m is not None:
-                masks[b] = m
-    ref_iou = "torch" if "torch" in masks else (OFFICIAL if OFFICIAL in masks else None)
-    rows = []
-    for b in backends:
-        enc = float(np.median([x for s in samples[b] for x in s["encoder_s"]])) * 1e3
-        dec = float(np.median([x for s in samples[b] for x in s["decoder_s"]])) * 1e3
-        size = (sum(Path(onnx_dir, f).stat().st_size for f in _onnx_files(onnx_dir, b))
-                if b.startswith(ONNX_PREFIX) else ckpt.stat().st_size) / 1e6
-        iou = None
-        if ref_iou and b != ref_iou and b in masks:
-            iou = mask_iou(_load_masks(masks[ref_iou]), _load_masks(masks[b])).tolist()
-        rows.append({
-            "backend": b, "size_mb": size, "enc": enc, "dec": dec, "total": enc + dec,
-            "peak_enc": max(s["peak_encoder_mb"] for s in samples[b]),
-            "peak_batch": max((s.get("peak_batch_mb", float("nan")) for s in samples[b])),
-            "batch": float(np.median([s.get("batch_s", float("nan")) for s in samples[b]])) * 1e3,
-            "iou": iou, "threads": samples[b][0]["threads"],
-        })
-    lines = _report(rows, model_type, params, img_shape, note, ref_iou, rounds, runs, prompts, threads)
-    if command:
-        lines.append(f"Command: {command}")
-    if peers:
-        lines += ["", *_peers(str(image) if image else None, runs, tmp)]
-    return "\n".join(lines)
+            image_path = tmp / "bench.png"
+            img = synthetic_image()
+            Image.fromarray(img).save(image_path)
+            img_shape = img.shape
+        onnx_dir = None
+        if any(b.startswith(ONNX_PREFIX) for b in backends):
+            onnx_dir = ensure_onnx(ckpt, quantize=f"{ONNX_PREFIX}-int8" in backends)
+        samples: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+        masks: dict[str, Path] = {}
+        for r in range(rounds):
+            order = backends[r % len(backends):] + backends[: r % len(backends)]  # rotate who goes first
+            for b in order:
+                m = tmp / f"masks-{b}.npz" if r == 0 else None
+                print(f"round {r + 1}/{rounds}: {b}", file=sys.stderr)
+                result, failure = _run_in_process("backend", {
+                    "backend": b, "checkpoint": str(ckpt), "image_path": str(image_path),
+                    "onnx_dir": str(onnx_dir) if onnx_dir else None, "runs": runs, "prompts": prompts, "batch": batch,
+                    "masks_out": str(m) if m else None, "threads": threads, "plugin_modules": plugin_modules,
+                }, tmp)
+                if result is None:
+                    raise RuntimeError(f"benchmark: backend {b!r} failed: {' | '.join(failure)}")
+                samples[b].append(result)
+                if m is not None:
+                    masks[b] = m
+        ref_iou = "torch" if "torch" in masks else (OFFICIAL if OFFICIAL in masks else None)
+        rows = []
+        for b in backends:
+            enc = float(np.median([x for s in samples[b] for x in s["encoder_s"]])) * 1e3
+            dec = float(np.median([x for s in samples[b] for x in s["decoder_s"]])) * 1e3
+            size = (sum(Path(onnx_dir, f).stat().st_size for f in _onnx_files(onnx_dir, b))
+                    if b.startswith(ONNX_PREFIX) else ckpt.stat().st_size) / 1e6
+            iou = None
+            if ref_iou and b != ref_iou and b in masks:
+                iou = mask_iou(_load_masks(masks[ref_iou]), _load_masks(masks[b])).tolist()
+            rows.append({
+                "backend": b, "size_mb": size, "enc": enc, "dec": dec, "total": enc + dec,
+                "peak_enc": max(s["peak_encoder_mb"] for s in samples[b]),
+                "peak_batch": max((s.get("peak_batch_mb", float("nan")) for s in samples[b])),
+                "batch": float(np.median([s.get("batch_s", float("nan")) for s in samples[b]])) * 1e3,
+                "iou": iou, "threads": samples[b][0]["threads"],
+            })
+        lines = _report(rows, model_type, params, img_shape, note, ref_iou, rounds, runs, prompts, threads)
+        if command:
+            lines.append(f"Command: {command}")
+        if peers:
+            lines += ["", *_peers(str(image) if image else None, runs, tmp)]
+        return "\n".join(lines)
 
 
 def _onnx_files(folder: Path, backend: str) -> list[str]:

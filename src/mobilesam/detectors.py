@@ -4,7 +4,10 @@ A detector turns an image (H, W, 3) uint8 RGB into :class:`Detections` (XYXY pix
 scores) and knows its class names. Implementations:
 
 * :class:`UltralyticsDetector`: YOLO / RT-DETR weights (``yolo11x.pt``) via the optional, AGPL-licensed
-  ``ultralytics`` package (``pip install 'mobilesam[annotate-yolo]'``), imported only when asked for;
+  ``ultralytics`` package (``pip install 'mobilesam[annotate-yolo]'``), imported only when asked for.
+  Ultralytics ``.pt`` weights are pickled Python objects, so loading one runs code from the file: only
+  the official files of :data:`ULTRALYTICS_WEIGHTS` (checked by SHA-256) load without
+  ``trust_weights=True``;
 * :class:`TorchvisionDetector`: torchvision detection models by name (``fasterrcnn_resnet50_fpn_v2``, ...)
   with COCO class names, pretrained or from a local state_dict (``pip install 'mobilesam[annotate]'``);
 * :class:`YoloLabelsDetector` / :class:`CocoBoxesDetector`: existing box labels (a folder of YOLO
@@ -18,9 +21,12 @@ scores) and knows its class names. Implementations:
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +75,41 @@ TORCHVISION_MODELS = (
 
 # What Ultralytics loads: weights and exported models (det_model="best.pt", "yolo11n.onnx", ...).
 ULTRALYTICS_SUFFIXES = (".pt", ".yaml", ".yml", ".onnx", ".engine", ".torchscript", ".mlpackage", ".tflite", ".pb")
+# Of those, the ones Ultralytics reads without unpickling Python objects (a model config, exported graphs);
+# anything else (.pt, .pth, a bare name, a URL) goes through torch.load(weights_only=False).
+ULTRALYTICS_NOT_PICKLED = (".yaml", ".yml", ".onnx", ".engine", ".torchscript", ".mlpackage", ".tflite", ".pb")
+
+ULTRALYTICS_RELEASES = "https://github.com/ultralytics/assets/releases/download"
+# Official Ultralytics weights that load without trust_weights: file name -> (release tag, SHA-256 of the
+# file at ULTRALYTICS_RELEASES/TAG/NAME, SHA-256 of other official releases of the name). The hashes are
+# those of the ultralytics/assets release files (v8.3.0 and v8.4.0 hold the same bytes; yolov8n.pt of
+# v0.0.0 differs), each as pinned by several independent projects. Other names need trust_weights=True.
+ULTRALYTICS_WEIGHTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "yolo11n.pt": ("v8.3.0", "0ebbc80d4a7680d14987a577cd21342b65ecfd94632bd9a8da63ae6417644ee1", ()),
+    "yolo11s.pt": ("v8.3.0", "85a76fe86dd8afe384648546b56a7a78580c7cb7b404fc595f97969322d502d5", ()),
+    "yolo11m.pt": ("v8.3.0", "d5ffc1a674953a08e11a8d21e022781b1b23a19b730afc309290bd9fb5305b95", ()),
+    "yolo11l.pt": ("v8.3.0", "9ebd0e09d59811db4b1d61e2bc6730649608b1ac47f8dd01e2da6bca7c20023f", ()),
+    "yolo11x.pt": ("v8.3.0", "7bc158aa95c0ebfdd87f70f01653c1131b93e92522dbe15c228bcd742e773a24", ()),
+    "yolo11n-seg.pt": ("v8.3.0", "55ed65c56c91713d23e8402371c6c49a6fd84f257f7dce452e8d70e41dcbe152", ()),
+    "yolo11s-seg.pt": ("v8.3.0", "1caa81c0195412efa411b632bcfb8c184939dddb6ae41f6a80c41b211ff257c3", ()),
+    "yolo11m-seg.pt": ("v8.3.0", "eb9a06f63e2206c35d68d839b08c362429ebecf933ad54c1ad68b2fd001c17cf", ()),
+    "yolo11l-seg.pt": ("v8.3.0", "cabe90049795dfc9a370b7934d6dec7f6b9e44a20e573b0ff81b7e205512c872", ()),
+    "yolo11x-seg.pt": ("v8.3.0", "4e53a5f5fd3ee2ae3361c62169c6bb3ed4ae251dd0e57606e230955aa52d919c", ()),
+    "yolov8n.pt": (
+        "v8.3.0",
+        "f59b3d833e2ff32e194b5bb8e08d211dc7c5bdf144b90d2c8412c47ccfc83b36",
+        ("31e20dde3def09e2cf938c7be6fe23d9150bbbe503982af13345706515f2ef95",),  # the v0.0.0 release
+    ),
+    "yolov8s.pt": ("v8.3.0", "1f47a78bf100391c2a140b7ac73a1caae18c32779be7d310658112f7ac9aa78a", ()),
+    "yolov8m.pt": ("v8.3.0", "5d4a90cdc7a21786cc59cd19778e9eafff836df9e2da32524737c7ee6efe4fe5", ()),
+    "yolov8l.pt": ("v8.3.0", "64c9115303f6a25575f82200d1b22ec409fa6bd7d08d0313884fc20d919478cd", ()),
+    "yolov8x.pt": ("v8.3.0", "3df4ada6b4dad6d657868f2fdf7faecfb34dcfccf3a25c4b82079064718524c8", ()),
+    "yolov8n-seg.pt": ("v8.3.0", "a7cd8f929e1903d78a12a48efecab430209f18dc46cb96c3599a5980c63c423c", ()),
+    "yolov8s-seg.pt": ("v8.3.0", "0bac0770b55e5eb5b76a61bc535673288dcec36c2bc0cd25ee0d584c632f3413", ()),
+    "yolov8m-seg.pt": ("v8.3.0", "51fa7e5ef385efa6d5b1d8e31b73399be6ed5d7ca71bda4bd4b2794bb445c4f4", ()),
+    "yolov8l-seg.pt": ("v8.3.0", "ca3ec94c445aeaf79c2b57982fb451060f18a7561e2c20b4d26bb9dc1fcabf93", ()),
+    "yolov8x-seg.pt": ("v8.3.0", "c333d6a7aff884ec821050eacdab29871f3edd10d996cf48746a02f8e01f1b5d", ()),
+}  # fmt: skip
 
 # Boxes kept for NMS, best first (the NMS here holds an N x N IoU matrix: 5000 boxes take 100 MB).
 MAX_NMS = 5000
@@ -485,23 +526,123 @@ class CocoBoxesDetector(Detector):
 # Models
 
 
-class UltralyticsDetector(Detector):
-    """Ultralytics YOLO (or RT-DETR) weights, e.g. ``yolo11x.pt``; needs the optional ``ultralytics`` package."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    def __init__(self, weights: str | os.PathLike = "yolo11x.pt", device: str | torch.device | None = None) -> None:
+
+def _pickle_refused(what: str, why: str = "") -> ValueError:
+    return ValueError(
+        f"det_model: {what} is a pickle of Python objects (Ultralytics weights are){why}: loading it runs code "
+        "from the file. Pass trust_weights=True if you trust its source"
+    )
+
+
+def _check_official(path: Path, name: str) -> None:
+    """Refuse ``path`` unless its SHA-256 is one of the official releases of ``name``."""
+    tag, sha, older = ULTRALYTICS_WEIGHTS[name]
+    url = f"{ULTRALYTICS_RELEASES}/{tag}/{name}"
+    digest = _sha256(path)
+    if digest not in (sha, *older):
+        raise _pickle_refused(
+            f"'{path}'",
+            f", named like the official {name} but with SHA-256 {digest}, not the {sha} of {url}",
+        )
+
+
+def ultralytics_weights(weights: str | os.PathLike, trust_weights: bool = False) -> str:
+    """What to hand to Ultralytics for ``weights``, once loading it is safe; reads no pickle itself.
+
+    Model configs and exported models (:data:`ULTRALYTICS_NOT_PICKLED`) pass as they are. Anything else
+    (``.pt`` weights, a URL) is a pickle of Python objects, which Ultralytics loads with
+    ``torch.load(weights_only=False)``: it passes with ``trust_weights=True``, or when it is an official file
+    of :data:`ULTRALYTICS_WEIGHTS` by its SHA-256. A bare official name that is not in the current folder
+    is taken from (or downloaded into, checked) ``<cache_dir>/ultralytics/``.
+    """
+    spec = os.fspath(weights)
+    path = Path(spec).expanduser()
+    if trust_weights or path.suffix.lower() in ULTRALYTICS_NOT_PICKLED:
+        return spec
+    if "://" in spec:
+        raise _pickle_refused(f"'{spec}'", " (downloaded from a URL)")
+    name = path.name if path.suffix else f"{path.name}.pt"  # Ultralytics reads 'yolo11n' as yolo11n.pt
+    known = name in ULTRALYTICS_WEIGHTS
+    if path.is_file():
+        if not known:
+            raise _pickle_refused(f"'{spec}'")
+        _check_official(path, name)
+        return str(path)
+    if path.exists():
+        raise ValueError(f"det_model: '{spec}' is not a weights file")
+    if Path(spec).parent != Path("."):
+        raise FileNotFoundError(f"det_model: weights file '{spec}' not found")
+    if known and Path(name).is_file():  # 'yolo11n' for the yolo11n.pt Ultralytics downloaded here earlier
+        _check_official(Path(name), name)
+        return name
+    if not known:
+        raise _pickle_refused(
+            f"'{spec}'", ", not a file here nor one of the official weights mobilesam knows, which Ultralytics "
+            "would download"
+        )
+    # Ultralytics would download an official name and load it unchecked: fetch it into the cache instead,
+    # and check it before anything reads it.
+    from .weights import cache_dir, download_file, is_offline
+
+    cached = cache_dir() / "ultralytics" / name
+    tag, sha, _ = ULTRALYTICS_WEIGHTS[name]
+    url = f"{ULTRALYTICS_RELEASES}/{tag}/{name}"
+    if not cached.is_file():
+        if is_offline():
+            raise ValueError(
+                f"det_model: '{name}' is not in the current folder nor in {cached.parent}, and downloads are off "
+                f"(MOBILESAM_OFFLINE): download {url} there (SHA-256 {sha})"
+            )
+        logger.info("downloading %s from %s to %s", name, url, cached)
+        download_file(url, cached, sha)
+    _check_official(cached, name)
+    return str(cached)
+
+
+def _has_ultralytics() -> bool:
+    # find_spec locates the package without importing (running) any of it.
+    if "ultralytics" in sys.modules:
+        return sys.modules["ultralytics"] is not None
+    try:
+        return importlib.util.find_spec("ultralytics") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class UltralyticsDetector(Detector):
+    """Ultralytics YOLO (or RT-DETR) weights, e.g. ``yolo11x.pt``; needs the optional ``ultralytics`` package.
+
+    ``.pt`` weights are pickled Python objects: they load only when official (by SHA-256, see
+    :data:`ULTRALYTICS_WEIGHTS`) or with ``trust_weights=True``; see :func:`ultralytics_weights`.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike = "yolo11x.pt",
+        device: str | torch.device | None = None,
+        trust_weights: bool = False,
+    ) -> None:
         super().__init__()
-        try:
-            import ultralytics
-        except ImportError:
+        if not _has_ultralytics():
             raise ImportError(
                 f"det_model={str(weights)!r} is an Ultralytics YOLO model and needs the optional 'ultralytics' "
                 "package (AGPL-3.0), which is not installed. Install it with: pip install 'mobilesam[annotate-yolo]' "
                 "(or pip install ultralytics). Without it, use a torchvision detector "
                 "(det_model='fasterrcnn_resnet50_fpn_v2'), existing box labels (a folder of YOLO .txt files or "
                 "a COCO JSON) or a Python callable."
-            ) from None
-        cls = ultralytics.RTDETR if "rtdetr" in Path(str(weights)).name.lower() else ultralytics.YOLO
-        self.model = cls(str(weights))
+            )
+        source = ultralytics_weights(weights, trust_weights)  # before ultralytics is imported or reads a byte
+        import ultralytics
+
+        cls = ultralytics.RTDETR if "rtdetr" in Path(source).name.lower() else ultralytics.YOLO
+        self.model = cls(source)
         self.device = device
         self.names = {int(k): str(v) for k, v in dict(self.model.names).items()}
         self._kwargs: dict[str, Any] = {}
@@ -612,6 +753,16 @@ class TorchvisionDetector(Detector):
 
     @torch.no_grad()
     def detect(self, image: np.ndarray, name: str) -> Detections:
+        h, w = image.shape[:2]
+        t = getattr(self.model, "transform", None)
+        if t is not None and getattr(t, "fixed_size", None) is None and hasattr(t, "min_size"):
+            # The model rescales by this factor and floors the size: under 1 pixel is an error deep in torch.
+            scale = min(t.min_size[-1] / min(h, w), t.max_size / max(h, w))
+            if int(min(h, w) * scale) < 1:
+                raise AnnotationInputError(
+                    f"image of {w}x{h} pixels is too thin for torchvision {self.name!r}: scaled to a longest side "
+                    f"of {t.max_size} it is under 1 pixel {'high' if h < w else 'wide'}"
+                )
         x = torch.from_numpy(np.array(image, copy=True)).to(self.device or "cpu").permute(2, 0, 1).float() / 255.0
         out = self.model([x])[0]
         labels = out["labels"].cpu().numpy()
@@ -632,13 +783,16 @@ class TorchvisionDetector(Detector):
 # ----------------------------------------------------------------------------------------------------
 
 
-def make_detector(det_model: Any, device: str | torch.device | None = None) -> Detector:
+def make_detector(
+    det_model: Any, device: str | torch.device | None = None, *, trust_weights: bool = False
+) -> Detector:
     """A :class:`Detector` from what the user gave.
 
     * a ``Detector``: as is; any other callable: :class:`CallableDetector`;
     * a folder: YOLO box labels; a ``.json`` file: COCO box labels;
     * a torchvision detection model name (``fasterrcnn_resnet50_fpn_v2``, or ``torchvision:NAME``): pretrained;
-    * anything else (``yolo11x.pt``, ``runs/train/weights/best.pt``): Ultralytics weights.
+    * anything else (``yolo11x.pt``, ``runs/train/weights/best.pt``): Ultralytics weights, which load only
+      when official (by SHA-256) or with ``trust_weights=True`` (they are pickles: loading runs their code).
     """
     if isinstance(det_model, Detector):
         return det_model
@@ -660,7 +814,7 @@ def make_detector(det_model: Any, device: str | torch.device | None = None) -> D
     if spec in TORCHVISION_MODELS:
         return TorchvisionDetector(spec, device=device)
     if path.suffix.lower() in ULTRALYTICS_SUFFIXES or path.name.lower().startswith(("yolo", "rtdetr")):
-        return UltralyticsDetector(spec, device=device)
+        return UltralyticsDetector(spec, device=device, trust_weights=trust_weights)
     raise ValueError(
         f"det_model: {spec!r} is not an existing folder of YOLO box labels, a COCO box .json, a torchvision model "
         f"name ({', '.join(TORCHVISION_MODELS)}) or Ultralytics weights (yolo11x.pt, path/to/best.pt)"
@@ -671,6 +825,7 @@ __all__ = [
     "COCO80_NAMES",
     "COCO80_TO_91",
     "TORCHVISION_MODELS",
+    "ULTRALYTICS_WEIGHTS",
     "AnnotationInputError",
     "CallableDetector",
     "CocoBoxesDetector",
@@ -681,4 +836,5 @@ __all__ = [
     "YoloLabelsDetector",
     "filter_detections",
     "make_detector",
+    "ultralytics_weights",
 ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -12,6 +14,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm")
+
+# Seconds a whole image download (``read_url``) may take, connection to last byte. The socket timeout
+# bounds each read only, so without it a server trickling a byte a second holds a run forever.
+URL_DEADLINE = 120.0
+
+
+def _bomb_reason(e: Image.DecompressionBombError) -> str:
+    """PIL's decompression-bomb refusal, with the way out (PIL's own words, then ours)."""
+    return (
+        f"{type(e).__name__}: {e} PIL refuses images of over twice PIL.Image.MAX_IMAGE_PIXELS "
+        f"({Image.MAX_IMAGE_PIXELS:,}) pixels as possible decompression bombs: raise it if you trust the file"
+    )
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -42,6 +56,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(p) as img:
             img = ImageOps.exif_transpose(img)
             return _pil_to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image: cannot read '{p}' as an image ({_bomb_reason(e)})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image: cannot read '{p}' as an image ({type(e).__name__}: {e})") from None
 
@@ -112,33 +128,120 @@ def is_url(source: object) -> bool:
     return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
 
 
-def read_url(url: str, timeout: float = 20.0, max_bytes: int = 100 * 2**20) -> np.ndarray:
+class _Deadline:
+    """Shuts the sockets of a download down when ``seconds`` have passed, which ends any read blocked
+    on them; ``expired`` tells the reader why its data stopped."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired.is_set():
+                self._shutdown(sock)
+        return sock
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            for sock in self._sockets:
+                self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already, or detached into the TLS socket that is watched too
+
+    def opener(self) -> Any:
+        """A urllib opener whose http and https connections are watched."""
+        import urllib.request
+
+        deadline = self
+
+        class Watched:
+            def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+                class Connection(http_class):
+                    def __init__(self, *args: Any, **kw: Any) -> None:
+                        super().__init__(*args, **kw)
+                        # The TCP socket as soon as it exists, so the deadline also covers a proxy's
+                        # CONNECT answer (the TLS handshake after it detaches this socket: timeout-bound).
+                        create = self._create_connection
+                        self._create_connection = lambda *a, **k: deadline.watch(create(*a, **k))
+
+                    def connect(self) -> None:
+                        super().connect()
+                        deadline.watch(self.sock)
+
+                return super().do_open(Connection, req, **kwargs)
+
+        class HTTP(Watched, urllib.request.HTTPHandler):
+            pass
+
+        class HTTPS(Watched, urllib.request.HTTPSHandler):
+            pass
+
+        return urllib.request.build_opener(HTTP, HTTPS)
+
+
+def read_url(
+    url: str, timeout: float = 20.0, max_bytes: int = 100 * 2**20, deadline: float | None = None
+) -> np.ndarray:
     """Download an image over http(s) into memory and decode it as HxWx3 uint8 RGB.
 
-    Network failures raise ``ConnectionError`` naming the address; a body that is not an image
-    raises ``ValueError``; bodies over ``max_bytes`` are refused.
+    ``timeout`` bounds each network operation, ``deadline`` (default :data:`URL_DEADLINE`, read at call
+    time) the whole download. Network failures and a passed deadline raise ``ConnectionError`` naming
+    the address; a body that is not an image raises ``ValueError``; bodies over ``max_bytes`` are refused.
     """
+    import http.client
     import io as _io
     import urllib.error
     import urllib.request
 
+    limit = URL_DEADLINE if deadline is None else deadline
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        raise ValueError(f"deadline: expected a number of seconds > 0, got {limit!r}")
     request = urllib.request.Request(url, headers={"User-Agent": "mobilesam"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read(max_bytes + 1)
-    except urllib.error.HTTPError as e:
-        raise ConnectionError(f"source: '{url}' answered HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
+    failure: str | None = None
+    with _Deadline(limit) as watch:
+        try:
+            with watch.opener().open(request, timeout=min(timeout, limit)) as response:
+                data = response.read(max_bytes + 1)
+        except urllib.error.HTTPError as e:
+            failure = f"source: '{url}' answered HTTP {e.code} {e.reason}"
+        except urllib.error.URLError as e:
+            failure = (f"source: cannot download '{url}' ({e.reason}); no network? Download the image and pass "
+                       "its file path")
+        except (OSError, http.client.HTTPException) as e:
+            failure = f"source: downloading '{url}' failed ({type(e).__name__}: {e})"
+    # The deadline first: what it cut short can fail in any of the ways above, or end as a short body.
+    if watch.expired.is_set():
         raise ConnectionError(
-            f"source: cannot download '{url}' ({e.reason}); no network? Download the image and pass its file path"
-        ) from None
-    except (TimeoutError, OSError) as e:
-        raise ConnectionError(f"source: downloading '{url}' failed ({type(e).__name__}: {e})") from None
+            f"source: downloading '{url}' took longer than the {limit:g} s deadline (a slow or stalled server); "
+            "download the image and pass its file path, or raise mobilesam.io.URL_DEADLINE"
+        )
+    if failure is not None:
+        raise ConnectionError(failure)
     if len(data) > max_bytes:
         raise ValueError(f"source: '{url}' is larger than {max_bytes // 2**20} MiB; download it and pass the file path")
     try:
         with Image.open(_io.BytesIO(data)) as img:
             return _pil_to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"source: cannot read '{url}' as an image ({_bomb_reason(e)})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"source: '{url}' is not an image ({type(e).__name__}: {e})") from None
 

@@ -261,6 +261,8 @@ class SAM:
         backend: "torch" (exact), "torch-bf16" (bf16 image encoder), "onnxruntime" or
             "onnxruntime-int8" (exported once into the cache; needs ``pip install "mobilesam[onnx]"``).
         cache_size: how many image embeddings to keep (LRU); each is 4 MB.
+        half: the default of ``predict(half=...)``: float16 autocast, CUDA only (as Ultralytics'
+            ``half`` override).
     """
 
     task = "segment"
@@ -271,10 +273,14 @@ class SAM:
         device: str | torch.device | None = None,
         backend: str = "torch",
         cache_size: int = 8,
+        half: bool = False,
     ) -> None:
         get_backend(backend)  # an unknown name fails here, before any file is read
         if not isinstance(cache_size, int) or cache_size < 0:
             raise ValueError(f"cache_size: expected an int >= 0, got {cache_size!r}")
+        if not isinstance(half, bool):
+            raise TypeError(f"half: expected True or False, got {half!r}")
+        self.half = half
         self.cache_size = cache_size
         self._cache: FeatureCache[ImageFeatures] = FeatureCache(cache_size)
         self._info: ModelInfo | None = None
@@ -285,6 +291,7 @@ class SAM:
             self.predictor = create_predictor(model, self.backend)
             self.model: Sam | None = None
             self.ckpt_path, self.model_type = os.fspath(model), self.predictor.model_type
+            self._check_half(half)
             return
         if isinstance(model, Sam):
             sam, self.ckpt_path = model, None
@@ -296,6 +303,14 @@ class SAM:
         self.model_type = detect_model_type(sam.state_dict())
         self.backend = backend
         self.predictor = create_predictor(self.model, backend)
+        self._check_half(half)
+
+    def _check_half(self, half: bool) -> None:
+        if half and self.device.type != "cuda":
+            raise ValueError(
+                f"half: float16 inference runs on CUDA only, and this model is on {self.device.type}; "
+                "drop half=True, or pass device='cuda' on a machine with a GPU"
+            )
 
     # --- device -----------------------------------------------------------------------------------
     @property
@@ -353,7 +368,7 @@ class SAM:
         multimask_output: bool = False,
         conf: float | None = None,
         device: str | torch.device | None = None,
-        half: bool = False,
+        half: bool | None = None,
         image_format: str = "BGR",
         verbose: bool = True,
         mode: str = "fast",
@@ -373,19 +388,20 @@ class SAM:
             multimask_output: three masks per prompt (masks 3i..3i+2 answer prompt i) instead of one.
             conf: opt-in filter: drop masks whose predicted IoU is below ``conf``. By default mask i
                 answers prompt i, always.
-            half: float16 autocast, CUDA only.
+            half: float16 autocast, CUDA only; None takes the ``half`` given to ``SAM(...)``.
             strict: points or boxes outside an image raise a ValueError; by default they log one warning
                 per call (logger ``mobilesam``), however many images and prompts are outside.
+            verbose: a progress bar over the images of a source of several, and over the grid points
+                of segment-everything (stderr).
             mode, everything_kwargs: with no prompt at all, every object is segmented by
-                ``mobilesam.everything.SamAutomaticMaskGenerator(model, mode=mode, **everything_kwargs)``.
+                ``mobilesam.everything.SamAutomaticMaskGenerator(model, mode=mode, **everything_kwargs)``
+                (``progress`` defaults to ``verbose``).
         """
         if device is not None:
             self.to(device)
-        if half and self.device.type != "cuda":
-            raise ValueError(
-                f"half: float16 inference runs on CUDA only, and this model is on {self.device.type}; "
-                "drop half=True, or pass device='cuda' on a machine with a GPU"
-            )
+        if half is None:
+            half = self.half
+        self._check_half(half)
         if conf is not None and not (isinstance(conf, (int, float)) and 0.0 <= conf <= 1.0):
             raise ValueError(f"conf: expected a number in [0, 1] or None, got {conf!r}")
         if image_format not in ("RGB", "BGR"):
@@ -400,11 +416,30 @@ class SAM:
             raise ValueError(f"mode: expected 'fast' or 'exact' (segment everything), got {mode!r}")
         entries = resolve_sources(source)
         self.skipped = []
-        images = iter_entries(entries, image_format, on_skip=lambda p, r: self.skipped.append((p, r)))
-        if len(entries) > 1 and verbose:
-            images = tqdm(images, total=len(entries), desc="mobilesam", unit="image")
+        images = self._images(entries, image_format, verbose)
+        if prompts is None:
+            everything_kwargs = {"progress": verbose, **everything_kwargs}
         gen = self._run(images, prompts, multimask_output, conf, half, mode, everything_kwargs, strict)
         return gen if stream else list(gen)
+
+    def _images(self, entries: list, image_format: str, verbose: bool) -> Iterator[LoadedImage]:
+        """The images of ``entries``, with a bar over them all when there are several: a skipped file
+        counts as done, so the bar ends at 100%."""
+        bar = tqdm(total=len(entries), desc="mobilesam", unit="image") if len(entries) > 1 and verbose else None
+
+        def skip(path: str, reason: str) -> None:
+            self.skipped.append((path, reason))
+            if bar is not None:
+                bar.update()
+
+        try:
+            for item in iter_entries(entries, image_format, on_skip=skip):
+                yield item
+                if bar is not None:
+                    bar.update()  # once the caller is done with the image
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _run(
         self,

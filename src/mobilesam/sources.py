@@ -137,6 +137,9 @@ def iter_images(
 
 
 def iter_entries(entries: list[Entry], image_format: str, on_skip: SkipHandler | None) -> Iterator[LoadedImage]:
+    """Read ``entries`` in order; the unreadable ones found by a folder or glob are logged, passed to
+    ``on_skip`` and skipped, and named together once more at the end."""
+    skipped: list[str] = []
     for entry in entries:
         try:
             rgb = _load(entry, image_format)
@@ -145,7 +148,16 @@ def iter_entries(entries: list[Entry], image_format: str, on_skip: SkipHandler |
                 raise
             reason = str(e).replace(f"image: cannot read '{entry.name}' as an image ", "").strip()
             _log_skip(entry.name, reason)
+            skipped.append(entry.name)
             if on_skip is not None:
                 on_skip(entry.name, reason)
             continue
         yield LoadedImage(rgb, entry.name)
+    if skipped:
+        # The warnings above scroll away on a long run: the list again, where the run ends.
+        logger.warning("mobilesam: skipped %d of %d files, which could not be read: %s", len(skipped), len(entries),
+                       _few(skipped))
+
+
+def _few(names: list[str], most: int = 10) -> str:
+    return ", ".join(names[:most]) + (f" (+{len(names) - most} more)" if len(names) > most else "")

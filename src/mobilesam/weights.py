@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _USER_AGENT = "mobilesam-weights/1"
+# Seconds a weights download may go without receiving a byte before it fails. Per read, not for the
+# whole file: checkpoints are up to 2.5 GB, and a slow but live transfer shows its progress.
+DOWNLOAD_STALL_TIMEOUT = 30.0
 
 
 # The known checkpoints are listed by the model families (mobilesam.hub); these are the live
@@ -94,17 +97,20 @@ def _manual_download_hint(entry: WeightsEntry, dest: Path) -> str:
     return (
         f"Download it by hand and put it at {dest}:\n"
         f"    curl -L -o {shlex.quote(str(dest))} {shlex.quote(entry.url)}\n"
-        f"(expected SHA-256 {entry.sha256}, about {entry.size_mb:g} MB). "
-        "Set MOBILESAM_HOME to use another cache folder; "
-        "MOBILESAM_OFFLINE=1 turns downloads off."
+        f"(expected SHA-256 {entry.sha256}, about {entry.size_mb:g} MB), or give the path of a "
+        "checkpoint file you have: --model path/to/file.pt (command line), SAM(\"path/to/file.pt\") "
+        "(Python). Set MOBILESAM_HOME to use another cache folder; MOBILESAM_OFFLINE=1 turns downloads off."
     )
 
 
 def _is_network_error(exc: BaseException | None) -> bool:
-    """True for 'cannot reach the server' errors, as opposed to bad answers."""
+    """True for 'cannot reach the server' errors, as opposed to bad answers (and stalls: a server that
+    answered)."""
     if exc is None or isinstance(exc, urllib.error.HTTPError):
         return False
-    return isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError))
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, TimeoutError):
+        return True  # no answer at all within the timeout: connecting timed out
+    return isinstance(exc, (urllib.error.URLError, ConnectionError))
 
 
 def resolve_weights(
@@ -170,7 +176,8 @@ def _copy_response(
     """Copy the body to ``out``; return the byte count and its SHA-256."""
     digest = hashlib.sha256()
     n = 0
-    while chunk := response.read(_CHUNK):
+    # read1: what has arrived, up to a chunk, so the bar moves on a slow connection too.
+    while chunk := response.read1(_CHUNK):
         try:
             out.write(chunk)
         except OSError as exc:
@@ -186,9 +193,12 @@ def download_file(
     dest: Path,
     sha256: str | None,
     progress: bool = True,
-    timeout: float = 30,
+    timeout: float | None = None,
 ) -> None:
     """Download ``url`` to ``dest`` atomically, checking its size and SHA-256.
+
+    ``timeout`` (default :data:`DOWNLOAD_STALL_TIMEOUT`, read at call time): seconds without a byte
+    (connecting, or during the transfer) after which the download fails.
 
     The body goes to ``<dest>.<random>.part`` in the same folder and is moved
     into place with :func:`os.replace` only once complete and verified, so
@@ -197,6 +207,8 @@ def download_file(
     """
     from tqdm import tqdm  # imported here: only a download needs it, and it is slow to import
 
+    if timeout is None:
+        timeout = DOWNLOAD_STALL_TIMEOUT
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +247,8 @@ def download_file(
             ) from exc
         except TimeoutError as exc:
             raise CheckpointError(
-                f"download: {url} timed out after {timeout} s while fetching {dest.name}"
+                f"download: {url} timed out: nothing received for {timeout:g} s while fetching "
+                f"{dest.name} (stalled connection); try again"
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise CheckpointError(

@@ -16,8 +16,15 @@ examples:
   torchrun --nproc-per-node 4 -m mobilesam annotate images/ --boxes labels/   one shard per process
 
 Writes OUTPUT_DIR/<image>.txt (one 'class x1 y1 x2 y2 ...' line per object, normalised to [0, 1];
-an empty file for an image without objects), classes.txt and data.yaml. A rerun skips images already
-labelled (--overwrite redoes them).
+an empty file for an image without objects), classes.txt and data.yaml (also when an error stops the
+run), and with --coco OUTPUT_DIR/instances.json. Unreadable images (corrupt, decompression bombs, too
+thin for the detector) are skipped, counted as failed and retried by the next run. A rerun skips images
+already labelled (--overwrite redoes them). With --coco, per-image pieces wait in OUTPUT_DIR/.coco_parts/
+until the run ends; it is removed then, and only an interrupted run leaves it, for its rerun.
+
+Ultralytics .pt weights are pickled Python objects: loading one runs code from the file. The official
+weights (yolo11n.pt ... yolo11x.pt, yolov8n.pt ..., their -seg versions) are checked by SHA-256 (and
+downloaded, checked, when not in the current folder); any other .pt needs --trust-weights.
 """
 
 
@@ -34,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--det-model",
         default=None,
-        help="detector: Ultralytics weights (default yolo11x.pt; pip install 'mobilesam[annotate-yolo]') or a "
-        "torchvision model name: --det-model fasterrcnn_resnet50_fpn_v2",
+        help="detector: Ultralytics weights (default yolo11x.pt; pip install 'mobilesam[annotate-yolo]'; a .pt "
+        "other than the official ones needs --trust-weights) or a torchvision model name: "
+        "--det-model fasterrcnn_resnet50_fpn_v2",
     )
     src.add_argument(
         "--boxes",
@@ -43,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABELS",
         help="existing box labels instead of a detector: a folder of YOLO .txt files (--boxes labels/) "
         "or a COCO JSON (--boxes instances.json)",
+    )
+    p.add_argument(
+        "--trust-weights",
+        action="store_true",
+        help="load Ultralytics --det-model weights that are not official (by SHA-256): they are pickles, and "
+        "loading one runs code from the file, so only for files from a source you trust: --trust-weights",
     )
     p.add_argument(
         "--det-weights",
@@ -87,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cli_message(message: str) -> str:
     """A Python API message in the words of this command's flags (``weights=PATH`` -> ``--det-weights PATH``)."""
     message = message.replace("pass weights=PATH to a local state_dict", "pass --det-weights PATH (a local state_dict)")
+    message = message.replace("Pass trust_weights=True", "Pass --trust-weights")
     return message.replace("det_model: ", "--det-model: ", 1) if message.startswith("det_model: ") else message
 
 
@@ -123,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             save_coco=args.coco,
             strategy=args.strategy,
             backend=check_backend(args.backend),
+            trust_weights=args.trust_weights,
             verbose=not args.quiet,
         )
     except (ValueError, RuntimeError) as e:

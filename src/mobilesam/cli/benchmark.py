@@ -4,6 +4,7 @@ against the official code, each in its own process, alternating. The engine is :
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EXAMPLES = """\
 examples:
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         bench.check_options(backends, args.rounds, args.runs, args.prompts)
     except ValueError as e:  # its message starts with the parameter's name: the option without "--"
         raise CLIError(f"--{e}", 2) from None
+    if args.out and args.image and Path(args.out).resolve() == Path(args.image).resolve():
+        raise CLIError(f"--out: '{args.out}' is the --image input; choose another file for the report", 2)
     report = bench.run_benchmark(
         args.model,
         backends,
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report)
     if args.out:
-        from pathlib import Path
+        from ..io import atomic_write_text
 
-        Path(args.out).write_text(report + "\n")
+        atomic_write_text(args.out, report + "\n")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import CLIError
+
 EXAMPLE = """example:
   mobilesam embed --model sam_vit_h_4b8939.pth --data sa1b/images --out sa1b/emb_vit_h
   torchrun --nproc_per_node 4 -m mobilesam embed --model sam_vit_h_4b8939.pth --data sa1b/images --out sa1b/emb_vit_h
@@ -47,8 +49,16 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, device=args.device, precision=args.precision, overwrite=args.overwrite,
     )
     if r["rank"] == 0:
+        rate = f" ({r['images_per_s']:.3g} img/s)" if r["images_per_s"] is not None else ""
         print(
-            f"embed: {r['images']} images, {r['computed']} computed and {r['skipped']} already stored by this "
-            f"process ({r['images_per_s']:.2f} img/s) -> {r['out']}"
+            f"embed: {r['images']} images: {r['computed']} computed{rate}, {r['skipped']} already stored, "
+            f"{r['failed']} failed (unreadable) by this process -> {r['out']}"
+        )
+    if r["failed"]:
+        name, why = r["failed_files"][0]
+        more = f" and {r['failed'] - 1} more (listed above)" if r["failed"] > 1 else ""
+        raise CLIError(
+            f"{r['failed']} image(s) could not be read and have no embedding: '{name}' ({why}){more}; the others "
+            "are stored (replace or remove the bad files, then run embed again to finish)"
         )
     return 0

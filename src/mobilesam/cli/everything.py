@@ -8,7 +8,9 @@ list of records, ``segmentation`` as COCO RLE); plus an overlay NAME.png beside 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ For each image, SAVE_DIR gets NAME/ (0.png, 1.png, ... and metadata.csv, as Meta
 or NAME.json with --rle, and NAME.png, an overlay of all masks (NAME_overlay.png when NAME.png is the
 input image itself: an output never replaces an input). Each NAME/ is written whole, metadata.csv last,
 so an interrupted run leaves every folder from one run. Earlier results are replaced only with --exist-ok.
+Files of a folder or glob that cannot be read are skipped with a warning and listed at the end; an image
+left without masks gets a warning with the count each filter removed and the threshold to lower.
 """
 
 METADATA_HEADER = (
@@ -93,10 +97,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _option_names(message: str) -> str:
-    """Name the command-line options in a generator error: ``pred_iou_thresh:`` -> ``--pred-iou-thresh:``."""
+    """Name the command-line options in a generator message: ``pred_iou_thresh`` -> ``--pred-iou-thresh``."""
+    import re
+
     for name, *_ in GENERATOR_OPTIONS:
-        message = message.replace(f"{name}:", f"--{name.replace('_', '-')}:")
+        message = re.sub(rf"(?<![-\w]){name}\b", f"--{name.replace('_', '-')}", message)
     return message
+
+
+class _OptionNames:
+    """A logging filter that names the generator's options as this command's flags in the generator's
+    own warnings (its 0-masks warning says which threshold to lower); other warnings, which may name
+    files, are left as they are."""
+
+    def filter(self, record: Any) -> bool:
+        from ..everything import generator
+
+        if record.pathname == generator.__file__:
+            record.msg, record.args = _option_names(record.getMessage()), None
+        return True
+
+
+@contextlib.contextmanager
+def _cli_logging() -> Iterator[None]:
+    """Warnings of the run (skipped files, images without masks) printed above the progress bar, with
+    the command's option names."""
+    import logging
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    log = logging.getLogger("mobilesam")
+    names = _OptionNames()
+    log.addFilter(names)
+    try:
+        with logging_redirect_tqdm([log]):
+            yield
+    finally:
+        log.removeFilter(names)
 
 
 def write_masks_to_folder(records: list[dict[str, Any]], folder: Path) -> None:
@@ -166,34 +203,33 @@ def run(args: argparse.Namespace) -> int:
         check_outputs(output_paths(save_dir, stem, args.rle, inputs), inputs, args.exist_ok, save_dir)
     predictor = create_predictor(args.model, check_backend(args.backend), device=args.device)
     generator = SamAutomaticMaskGenerator(predictor, **options)
-    skipped: list[str] = []
     stems: set[str] = set()
     done = 0
-    bar = tqdm(iter_entries(entries, "RGB", lambda path, reason: skipped.append(path)), total=len(entries),
-               desc="everything", unit="image")
-    for item in bar:
-        unique = unique_stem(item.path, stems)
-        masks_path, overlay_file = output_paths(save_dir, unique, args.rle, inputs)
-        if unique not in planned:
-            check_outputs((masks_path, overlay_file), inputs, args.exist_ok, save_dir)
-        records = generator.generate(item.image)
-        if args.rle:
-            masks = [decode_rle(r["segmentation"]) for r in records]
-        else:
-            masks = [r["segmentation"] for r in records]
-        picture = overlay(item.image, masks)
-        with deferred_interrupt():  # the masks and their overlay, committed together
+    # A skipped file counts as done, so the bar ends at 100%.
+    bar = tqdm(total=len(entries), desc="everything", unit="image")
+    with _cli_logging(), bar:
+        for item in iter_entries(entries, "RGB", lambda path, reason: bar.update()):
+            unique = unique_stem(item.path, stems)
+            masks_path, overlay_file = output_paths(save_dir, unique, args.rle, inputs)
+            if unique not in planned:
+                check_outputs((masks_path, overlay_file), inputs, args.exist_ok, save_dir)
+            records = generator.generate(item.image)
             if args.rle:
-                atomic_write_bytes(masks_path, json.dumps(records).encode())
+                masks = [decode_rle(r["segmentation"]) for r in records]
             else:
-                write_masks_to_folder(records, masks_path)
-            write_image(overlay_file, picture, image_format="BGR")
-        if overlay_file.stem != unique:
-            tqdm.write(f"{item.path}: overlay written to {overlay_file} (not {unique}.png: that is the input)")
-        bar.set_postfix_str(f"{unique}: {len(records)} masks")
-        done += 1
-    if skipped:
-        print(f"mobilesam everything: skipped {len(skipped)} file(s) that could not be read")
+                masks = [r["segmentation"] for r in records]
+            picture = overlay(item.image, masks)
+            with deferred_interrupt():  # the masks and their overlay, committed together
+                if args.rle:
+                    atomic_write_bytes(masks_path, json.dumps(records).encode())
+                else:
+                    write_masks_to_folder(records, masks_path)
+                write_image(overlay_file, picture, image_format="BGR")
+            if overlay_file.stem != unique:
+                tqdm.write(f"{item.path}: overlay written to {overlay_file} (not {unique}.png: that is the input)")
+            bar.set_postfix_str(f"{unique}: {len(records)} masks")
+            bar.update()
+            done += 1
     if done == 0:
         raise CLIError(f"no image of {source!r} could be read")
     print(f"Results saved to {save_dir}")

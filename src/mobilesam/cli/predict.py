@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,10 @@ examples:
   mobilesam predict 'photos/*.jpg' --model mobile_sam.pt --device cpu  no prompt: segment everything
 
 For each image, SAVE_DIR gets NAME.png (overlay), NAME_masks/mask_000.png ... (one 0/255 PNG per
-mask) and NAME.json (scores, boxes, COCO RLE masks). Mask i answers prompt i. An output never replaces
-an input: when SAVE_DIR/NAME.png is the input image itself, the overlay is NAME_overlay.png. Results of
-an earlier run in SAVE_DIR are replaced only with --exist-ok.
+mask; the folder is empty when there is no mask) and NAME.json (scores, boxes, COCO RLE masks). Mask i
+answers prompt i. An output never replaces an input: when SAVE_DIR/NAME.png is the input image itself,
+the overlay is NAME_overlay.png. Results of an earlier run in SAVE_DIR are replaced only with --exist-ok.
+Files of a folder or glob that cannot be read are skipped with a warning and listed at the end.
 """
 
 
@@ -187,6 +190,9 @@ def save_result(
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from ..model import SAM, parse_prompts
     from ..sources import resolve_sources
 
@@ -210,25 +216,26 @@ def run(args: argparse.Namespace) -> int:
     model = SAM(args.model, device=args.device, backend=check_backend(args.backend))
     stems: set[str] = set()
     n_images = 0
-    for result in model.predict(
-        source,
-        stream=True,
-        points=points,
-        labels=labels,
-        bboxes=bboxes,
-        multimask_output=args.multimask,
-        conf=args.conf,
-        mode=args.mode,
-    ):
-        unique = unique_stem(result.path, stems)
-        if unique not in planned:
-            check_outputs(output_paths(save_dir, unique, inputs), inputs, args.exist_ok, save_dir)
-        overlay, mask_dir, meta = save_result(result, save_dir, unique, inputs)
-        n_images += 1
-        note = f" (not {save_dir / (unique + '.png')}: that is the input)" if overlay.stem != unique else ""
-        print(f"{result.path}: {result.verbose()} -> {overlay}{note}, {meta}, {mask_dir}/")
-    if model.skipped:
-        print(f"mobilesam predict: skipped {len(model.skipped)} file(s) that could not be read", flush=True)
+    # Warnings (skipped files, images without masks) above SAM.predict's progress bar, not through it.
+    with logging_redirect_tqdm([logging.getLogger("mobilesam")]):
+        for result in model.predict(
+            source,
+            stream=True,
+            points=points,
+            labels=labels,
+            bboxes=bboxes,
+            multimask_output=args.multimask,
+            conf=args.conf,
+            mode=args.mode,
+        ):
+            unique = unique_stem(result.path, stems)
+            if unique not in planned:
+                check_outputs(output_paths(save_dir, unique, inputs), inputs, args.exist_ok, save_dir)
+            overlay, mask_dir, meta = save_result(result, save_dir, unique, inputs)
+            n_images += 1
+            note = f" (not {save_dir / (unique + '.png')}: that is the input)" if overlay.stem != unique else ""
+            masks = f"{mask_dir}/" if len(result) else f"no mask, so {mask_dir}/ is empty"
+            tqdm.write(f"{result.path}: {result.verbose()} -> {overlay}{note}, {meta}, {masks}", file=sys.stdout)
     if n_images == 0:
         raise CLIError(f"no image of {source!r} could be read")
     print(f"Results saved to {save_dir}")

@@ -61,6 +61,13 @@ def register(subparsers: Any) -> None:
         default=40_000_000,
         help="largest image accepted, in pixels (default: %(default)s; e.g. --max-pixels 100000000)",
     )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=8,
+        help="images opened or uploaded and still waiting for the image encoder; more are refused with HTTP 503 "
+        "until it catches up (default: %(default)s; e.g. --max-queue 32)",
+    )
     p.set_defaults(func=run)
 
 
@@ -98,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--port: expected 0 to 65535, got {args.port}", 2)
     if args.cache_size < 1:
         raise CLIError(f"--cache-size: expected at least 1, got {args.cache_size}", 2)
+    if args.max_queue < 1:
+        raise CLIError(f"--max-queue: expected at least 1, got {args.max_queue}", 2)
     if not args.max_upload_mb > 0 or args.max_pixels < 1:
         raise CLIError("--max-upload-mb, --max-pixels: expected positive limits", 2)
     try:
@@ -117,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             backend=check_backend(args.backend),
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
             max_pixels=args.max_pixels,
+            max_queue=args.max_queue,
             # Against DNS rebinding: on loopback only local host names are accepted.
             allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]", args.host] if loopback else None,
         )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from . import add_backend_argument, check_backend
+from . import CLIError, add_backend_argument, check_backend
 
 EXAMPLE = """example:
   mobilesam val --model my_mobile_sam.pt --teacher sam_vit_h_4b8939.pth --data sa1b/val --prompts 5
@@ -38,16 +39,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_out(args: argparse.Namespace) -> Path:
+    """``--out`` as a path that can be written and is no input, checked before validation runs (which may
+    take hours); missing parent folders are created when it is written, as for every output."""
+    import os
+
+    from ..io import walk_images
+
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise CLIError(f"--out: '{args.out}' is a folder; expected a JSON file to write (e.g. {out / 'val.json'})", exit_code=2)
+    inputs = {Path(p).expanduser().resolve() for p in (args.model, args.teacher) if Path(p).expanduser().is_file()}
+    target = out.resolve()
+    data = Path(args.data).expanduser()
+    if data.is_dir() and target.is_relative_to(data.resolve()):
+        inputs.update((data / rel).resolve() for rel in walk_images(data))
+    if target in inputs:
+        raise CLIError(f"--out: '{args.out}' is an input of this run; choose another file (e.g. val.json)", exit_code=2)
+    if args.embeddings is not None and target.is_relative_to(Path(args.embeddings).expanduser().resolve()):
+        raise CLIError(f"--out: '{args.out}' is inside the --embeddings folder; choose a file outside it", exit_code=2)
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the first folder that exists: the missing ones are created under it
+    if not folder.is_dir():
+        raise CLIError(f"--out: cannot write '{args.out}': '{folder}' is a file, not a folder", exit_code=2)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"--out: cannot write '{args.out}': no permission to write in '{folder}'", exit_code=2)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..io import atomic_write_bytes
+    from ..io import atomic_write_text
     from ..train.val import format_table, validate
 
+    out = check_out(args)
     result = validate(
         args.model, args.teacher, args.data, embeddings=args.embeddings, prompts=args.prompts,
         max_images=args.max_images, seed=args.seed, multimask=args.multimask, device=args.device,
         backend=check_backend(args.backend),
     )
     print(format_table(result["summary"]))
-    path = atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())
+    path = atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"val: results saved to {path}")
     return 0

@@ -7,11 +7,14 @@ same format for a fraction of the work (see the class docstring for what it does
 from __future__ import annotations
 
 import inspect
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..backends import Predictor, create_predictor
 from ..io import ImageLike, load_image
@@ -32,6 +35,8 @@ from .amg import (
     uncrop_points,
 )
 
+logger = logging.getLogger("mobilesam")
+
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 MODES = ("exact", "fast")
 # Fast mode keeps masks whose low-resolution stability is this close below the threshold, then decides
@@ -42,6 +47,50 @@ FAST_STABILITY_MARGIN = 0.03
 FAST_COVER_ERODE = 1
 # ... and only once two decoded points have given the same finest mask (IoU at 1/4 resolution).
 FAST_CONFIRM_IOU = 0.9
+# Seconds before the progress bar over the grid points appears: a small image is done before that.
+PROGRESS_DELAY = 1.0
+
+
+@dataclass
+class FilterCounts:
+    """What the filters of one ``generate`` call removed: each candidate mask (3 per decoded point) is
+    counted at the first filter it fails; NMS duplicates are not counted."""
+
+    points: int = 0
+    candidates: int = 0
+    below_iou: int = 0
+    below_stability: int = 0
+    near_crop_edge: int = 0
+    best_iou: float = float("-inf")  # over all candidates
+    best_stability: float = float("-inf")  # over the candidates that passed pred_iou_thresh
+
+    def add_iou(self, iou: torch.Tensor, keep: torch.Tensor) -> None:
+        self.candidates += iou.numel()
+        if iou.numel():
+            self.best_iou = max(self.best_iou, float(iou.max()))
+        self.below_iou += int((~keep).sum())
+
+    def add_stability(self, stability: torch.Tensor, keep: torch.Tensor) -> None:
+        finite = stability[torch.isfinite(stability)]  # an empty mask scores NaN
+        if finite.numel():
+            self.best_stability = max(self.best_stability, float(finite.max()))
+        self.below_stability += int((~keep).sum())
+
+    def explain(self, pred_iou_thresh: float, stability_score_thresh: float) -> str:
+        """Why no mask is left, one line: the count per filter and which threshold to lower."""
+        parts = [f"{self.candidates} candidates from {self.points} points"]
+        lower = []
+        if self.below_iou:
+            parts.append(f"{self.below_iou} below pred_iou_thresh={pred_iou_thresh:g} (best {self.best_iou:.3g})")
+            lower.append("pred_iou_thresh")
+        if self.below_stability:
+            best = f" (best {self.best_stability:.3g})" if np.isfinite(self.best_stability) else ""
+            parts.append(f"{self.below_stability} below stability_score_thresh={stability_score_thresh:g}{best}")
+            lower.append("stability_score_thresh")
+        if self.near_crop_edge:
+            parts.append(f"{self.near_crop_edge} touching a crop edge")
+        hint = f"; lower {' or '.join(lower)}" if lower else ""
+        return f"0 masks: {', '.join(parts)}{hint}"
 
 
 def _erode(mask: torch.Tensor, cells: int) -> torch.Tensor:
@@ -194,7 +243,7 @@ def check_options(**options: Any) -> dict[str, Any]:
     defaults = {
         name: param.default
         for name, param in inspect.signature(SamAutomaticMaskGenerator.__init__).parameters.items()
-        if name not in ("self", "model", "backend")
+        if name not in ("self", "model", "backend", "progress")
     }
     unknown = sorted(set(options) - set(defaults))
     if unknown:
@@ -269,7 +318,11 @@ class SamAutomaticMaskGenerator:
     normalised ``point_grids``, one per crop layer; ``pred_iou_thresh`` and ``stability_score_thresh``
     filter masks; ``box_nms_thresh`` removes duplicates; ``crop_n_layers`` re-runs on 2**i x 2**i
     crops; ``min_mask_region_area`` removes small islands and holes; ``output_mode`` is
-    ``"binary_mask"``, ``"uncompressed_rle"`` or ``"coco_rle"``), plus ``backend`` and ``mode``.
+    ``"binary_mask"``, ``"uncompressed_rle"`` or ``"coco_rle"``), plus ``backend``, ``mode`` and
+    ``progress`` (a bar over the grid points on stderr, shown once an image takes over a second).
+
+    When the filters leave no mask, ``generate`` logs why (logger ``mobilesam``, one warning with the
+    count per filter); ``counts`` holds those counts for the last image.
 
     ``model`` is a ``Sam``, a checkpoint path or known weights name, an exported folder, or a predictor
     of any backend (then used as it is); otherwise the predictor is made with
@@ -314,8 +367,15 @@ class SamAutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         mode: str = "exact",
         backend: str = "torch",
+        progress: bool = True,
     ) -> None:
-        opts = check_options(**{k: v for k, v in locals().items() if k not in ("self", "model", "backend")})
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress: expected True or False, got {progress!r}")
+        self.progress = progress
+        self.counts = FilterCounts()
+        opts = check_options(
+            **{k: v for k, v in locals().items() if k not in ("self", "model", "backend", "progress")}
+        )
         self.point_grids: list[np.ndarray] = opts.pop("point_grids")
         opts.pop("points_per_side")
         for k, v in opts.items():
@@ -338,12 +398,16 @@ class SamAutomaticMaskGenerator:
         ([[x, y]]), ``stability_score`` and ``crop_box`` (XYWH).
         """
         image = load_image(image)
+        self.counts = FilterCounts()
         data = self._generate_masks(image)
         if self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(
                 data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
             )
-        return self._records(data)
+        records = self._records(data)
+        if not records:
+            logger.warning("mobilesam: %s", self.counts.explain(self.pred_iou_thresh, self.stability_score_thresh))
+        return records
 
     # ------------------------------------------------------------------ pipeline
 
@@ -374,8 +438,12 @@ class SamAutomaticMaskGenerator:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         data = MaskData()
-        for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
-            data.cat(self._process_crop(image, crop_box, layer_idx, orig_size))
+        total = sum(len(self.point_grids[i]) for i in layer_idxs)
+        # leave=False: under a bar over images (the CLI's, SAM.predict's) it goes when the image is done.
+        with tqdm(total=total, desc="grid points", unit="point", leave=False, delay=PROGRESS_DELAY,
+                  disable=not self.progress) as bar:
+            for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
+                data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, bar))
         if len(crop_boxes) > 1 and len(data):
             # Prefer masks from smaller crops.
             crop = data["crop_boxes"].float()
@@ -388,7 +456,7 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _process_crop(
-        self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, ...]
+        self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, ...], bar: tqdm
     ) -> MaskData:
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1, :]
@@ -396,12 +464,13 @@ class SamAutomaticMaskGenerator:
         self.predictor.set_image(cropped)
         points = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
         if self.mode == "fast":
-            data = self._process_crop_fast(points, crop_size, crop_box, orig_size)
+            data = self._process_crop_fast(points, crop_size, crop_box, orig_size, bar)
         else:
             data = MaskData()
             for start in range(0, len(points), self.points_per_batch):
                 batch = points[start : start + self.points_per_batch]
                 data.cat(self._process_batch(batch, crop_size, crop_box, orig_size))
+                bar.update(len(batch))
             if len(data):
                 data.filter(nms(data["boxes"].float(), data["iou_preds"], self.box_nms_thresh))
         self.predictor.reset_image()
@@ -439,23 +508,31 @@ class SamAutomaticMaskGenerator:
             points=torch.as_tensor(points.repeat(masks.shape[1], axis=0)),
         )
         del masks
+        self.counts.points += len(points)
+        iou = data["iou_preds"]
+        keep = iou > self.pred_iou_thresh
+        self.counts.add_iou(iou, keep if self.pred_iou_thresh > 0.0 else torch.ones_like(keep))
         if self.pred_iou_thresh > 0.0:
-            data.filter(data["iou_preds"] > self.pred_iou_thresh)
+            data.filter(keep)
         thr = self.predictor.mask_threshold
-        data["stability_score"] = calculate_stability_score(data["masks"], thr, self.stability_score_offset)
+        data["stability_score"] = stability = calculate_stability_score(data["masks"], thr, self.stability_score_offset)
+        keep = stability >= self.stability_score_thresh
+        self.counts.add_stability(stability, keep if self.stability_score_thresh > 0.0 else torch.ones_like(keep))
         if self.stability_score_thresh > 0.0:
-            data.filter(data["stability_score"] >= self.stability_score_thresh)
+            data.filter(keep)
         data["masks"] = data["masks"] > thr
         data["boxes"] = masks_to_boxes(data["masks"])
         keep = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
         if not torch.all(keep):
+            self.counts.near_crop_edge += int((~keep).sum())
             data.filter(keep)
         data["rles"] = mask_to_rle(uncrop_masks(data["masks"], crop_box, orig_h, orig_w))
         del data["masks"]
         return data
 
     def _process_crop_fast(
-        self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int], orig_size: tuple[int, ...]
+        self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int], orig_size: tuple[int, ...],
+        bar: tqdm,
     ) -> MaskData:
         """Fast mode on one crop: coarse-to-fine points skipping covered ones, filters and NMS on the
         low-resolution logits, then full resolution for the NMS survivors only."""
@@ -468,8 +545,10 @@ class SamAutomaticMaskGenerator:
         covered: torch.Tensor | None = None
         remaining = list(coarse_to_fine_order(points / np.array([crop_w, crop_h])))
         scale = lh = lw = 0
+        counts = self.counts
         while remaining:
             take: list[int] = []
+            before = len(remaining)
             while remaining and len(take) < self.points_per_batch:
                 i = remaining.pop(0)
                 if covered is not None:
@@ -478,8 +557,10 @@ class SamAutomaticMaskGenerator:
                     if covered[cy, cx]:
                         continue  # inside a mask already accepted as some point's finest mask
                 take.append(i)
+            bar.update(before - len(remaining))  # the skipped points are done too
             if not take:
                 break
+            counts.points += len(take)
             coords = torch.as_tensor(in_points[take], dtype=torch.float, device=pred.device)[:, None, :]
             low, iou = self._decode_low(coords)
             if covered is None:
@@ -498,10 +579,13 @@ class SamAutomaticMaskGenerator:
             keep = torch.ones_like(iou, dtype=torch.bool)
             if self.pred_iou_thresh > 0.0:
                 keep &= iou > self.pred_iou_thresh
+            counts.add_iou(iou, keep)
             strict = keep.clone()
             if self.stability_score_thresh > 0.0:
                 # A margin at low resolution; the exact threshold is applied at full resolution.
-                keep &= stab >= self.stability_score_thresh - FAST_STABILITY_MARGIN
+                unstable = keep & ~(stab >= self.stability_score_thresh - FAST_STABILITY_MARGIN)  # NaN too
+                counts.add_stability(stab[unstable], torch.zeros_like(stab[unstable], dtype=torch.bool))
+                keep &= ~unstable
                 strict &= stab >= self.stability_score_thresh
             # Each point's finest confident mask; once two points give the same one, the points inside
             # it are taken as answered (the model has shown it returns that mask wherever it is clicked).
@@ -529,6 +613,7 @@ class SamAutomaticMaskGenerator:
         )
         boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([crop_w - 1, crop_h - 1] * 2))
         candidates = (~is_box_near_crop_edge(boxes, crop_box, crop_frame)).nonzero().flatten()
+        counts.near_crop_edge += len(low) - len(candidates)
         # Exact mode filters at full resolution and then runs NMS; here NMS runs first, on the cheap
         # low-resolution boxes, and only its winners are upsampled and checked. A winner that fails
         # the full-resolution check leaves the candidates and NMS is re-run, so a duplicate it had
@@ -550,8 +635,11 @@ class SamAutomaticMaskGenerator:
                 near_edge = is_box_near_crop_edge(masks_to_boxes(masks), crop_box, crop_frame)
                 # An empty mask has a NaN stability, which fails ">=" here as in the official filter.
                 ok = ~near_edge
+                counts.near_crop_edge += int(near_edge.sum())
                 if self.stability_score_thresh > 0.0:
-                    ok &= stability >= self.stability_score_thresh
+                    stable = stability >= self.stability_score_thresh
+                    counts.add_stability(stability[ok], stable[ok])
+                    ok &= stable
                 for k, i in enumerate(chunk):
                     if not ok[k]:
                         rejected[i] = True

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
 from ..backends import create_predictor, get_backend, is_exported_model
-from .engine import Engine, EverythingUnavailable, PredictorLike
+from .engine import EncoderBusy, Engine, EverythingUnavailable, PredictorLike, Slot
 from .images import (
     DecodedImage,
     ImageFolder,
@@ -182,34 +182,38 @@ class GuardMiddleware:
             await self._reply(send, 413, f"request body: {length} bytes is more than the limit of {self.max_body:,}")
             return
         received = 0
-        started = False
+        started = cut = False
 
+        # A body without a Content-Length (chunked) is counted as it arrives. Past the limit the 413 is
+        # sent from here and the app is told the client left: an exception raised into the app would be
+        # caught by the body parser and answered as a 400 parse error.
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, cut
+            if cut:
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
                 if received > self.max_body:
-                    raise _BodyTooLarge()
+                    cut = True
+                    if not started:
+                        await self._reply(
+                            send, 413, f"request body: more than the limit of {self.max_body:,} bytes"
+                        )
+                    return {"type": "http.disconnect"}
             return msg
 
         async def send_with_headers(msg: Message) -> None:
             nonlocal started
+            if cut:
+                return  # the 413 went out; the app's answer to the cut-off body is dropped
             if msg["type"] == "http.response.start":
                 started = True
                 msg = dict(msg)
                 msg["headers"] = list(msg.get("headers", [])) + self.HEADERS
             await send(msg)
 
-        try:
-            await self.app(scope, limited_receive, send_with_headers)
-        except _BodyTooLarge:
-            if not started:
-                await self._reply(send, 413, f"request body: more than the limit of {self.max_body:,} bytes")
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, limited_receive, send_with_headers)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
@@ -298,6 +302,7 @@ def create_app(
     max_upload_bytes: int = 32 * 1024 * 1024,
     max_pixels: int = 40_000_000,
     max_images: int = 64,
+    max_queue: int = 8,
     allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The web app. ``model`` is a ``Sam``, a checkpoint (path or known name, built with ``build_sam``) or,
@@ -308,12 +313,15 @@ def create_app(
     ``mobilesam.backends.available_backends()``; ``predictor_factory`` makes predictors instead (default
     ``create_predictor(model, backend)``); ``generator_factory(model)`` makes the segment-everything
     generator (default: the fast generator on ``backend``).
+    ``max_queue``: images opened or uploaded whose encoder pass has not ended; more get HTTP 503 with
+    Retry-After (each holds its file's bytes, not its pixels, until the encoder needs them).
     ``allowed_hosts``: Host header values accepted (against DNS rebinding); None accepts any.
     """
     for name, value, least in (
         ("max_upload_bytes", max_upload_bytes, 1024),
         ("max_pixels", max_pixels, 1),
         ("max_images", max_images, 1),
+        ("max_queue", max_queue, 1),
         ("cache_size", cache_size, 1),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -333,7 +341,14 @@ def create_app(
             return create_predictor(model, backend)
 
     store = LabelStore(folder.root) if folder else None
-    engine = Engine(predictor_factory, cache_size, model=model, generator_factory=generator_factory, backend=backend)
+    engine = Engine(
+        predictor_factory,
+        cache_size,
+        model=model,
+        generator_factory=generator_factory,
+        backend=backend,
+        max_queue=max_queue,
+    )
     registry = Registry(max_images, max_bytes=16 * max_upload_bytes)
 
     @asynccontextmanager
@@ -365,22 +380,54 @@ def create_app(
     async def _input(request: Request, exc: ImageInputError | LabelError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
+    @app.exception_handler(EncoderBusy)
+    async def _busy(request: Request, exc: EncoderBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"retry-after": str(exc.retry_after)})
+
     @app.exception_handler(EverythingUnavailable)
     async def _unavailable(request: Request, exc: EverythingUnavailable) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=501)
 
+    def read_folder_image(name: str) -> tuple[Path, bytes]:
+        """The path and bytes of image ``name`` of the folder as it is now (a 4xx naming it, if it is gone)."""
+        assert folder is not None
+        path = folder.resolve(name)  # each time: the file may since have been replaced by a link out of the folder
+        try:
+            return path, read_limited(path, max_upload_bytes)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ImageInputError(f"name: no image {name!r} in the images folder (deleted or moved?)", 404) from None
+        except OSError as e:
+            raise ImageInputError(f"image: cannot read '{name}' ({type(e).__name__}: {e.strerror or e})", 403) from None
+
     def loader(rec: ImageRecord) -> Callable[[], np.ndarray]:
+        """Decodes the image when called: pixels exist only while they are used."""
+
         def load() -> np.ndarray:
-            data = rec.data if rec.data is not None else read_limited(rec.path, max_upload_bytes)
-            return decode_image(data, rec.name, max_pixels).rgb
+            if rec.data is not None:
+                return decode_image(rec.data, rec.name, max_pixels).rgb
+            try:
+                data = read_folder_image(rec.name)[1]
+            except ImageInputError as e:
+                if e.status != 404:
+                    raise
+                raise ImageInputError(
+                    f"image: '{rec.name}' is no longer in the images folder (deleted or moved since it was opened); "
+                    "pick another image",
+                    404,
+                ) from None
+            img = decode_image(data, rec.name, max_pixels)
+            if img.key != rec.key:  # its masks and embedding would belong to another picture
+                raise ImageInputError(f"image: '{rec.name}' changed on disk since it was opened; open it again", 409)
+            return img.rgb
 
         return load
 
-    def register(img: DecodedImage, name: str, data: bytes | None, path: Path | None) -> ImageRecord:
+    def register(img: DecodedImage, name: str, data: bytes | None, path: Path | None, slot: Slot) -> ImageRecord:
         rec = ImageRecord(secrets.token_urlsafe(24), name, img.size, img.key, data, path)
         registry.add(rec)
-        rgb = img.rgb
-        engine.submit_embedding(rec.key, lambda: rgb)  # start the encoder now: the first click is then fast
+        # Start the encoder now (the first click is then fast) with a loader, not img.rgb: a queued pass
+        # holds the file's bytes, not its pixels.
+        engine.submit_embedding(rec.key, loader(rec), slot)
         return rec
 
     def describe(rec: ImageRecord) -> dict[str, Any]:
@@ -415,6 +462,7 @@ def create_app(
             "cache_size": cache_size,
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
+            "max_queue": max_queue,
         }
 
     @app.get("/api/images")
@@ -435,8 +483,12 @@ def create_app(
             )
         if not data:
             raise ImageInputError(f"file: '{name}' is empty")
-        img = await run_in_threadpool(decode_image, data, name, max_pixels)
-        return describe(register(img, name, data, None))
+        slot = engine.reserve()  # before decoding: a full queue refuses the upload before its pixels exist
+        try:
+            img = await run_in_threadpool(decode_image, data, name, max_pixels)
+            return describe(register(img, name, data, None, slot))
+        finally:
+            slot.release()  # a no-op once the encoder pass holds it
 
     @app.post("/api/images/open")
     async def open_image(body: OpenBody) -> dict[str, Any]:
@@ -444,10 +496,14 @@ def create_app(
             raise HTTPException(404, "open: no images folder; start the server with --images DIR, or upload the image")
 
         def work() -> tuple[ImageRecord, list[dict[str, Any]], str | None]:
-            path = folder.resolve(body.name)
-            name = folder.relative(path)
-            img = decode_image(read_limited(path, max_upload_bytes), name, max_pixels)
-            rec = register(img, name, None, path)
+            slot = engine.reserve()
+            try:
+                path, data = read_folder_image(body.name)
+                name = folder.relative(path)
+                img = decode_image(data, name, max_pixels)
+                rec = register(img, name, None, path, slot)
+            finally:
+                slot.release()
             try:
                 return rec, _saved_objects(store.load(path, img.size), img.size), None
             except LabelError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,35 @@ class EverythingUnavailable(RuntimeError):
     """Segment-everything cannot run in this installation (HTTP 501)."""
 
 
+class EncoderBusy(RuntimeError):
+    """The queue of encoder passes is full (HTTP 503); ``retry_after`` is a guess in whole seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Slot:
+    """A place in the encoder queue, held from before an image is decoded until its encoder pass ends.
+
+    ``submit_embedding`` takes the place over; the caller's ``release()`` (in a ``finally``) then frees
+    nothing, so a request that fails before its pass is queued gives its place back, and only then.
+    """
+
+    def __init__(self, engine: Engine | None) -> None:
+        self._engine = engine
+
+    def take(self) -> Slot:
+        """This place, moved to a new holder; this Slot then holds none."""
+        engine, self._engine = self._engine, None
+        return Slot(engine)
+
+    def release(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine._release()
+
+
 @dataclass(frozen=True)
 class Embedding:
     features: ImageFeatures  # opaque: whatever the backend's decoder needs, with the image's sizes
@@ -68,7 +98,8 @@ class Engine:
     """Embeds images (one encoder thread pool) and decodes prompts (a separate decoder pool).
 
     The decoder predictor is shared by all requests, so ``set_embedding`` + ``predict`` run under a lock;
-    the encoder never takes that lock, so an encoder pass never delays another image's clicks.
+    the encoder never takes that lock, so an encoder pass never delays another image's clicks. At most
+    ``max_queue`` encoder passes wait or run (see :meth:`reserve`).
     """
 
     def __init__(
@@ -80,9 +111,15 @@ class Engine:
         encoder_workers: int = 1,
         decoder_workers: int = 2,
         backend: str = "torch",
+        max_queue: int = 8,
     ) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size: expected at least 1 cached embedding, got {cache_size}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue: expected at least 1 queued encoder pass, got {max_queue}")
+        self.max_queue = max_queue
+        self._queued = 0  # slots held: images being decoded for, waiting for or in an encoder pass
+        self._last_seconds = 1.0  # of an encoder pass, for Retry-After
         self.cache_size = cache_size
         self.model = model
         self._factory = predictor_factory
@@ -95,6 +132,7 @@ class Engine:
         self._cache: FeatureCache[Embedding] = FeatureCache(cache_size)
         self._inflight: dict[str, Future] = {}
         self._inflight_lock = threading.Lock()
+        self._encoder_workers = encoder_workers
         self._encoder_pool = ThreadPoolExecutor(encoder_workers, thread_name_prefix="mobilesam-encoder")
         self._decoder_pool = ThreadPoolExecutor(decoder_workers, thread_name_prefix="mobilesam-decoder")
         # Segment-everything takes seconds to minutes on a CPU: its own thread, so opening another image
@@ -110,19 +148,60 @@ class Engine:
     def cached_keys(self) -> list[str]:
         return self._cache.keys()
 
-    def submit_embedding(self, key: str, load_rgb: Callable[[], np.ndarray]) -> Future:
-        """Start (or join) the encoder pass for ``key``; ``load_rgb`` runs in the encoder thread."""
+    def reserve(self) -> Slot:
+        """A place in the encoder queue, or EncoderBusy when ``max_queue`` are taken.
+
+        Taken before an upload is decoded, so a burst of large images is refused before their pixels
+        are in memory; the queue holds loaders (bytes or a path), never decoded pixels.
+        """
         with self._inflight_lock:
-            emb = self._cache.get(key)
-            if emb is not None:
-                done: Future = Future()
-                done.set_result(emb)
-                return done
-            fut = self._inflight.get(key)
-            if fut is None:
-                fut = self._encoder_pool.submit(self._encode, key, load_rgb)
-                self._inflight[key] = fut
-            return fut
+            if self._queued >= self.max_queue:
+                wait = max(1, math.ceil(self._last_seconds * self._queued / self._encoder_workers))
+                raise EncoderBusy(
+                    f"encoder: busy, {self._queued} images are waiting for the image encoder or in it, the limit "
+                    f"(mobilesam serve --max-queue); retry in about {wait} s",
+                    wait,
+                )
+            self._queued += 1
+        return Slot(self)
+
+    def _release(self) -> None:
+        with self._inflight_lock:
+            self._queued -= 1
+
+    def _existing(self, key: str) -> Future | None:
+        """The cached embedding (as a done future) or the running pass of ``key``; under ``_inflight_lock``."""
+        emb = self._cache.get(key)
+        if emb is not None:
+            done: Future = Future()
+            done.set_result(emb)
+            return done
+        return self._inflight.get(key)
+
+    def submit_embedding(self, key: str, load_rgb: Callable[[], np.ndarray], slot: Slot | None = None) -> Future:
+        """Start (or join) the encoder pass for ``key``; ``load_rgb`` runs in the encoder thread.
+
+        A new pass takes over ``slot`` (or reserves one: EncoderBusy when the queue is full) and frees it
+        when it ends; a cached or running embedding needs none, and ``slot`` is freed at once.
+        """
+        with self._inflight_lock:
+            fut = self._existing(key)
+        if fut is None:
+            own = slot.take() if slot is not None else self.reserve()
+            with self._inflight_lock:
+                fut = self._existing(key)
+                if fut is None:
+                    try:
+                        fut = self._encoder_pool.submit(self._encode, key, load_rgb, own)
+                    except BaseException:
+                        own.release()
+                        raise
+                    self._inflight[key] = fut
+                    return fut
+            own.release()  # another request started the same pass meanwhile
+        elif slot is not None:
+            slot.release()
+        return fut
 
     async def embedding(self, key: str, load_rgb: Callable[[], np.ndarray]) -> tuple[Embedding, bool]:
         """The embedding of an image, and whether it came from the cache."""
@@ -137,20 +216,23 @@ class Engine:
             pred = self._local.predictor = self._factory()
         return pred
 
-    def _encode(self, key: str, load_rgb: Callable[[], np.ndarray]) -> Embedding:
+    def _encode(self, key: str, load_rgb: Callable[[], np.ndarray], slot: Slot) -> Embedding:
         try:
             rgb = load_rgb()
             pred = self._encoder_predictor()
             t0 = time.perf_counter()
             pred.set_image(rgb)
+            del rgb
             emb = Embedding(pred.get_features(), time.perf_counter() - t0)
             pred.reset_image()
             self.encoder_passes += 1
+            self._last_seconds = emb.seconds
             self._cache.put(key, emb)
             return emb
         finally:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
+            slot.release()
 
     # -- prompts ------------------------------------------------------------------------------------------
 

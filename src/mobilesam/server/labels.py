@@ -9,6 +9,7 @@ import json
 import re
 import threading
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from PIL import Image
 
 from .._version import __version__
 from ..formats import coco, yolo
-from ..formats.classes import CLASSES_FILE, check_name, read_classes, write_classes
+from ..formats.classes import CLASSES_FILE, check_name, classes_text, parse_classes
 from ..formats.coco import bbox_xywh
 from ..io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text
 from ..masks import decode_rle, encode_rle, mask_area
@@ -67,9 +68,9 @@ def mask_from_rle(rle: Any, size: tuple[int, int], where: str) -> np.ndarray:
         raise LabelError(f"{where}: invalid RLE counts ({e})") from None
 
 
-def mask_payload(mask: np.ndarray, score: float) -> dict[str, Any]:
+def mask_payload(mask: np.ndarray, score: float | None) -> dict[str, Any]:
     """What the page needs of a mask: COCO RLE (to save), a PNG whose alpha is the mask (to draw),
-    its score, area and XYWH box."""
+    its score (None for a saved object sent without one), area and XYWH box."""
     rgba = np.zeros((*mask.shape, 4), np.uint8)
     rgba[mask] = 255
     buf = io.BytesIO()
@@ -78,7 +79,7 @@ def mask_payload(mask: np.ndarray, score: float) -> dict[str, Any]:
     return {
         "rle": encode_rle(mask),
         "png": png,
-        "score": float(score),
+        "score": None if score is None else float(score),
         "area": mask_area(mask),
         "bbox": bbox_xywh(mask),
     }
@@ -93,26 +94,43 @@ def class_list(objects: list[LabelObject], known: list[str] | None = None) -> li
     return classes
 
 
+Classes = Sequence[str] | Mapping[int, str]  # names in id order, or {id: name} (classes.txt may skip lines)
+
+
+def _by_id(classes: Classes) -> dict[int, str]:
+    return dict(classes) if isinstance(classes, Mapping) else dict(enumerate(classes))
+
+
+def _ids(classes: Classes) -> dict[str, int]:
+    """{name: id}; a name on two lines keeps its first id."""
+    ids: dict[str, int] = {}
+    for i, n in sorted(_by_id(classes).items(), reverse=True):
+        ids[n] = i
+    return ids
+
+
 def to_coco(
-    objects: list[LabelObject], file_name: str, size: tuple[int, int], classes: list[str], with_prompts: bool = False
+    objects: list[LabelObject], file_name: str, size: tuple[int, int], classes: Classes, with_prompts: bool = False
 ) -> dict[str, Any]:
-    """A COCO instance-segmentation document for one image (RLE segmentations, category ids from 1)."""
+    """A COCO instance-segmentation document for one image (RLE segmentations, category id = class id + 1)."""
     h, w = size
+    ids = _ids(classes)
     anns = []
     for o in objects:
         extra = {"prompts": o.prompts} if with_prompts and o.prompts else {}
-        anns.append(coco.annotation(o.mask, classes.index(o.class_name) + 1, image_id=1, score=o.score, **extra))
+        anns.append(coco.annotation(o.mask, ids[o.class_name] + 1, image_id=1, score=o.score, **extra))
     info = {"description": LABELS_MARK if with_prompts else "mobilesam serve export", "version": __version__}
-    cats = coco.category_records(dict(enumerate(classes)))
+    cats = coco.category_records(_by_id(classes))
     return coco.document([coco.image_record(1, file_name, w, h)], anns, cats, info)
 
 
-def to_yolo(objects: list[LabelObject], size: tuple[int, int], classes: list[str]) -> str:
+def to_yolo(objects: list[LabelObject], size: tuple[int, int], classes: Classes) -> str:
     """Ultralytics segmentation labels (the rule of :mod:`mobilesam.formats.yolo`); parts joined into one ring.
 
     An empty mask has no polygon and no line (COCO keeps it, YOLO cannot).
     """
-    lines = (yolo.mask_line(classes.index(o.class_name), o.mask, "all") for o in objects)
+    ids = _ids(classes)
+    lines = (yolo.mask_line(ids[o.class_name], o.mask, "all") for o in objects)
     return yolo.labels_text(line for line in lines if line is not None)
 
 
@@ -140,18 +158,40 @@ write_atomic = atomic_write_bytes  # the old name of the one atomic write
 
 class LabelStore:
     """Labels of ``--images DIR``: ``<stem>.json`` (COCO, with prompts) and ``<stem>.txt`` (YOLO) beside each
-    image, and the shared class list ``classes.txt`` (one name per line, line number = YOLO class id)."""
+    image, and the shared class list ``classes.txt`` (one name per line, line number = YOLO class id; new
+    names are appended to it)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
 
-    def classes(self) -> list[str]:
+    def _classes_bytes(self) -> bytes:
         path = self.root / CLASSES_FILE
         if not path.is_file() or path.is_symlink():
-            return []
+            return b""
+        return path.read_bytes()
+
+    def class_ids(self) -> dict[int, str]:
+        """{class id: name} of ``classes.txt``, by the rule of :mod:`mobilesam.formats.classes`."""
+        return parse_classes(self._classes_bytes().decode("utf-8", errors="replace"))
+
+    def classes(self) -> list[str]:
         # The page lists the names in file order; a blank line names nothing.
-        return list(read_classes(path, errors="replace").values())
+        return list(self.class_ids().values())
+
+    def _add_classes(self, names: list[str]) -> dict[int, str]:
+        """Append ``names`` to ``classes.txt`` (atomically) and return the new {id: name}.
+
+        Appended, never rewritten: the lines already there keep their bytes and so their numbers, which
+        are the class ids of every label file of the folder (a blank line or a name a foreign tool wrote
+        with a U+2028 in it included, which a rewrite would renumber or refuse).
+        """
+        old = self._classes_bytes()
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        data = old + classes_text(names).encode("utf-8")
+        atomic_write_bytes(self.root / CLASSES_FILE, data)
+        return parse_classes(data.decode("utf-8", errors="replace"))
 
     def paths(self, image: Path) -> tuple[Path, Path]:
         return image.with_suffix(".json"), image.with_suffix(".txt")
@@ -206,12 +246,12 @@ class LabelStore:
         """Write the image's COCO and YOLO labels atomically (and new class names to classes.txt)."""
         with self._lock:
             self._check_writable(image)
-            known = self.classes()
-            classes = class_list(objects, known)
+            classes = self.class_ids()
+            new = [n for n in class_list(objects) if n not in classes.values()]
             js, txt = self.paths(image)
             written = []
-            if classes != known:
-                write_classes(self.root / CLASSES_FILE, classes)
+            if new:
+                classes = self._add_classes(new)
                 written.append(self.root / CLASSES_FILE)
             coco.write_coco(js, to_coco(objects, image.name, size, classes, with_prompts=True))
             atomic_write_text(txt, to_yolo(objects, size, classes))

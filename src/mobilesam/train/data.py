@@ -30,7 +30,7 @@ import torch
 
 from ..io import read_image
 from ..transforms import ResizeLongestSide
-from .store import EmbeddingStore
+from .store import EmbeddingStore, image_error
 
 
 class DistillDataset(torch.utils.data.Dataset):
@@ -39,7 +39,9 @@ class DistillDataset(torch.utils.data.Dataset):
     An item is keyed by ``(index, epoch)`` (see :class:`StepSampler`) and is a dict with ``image``
     (3, h, w) uint8 resized by ``ResizeLongestSide``, ``target`` (256, E, E) float16, ``input_size``
     (h, w), and the flip decisions ``hflip``/``vflip``, drawn from (seed, epoch, index) so they do
-    not depend on the number of workers or ranks, nor on where a run was resumed.
+    not depend on the number of workers or ranks, nor on where a run was resumed. An image or
+    embedding that cannot be read gives ``{"error": message}`` instead: the training loop raises it
+    in the main process, as one line (raised in a loader worker, it would arrive wrapped in a traceback).
     """
 
     def __init__(
@@ -71,11 +73,20 @@ class DistillDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, epoch = key
         rel = self.rels[index]
-        resized = self.transform.apply_image(read_image(self.root / rel))
+        path = self.root / rel
+        try:
+            resized = self.transform.apply_image(read_image(path))
+        except Exception as e:  # noqa: BLE001 - reported by the training loop, naming the file
+            return {"error": f"data: cannot read image '{path}' ({image_error(path, e)}); replace the file, or "
+                             "move it out of the image folder and start a new run"}
+        try:
+            target = self.store.read(rel)
+        except (OSError, ValueError) as e:
+            return {"error": str(e)}
         hflip, vflip = self.flips(index, epoch)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1),
-            "target": torch.from_numpy(self.store.read(rel)),
+            "target": torch.from_numpy(target),
             "input_size": (resized.shape[0], resized.shape[1]),
             "hflip": hflip,
             "vflip": vflip,
@@ -83,7 +94,11 @@ class DistillDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Images stay a list (their sizes differ until ``Sam.preprocess`` pads them); targets are stacked."""
+    """Images stay a list (their sizes differ until ``Sam.preprocess`` pads them); targets are stacked.
+    A batch with an unreadable item is ``{"error": message}`` of the first."""
+    for it in items:
+        if "error" in it:
+            return {"error": it["error"]}
     return {
         "images": [it["image"] for it in items],
         "targets": torch.stack([it["target"] for it in items]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -37,6 +38,28 @@ from .models import PATCH, check_img_size, load_teacher
 FORMAT = "mobilesam-embeddings"
 VERSION = 1
 META = "meta.json"
+
+logger = logging.getLogger(__name__)
+
+
+class DamagedEmbeddingError(ValueError):
+    """A stored embedding file that is not a complete float16 array of the store's shape."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"embeddings: '{path}' is damaged ({reason}); run 'mobilesam embed' again with the same --data and "
+            "--out: it recomputes damaged files"
+        )
+        self.path, self.reason = path, reason
+
+
+def image_error(path: str | os.PathLike, e: Exception) -> str:
+    """Why the image file ``path`` could not be read, without its path (the caller names the file)."""
+    message = str(e)
+    prefix = f"image: cannot read '{path}' as an image ("
+    if message.startswith(prefix) and message.endswith(")"):
+        return message[len(prefix):-1]
+    return f"{type(e).__name__}: {message}"  # not read_image's own message (a resize failure, ...)
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
@@ -62,6 +85,9 @@ class EmbeddingStore:
         self.root = Path(root).expanduser()
         self.meta = meta
         self.shape = tuple(int(s) for s in meta["shape"])
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(self.shape, np.float16), allow_pickle=False)
+        self.file_bytes = len(buf.getvalue())  # the size of every file this numpy writes for the store
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> EmbeddingStore:
@@ -117,6 +143,25 @@ class EmbeddingStore:
     def missing(self, rels: Iterable[str]) -> list[str]:
         return [r for r in rels if not self.has(r)]
 
+    def damaged(self, rels: Iterable[str]) -> list[tuple[str, str]]:
+        """``(rel, reason)`` for the stored files among ``rels`` that :meth:`read` refuses.
+
+        One ``stat`` per file: a file of the expected size is taken as complete (each was written
+        atomically; a truncated copy or a full disk changes the size); only the others are read.
+        """
+        bad = []
+        for rel in rels:
+            try:
+                if self.path_for(rel).stat().st_size == self.file_bytes:
+                    continue
+            except FileNotFoundError:
+                continue  # missing, not damaged: see missing()
+            try:
+                self.read(rel)
+            except DamagedEmbeddingError as e:
+                bad.append((rel, e.reason))
+        return bad
+
     def read(self, rel: str) -> np.ndarray:
         """The stored float16 embedding of image ``rel``: (256, E, E)."""
         path = self.path_for(rel)
@@ -127,13 +172,12 @@ class EmbeddingStore:
                 f"embeddings: no embedding for image '{rel}' ({path} is missing); run 'mobilesam embed' again "
                 "on the same folders to compute the missing ones"
             ) from None
-        except (OSError, ValueError) as e:
-            raise ValueError(f"embeddings: '{path}' is not a readable .npy file ({e}); delete it and run embed again") from None
+        except (OSError, ValueError, EOFError) as e:
+            size = path.stat().st_size if path.is_file() else 0
+            cut = f"truncated: {size} of {self.file_bytes} bytes; " if size < self.file_bytes else ""
+            raise DamagedEmbeddingError(path, f"{cut}not a readable .npy file: {e}") from None
         if arr.shape != self.shape or arr.dtype != np.float16:
-            raise ValueError(
-                f"embeddings: '{path}' holds {arr.dtype} {arr.shape}, expected float16 {self.shape}; "
-                "delete it and run embed again"
-            )
+            raise DamagedEmbeddingError(path, f"holds {arr.dtype} {arr.shape}, expected float16 {self.shape}")
         return arr
 
     def write(self, rel: str, embedding: np.ndarray | torch.Tensor) -> Path:
@@ -152,7 +196,9 @@ class EmbeddingStore:
 
 
 class ResizedImages(torch.utils.data.Dataset):
-    """Images resized by the official ``ResizeLongestSide``: item -> (index, (3, h, w) uint8 tensor, (H, W))."""
+    """Images resized by the official ``ResizeLongestSide``: item -> (index, (3, h, w) uint8 tensor, None),
+    or (index, None, why) for a file that cannot be read: one bad image must not stop the others (an
+    exception in a loader worker would reach the main process as a traceback)."""
 
     def __init__(self, root: str | os.PathLike, rels: list[str], img_size: int) -> None:
         self.root = Path(root).expanduser()
@@ -162,10 +208,13 @@ class ResizedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rels)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, tuple[int, int]]:
-        rgb = read_image(self.root / self.rels[i])
-        resized = self.transform.apply_image(rgb)
-        return i, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1), (rgb.shape[0], rgb.shape[1])
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        path = self.root / self.rels[i]
+        try:
+            resized = self.transform.apply_image(read_image(path))
+        except Exception as e:  # noqa: BLE001 - any unreadable file is this image's problem only
+            return i, None, image_error(path, e)
+        return i, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1), None
 
 
 def preprocess_batch(sam: Sam, images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -179,8 +228,10 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _collate(batch: list) -> tuple[list[int], list[torch.Tensor]]:
-    return [b[0] for b in batch], [b[1] for b in batch]
+def _collate(batch: list) -> tuple[list[int], list[torch.Tensor], list[tuple[int, str]]]:
+    """Indices and images of the readable items; ``(index, why)`` of the others."""
+    good = [b for b in batch if b[1] is not None]
+    return [b[0] for b in good], [b[1] for b in good], [(b[0], b[2]) for b in batch if b[1] is None]
 
 
 def default_workers(most: int = 4) -> int:
@@ -212,6 +263,11 @@ def embed_folder(
     every rank computes a fixed share whatever was already done. ``precision`` is "fp32", "bf16" or
     "fp16" (autocast on CUDA only). ``workers`` (loader processes): None takes :func:`default_workers`,
     4 or the number of usable CPUs if fewer. Returns counts and timing for this process.
+
+    An image that cannot be read is logged (``embed: skipped 'NAME': why``) and counted in ``failed``,
+    with ``failed_files`` listing ``(NAME, why)``; the others are embedded. A stored file that is
+    damaged (see :meth:`EmbeddingStore.damaged`) is recomputed. ``images_per_s`` is None when this
+    process computed nothing.
     """
     check_img_size(img_size)
     if batch_size < 1:
@@ -236,7 +292,12 @@ def embed_folder(
     if store is None:
         store = EmbeddingStore.open(out)
     mine = rels[info.rank :: info.world_size]
-    todo = mine if overwrite else store.missing(mine)
+    damaged = [] if overwrite else store.damaged(mine)
+    if damaged:
+        logger.warning("embed: %d stored embedding(s) are damaged and will be recomputed (first: '%s': %s)",
+                       len(damaged), store.path_for(damaged[0][0]), damaged[0][1])
+    redo = {rel for rel, _ in damaged}
+    todo = mine if overwrite else [r for r in mine if r in redo or not store.has(r)]
     loader = torch.utils.data.DataLoader(
         ResizedImages(data, todo, img_size),
         batch_size=batch_size,
@@ -245,28 +306,41 @@ def embed_folder(
         pin_memory=info.device.type == "cuda",
     )
     start = time.perf_counter()
+    # Sized to this process's work; an unreadable image counts as done, so the bar ends at 100%.
     bar = tqdm(total=len(todo), desc="embed" if not info.distributed else f"embed (rank 0 of {info.world_size})",
                unit="img", disable=not progress or not info.is_main)
+    failed: list[tuple[str, str]] = []
     encoder = optimize_for_inference(sam).image_encoder  # the teacher only infers: the CPU fast paths apply
-    with torch.inference_mode():
-        for idxs, images in loader:
-            x = preprocess_batch(sam, images, info.device)
-            with _autocast(info.device, precision):
-                emb = encoder(x)
-            emb = emb.float().cpu()
-            for i, e in zip(idxs, emb):
-                store.write(todo[i], e)
-            bar.update(len(idxs))
-    bar.close()
+    try:
+        with torch.inference_mode():
+            for idxs, images, errors in loader:
+                for i, why in errors:
+                    failed.append((todo[i], why))
+                    with tqdm.external_write_mode():  # the line goes above the bar, not into it
+                        logger.warning("embed: skipped '%s': %s", todo[i], why)
+                if images:
+                    x = preprocess_batch(sam, images, info.device)
+                    with _autocast(info.device, precision):
+                        emb = encoder(x)
+                    for i, e in zip(idxs, emb.float().cpu()):
+                        store.write(todo[i], e)
+                bar.update(len(idxs) + len(errors))
+                if failed:
+                    bar.set_postfix(failed=len(failed), refresh=False)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - start
     _dist.barrier(info)
+    computed = len(todo) - len(failed)
     return {
         "images": len(rels),
         "this_rank": len(mine),
-        "computed": len(todo),
+        "computed": computed,
         "skipped": len(mine) - len(todo),
+        "failed": len(failed),
+        "failed_files": failed,
         "seconds": seconds,
-        "images_per_s": len(todo) / seconds if seconds > 0 and todo else 0.0,
+        "images_per_s": computed / seconds if seconds > 0 and computed else None,
         "rank": info.rank,
         "world_size": info.world_size,
         "out": str(store.root),

@@ -14,7 +14,7 @@ import os
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from .checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpo
 from .data import DistillDataset, StepSampler, apply_flips, collate
 from .logs import CSVLog, plot_loss
 from .models import ENCODER_PREFIX, build_distill_sam
-from .store import EmbeddingStore, list_images, preprocess_batch
+from .store import DamagedEmbeddingError, EmbeddingStore, list_images, preprocess_batch
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -43,6 +43,10 @@ _RUN_DEFINING = (
     "schedule", "warmup_steps", "min_lr_ratio", "clip_grad", "hflip", "vflip", "seed", "total_steps",
     "precision", "sync_bn",
 )
+# Options of one call, free to differ between a run's calls: they change where and how fast it runs,
+# not its result. The first group is taken from the run when not given; the second never is.
+_PER_CALL_INHERITED = ("data", "embeddings", "workers", "save_every", "log_every", "device", "allow_missing")
+_PER_CALL_OWN = ("out", "stop_after", "progress")
 
 
 @dataclass
@@ -80,6 +84,34 @@ class TrainConfig:
     stop_after: int | None = None  # stop (checkpointed) after this many steps in this call
     progress: bool = True
     total_steps: int = field(default=0, init=False)  # resolved at start
+
+    @classmethod
+    def resumed(cls, resume: str | os.PathLike, **given: Any) -> TrainConfig:
+        """The settings of the run at ``resume`` (its folder or checkpoint), with the options in ``given``.
+
+        ``given`` may hold the options of one call (data, embeddings, out, workers, save_every,
+        log_every, device, allow_missing, stop_after, progress) and any setting equal to the run's;
+        a setting that would change the run (lr, batch_size, steps, ...) is refused, naming it. Not
+        given: out is the run's folder, stop_after and progress their defaults, the rest the run's.
+        """
+        path = resolve_resume(resume)
+        saved = load_checkpoint(path)["config"]
+        names = [f.name for f in fields(cls) if f.init]
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise TypeError(f"TrainConfig.resumed: unknown option {unknown[0]!r} (options: {', '.join(names)})")
+        kept = {k: saved[k] for k in names if k in saved and k not in _PER_CALL_OWN}
+        if "betas" in kept:
+            kept["betas"] = tuple(kept["betas"])
+        for name, value in given.items():
+            if name in _PER_CALL_INHERITED or name in _PER_CALL_OWN or name not in kept:
+                continue
+            if (tuple(value) if name == "betas" else value) != kept[name]:
+                raise ValueError(
+                    f"{name}: {value!r} differs from the run's {kept[name]!r} (saved in '{path}'); drop it to resume "
+                    "the run with its own settings, or start a new run with another --out"
+                )
+        return cls(**{**kept, **given})
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -183,12 +215,21 @@ class _Unwrap:
         return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig | None = None, resume: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run (or continue, with ``resume``) a distillation; returns a summary (final loss, steps, speed).
 
     Writes into ``cfg.out``: ``last.pt`` (every ``save_every`` steps and at the end), ``log.csv``,
     ``loss.png`` and ``config.json``. Under torchrun, call it in every rank.
+
+    ``resume``: a run folder (its last.pt) or checkpoint to continue. ``cfg`` None then takes the run's
+    own settings; for options of this call use ``TrainConfig.resumed(resume, workers=8, ...)``. A cfg
+    whose settings differ from the run's is refused (a resumed run continues the same run).
+    ``images_per_s`` in the summary is over this call's steps (None when it ran none).
     """
+    if cfg is None:
+        if resume is None:
+            raise TypeError("train: pass a TrainConfig, or resume= to continue a run with its own settings")
+        cfg = TrainConfig.resumed(resume)
     _check(cfg)
     return _train(cfg, _dist.setup(cfg.device), resume)
 
@@ -208,6 +249,11 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
                 "--allow-missing to train on the others"
             )
         rels = [r for r in rels if store.has(r)]
+    damaged = store.damaged(rels)
+    if damaged:
+        rel, why = damaged[0]
+        others = f"; {len(damaged) - 1} more of the {len(rels)} are damaged too" if len(damaged) > 1 else ""
+        raise DamagedEmbeddingError(store.path_for(rel), why + others)
     per_step = cfg.accumulate * info.world_size
     if cfg.batch_size % per_step:
         raise ValueError(
@@ -225,6 +271,16 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
         path = resolve_resume(resume)
         ckpt = load_checkpoint(path)
         _check_resume(cfg, ckpt["config"], path)
+        if ckpt.get("precision", precision) != precision:  # --device is free, but "auto" follows it
+            raise ValueError(
+                f"device: the run '{path}' trained in {ckpt['precision']}, this call on {device} would use "
+                f"{precision}; resume it on the kind of device it started on (--device)"
+            )
+        if ckpt.get("images", len(rels)) != len(rels):
+            raise ValueError(
+                f"data: the run '{path}' trained on {ckpt['images']} images, '{cfg.data}' has {len(rels)} with "
+                "embeddings now; a resumed run needs the same images (or start a new run)"
+            )
     out = Path(cfg.out or (path.parent if ckpt is not None else "runs/train")).expanduser()
     if ckpt is None and (out / "last.pt").exists():
         raise FileExistsError(
@@ -316,6 +372,8 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
                 "student": cfg.student,
                 "rng": states,
                 "world_size": info.world_size,
+                "images": len(rels),
+                "precision": precision,
             })
             plot_loss(out / "log.csv", out / "loss.png")
 
@@ -323,52 +381,57 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
                disable=not (cfg.progress and info.is_main))
     interval_loss = torch.zeros((), device=device)
     interval_steps, interval_start, run_start = 0, time.perf_counter(), time.perf_counter()
-    last_loss, first_loss = float("nan"), None
+    last_loss = float(ckpt["loss"]) if ckpt is not None else float("nan")  # a finished run's, if no step runs
+    first_loss = None
     batches = iter(loader)
     images_seen = 0
-    while step < end:
-        step_loss = torch.zeros((), device=device)
-        for k in range(cfg.accumulate):
-            batch = next(batches)
-            x = preprocess_batch(sam, batch["images"], device)
-            y = batch["targets"].to(device, non_blocking=True).float()
-            x, y = apply_flips(x, y, batch)
-            # DDP all-reduces gradients only on the last micro-step of an accumulation.
-            sync = k == cfg.accumulate - 1 or not info.distributed
-            with contextlib.nullcontext() if sync else model.no_sync():
-                with _autocast(device, precision):
-                    pred = model(x)
-                loss = F.mse_loss(pred.float(), y) / cfg.accumulate
-                loss.backward()
-            step_loss += loss.detach()
-        if cfg.clip_grad > 0:
-            nn.utils.clip_grad_norm_(encoder.parameters(), cfg.clip_grad)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        interval_loss += step_loss
-        interval_steps += 1
-        images_seen += cfg.batch_size
-        if step % cfg.log_every == 0 or step == end:
-            if info.distributed:
-                dist.all_reduce(interval_loss)
-                interval_loss /= info.world_size
-            last_loss = float(interval_loss) / interval_steps
-            first_loss = last_loss if first_loss is None else first_loss
-            now = time.perf_counter()
-            speed = interval_steps * cfg.batch_size / max(now - interval_start, 1e-9)
-            lr = scheduler.get_last_lr()[0]
-            if log is not None:
-                log.write(step=step, epoch=(step - 1) // steps_per_epoch, loss=last_loss, lr=lr,
-                          images_per_s=speed, elapsed_s=now - run_start)
-            bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-            interval_loss.zero_()
-            interval_steps, interval_start = 0, now
-        bar.update(1)
-        if step % cfg.save_every == 0 or step == end:
-            save(step, last_loss)
-    bar.close()
+    try:
+        while step < end:
+            step_loss = torch.zeros((), device=device)
+            for k in range(cfg.accumulate):
+                batch = next(batches)
+                if "error" in batch:
+                    raise ValueError(batch["error"])
+                x = preprocess_batch(sam, batch["images"], device)
+                y = batch["targets"].to(device, non_blocking=True).float()
+                x, y = apply_flips(x, y, batch)
+                # DDP all-reduces gradients only on the last micro-step of an accumulation.
+                sync = k == cfg.accumulate - 1 or not info.distributed
+                with contextlib.nullcontext() if sync else model.no_sync():
+                    with _autocast(device, precision):
+                        pred = model(x)
+                    loss = F.mse_loss(pred.float(), y) / cfg.accumulate
+                    loss.backward()
+                step_loss += loss.detach()
+            if cfg.clip_grad > 0:
+                nn.utils.clip_grad_norm_(encoder.parameters(), cfg.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            interval_loss += step_loss
+            interval_steps += 1
+            images_seen += cfg.batch_size
+            if step % cfg.log_every == 0 or step == end:
+                if info.distributed:
+                    dist.all_reduce(interval_loss)
+                    interval_loss /= info.world_size
+                last_loss = float(interval_loss) / interval_steps
+                first_loss = last_loss if first_loss is None else first_loss
+                now = time.perf_counter()
+                speed = interval_steps * cfg.batch_size / max(now - interval_start, 1e-9)
+                lr = scheduler.get_last_lr()[0]
+                if log is not None:
+                    log.write(step=step, epoch=(step - 1) // steps_per_epoch, loss=last_loss, lr=lr,
+                              images_per_s=speed, elapsed_s=now - run_start)
+                bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.2e}", img_s=f"{speed:.3g}")
+                interval_loss.zero_()
+                interval_steps, interval_start = 0, now
+            bar.update(1)
+            if step % cfg.save_every == 0 or step == end:
+                save(step, last_loss)
+    finally:
+        bar.close()  # before an error's line, so that it does not land inside the bar
     seconds = time.perf_counter() - run_start
     summary = {
         "step": step,
@@ -376,7 +439,7 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
         "finished": step >= cfg.total_steps,
         "loss": last_loss,
         "first_logged_loss": first_loss,
-        "images_per_s": images_seen / seconds if seconds > 0 else 0.0,
+        "images_per_s": images_seen / seconds if images_seen and seconds > 0 else None,
         "seconds": seconds,
         "out": str(out),
         "checkpoint": str(out / "last.pt"),
