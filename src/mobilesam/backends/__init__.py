@@ -3,7 +3,9 @@ built-in runtimes.
 
 Built in: ``torch`` (exact), ``torch-bf16`` (bfloat16 image encoder), ``onnxruntime`` and
 ``onnxruntime-int8`` (exported once into the cache, or an exported folder; ``pip install
-"mobilesam[onnx]"``). Each runtime's module is imported only when a predictor of it is made, and the
+"mobilesam[onnx]"``), ``openvino`` (exact), ``openvino-bf16`` (CPUs with bfloat16 only) and
+``openvino-int8`` (NNCF-quantized image encoder), converted once into the cache (``pip install
+"mobilesam[openvino]"``). Each runtime's module is imported only when a predictor of it is made, and the
 interface names (``Predictor``, ``PredictorBase``, ``ImageFeatures``) on first use, so listing and checking
 backend names (``mobilesam --backend``) does not import torch.
 """
@@ -53,10 +55,22 @@ def _onnx(precision: str) -> Any:
     return factory
 
 
+def _openvino(precision: str) -> Any:
+    def factory(model: Any, **options: Any) -> Predictor:
+        from .openvino_predictor import OpenVinoSamPredictor
+
+        return OpenVinoSamPredictor.from_sam(model, precision=precision, **options)
+
+    return factory
+
+
 register_backend("torch", _torch, description="PyTorch, fp32 (exact)")
 register_backend("torch-bf16", _torch_bf16, description="PyTorch, bfloat16 image encoder, fp32 decoder")
 register_backend("onnxruntime", _onnx("fp32"), description="ONNX Runtime, fp32", exported=True)
 register_backend("onnxruntime-int8", _onnx("int8"), description="ONNX Runtime, int8 image encoder", exported=True)
+register_backend("openvino", _openvino("fp32"), description="OpenVINO, fp32 (exact)")
+register_backend("openvino-bf16", _openvino("bf16"), description="OpenVINO, bfloat16 image encoder, fp32 decoder")
+register_backend("openvino-int8", _openvino("int8"), description="OpenVINO, int8 image encoder (NNCF), fp32 decoder")
 
 __all__ = [
     "BACKENDS",

@@ -1,0 +1,152 @@
+"""CPU runtimes in one run: torch, ONNX Runtime and OpenVINO, f32 and their reduced-precision variants.
+
+On the proxy checkpoint (``benchmarks/proxy.py``; trained when missing) and a held-out synthetic scene:
+
+1. latency, each backend in its own process, alternating over rounds (``mobilesam benchmark``'s engine,
+   :func:`mobilesam.bench.run_benchmark`): image encoder, one more prompt (decoder + full-size mask),
+   image to first mask, a 64-prompt batch, peak memory, and mask IoU vs torch on its fixed prompts;
+2. accuracy of each variant against f32 torch on ``--scenes`` held-out scenes with known instances: one
+   point (the instance's interior-most point, best of the multimask outputs) and one box per instance;
+   mask IoU against the torch mask of the same prompt (mean / min), and mIoU against the ground truth.
+
+Conversions (ONNX export, OpenVINO IR, NNCF int8 with the built-in synthetic calibration images) are
+made once, in this process, before anything is timed; the workers find them in the cache.
+
+    python benchmarks/bench_openvino.py                       # 3 rounds, each runtime's default threads
+    python benchmarks/bench_openvino.py --threads 2 --rounds 5 --scenes 8
+    python benchmarks/bench_openvino.py --backends torch,openvino,openvino-bf16,openvino-int8   # bf16 CPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import proxy  # noqa: E402
+
+DEFAULT_BACKENDS = "torch,onnxruntime,onnxruntime-int8,openvino,openvino-int8"
+REFERENCE = "torch"
+SCENE_SEED = 777_000_000  # held out: neither the proxy's training nor its evaluation scenes
+
+
+def prepare(checkpoint: Path, backends: list[str], threads: int | None) -> None:
+    """Make every backend's converted files once (a refusal, such as bf16 on a CPU without it, stops here)."""
+    from mobilesam.backends import create_predictor, get_backend
+    from mobilesam.bench import ONNX_PREFIX, ensure_onnx
+
+    if any(b.startswith(ONNX_PREFIX) for b in backends):
+        ensure_onnx(checkpoint, quantize=f"{ONNX_PREFIX}-int8" in backends)
+    for b in backends:
+        if b.startswith("openvino"):
+            t = time.perf_counter()
+            options = {"threads": threads} if threads and not get_backend(b).exported else {}
+            pred = create_predictor(str(checkpoint), b, device="cpu", **options)
+            print(f"{b}: ready in {time.perf_counter() - t:.0f} s ({pred!r})", file=sys.stderr, flush=True)
+
+
+def _predictor(checkpoint: Path, backend: str, onnx_dir: Path | None, threads: int | None):
+    from mobilesam.backends import create_predictor
+    from mobilesam.bench import ONNX_PREFIX
+
+    if backend.startswith(ONNX_PREFIX):
+        return create_predictor(str(onnx_dir), backend, **({"threads": threads} if threads else {}))
+    return create_predictor(str(checkpoint), backend, device="cpu")
+
+
+def accuracy(checkpoint: Path, backends: list[str], scenes: list, threads: int | None) -> list[str]:
+    """Markdown rows: each backend's masks vs f32 torch's for the same prompts, and vs the ground truth."""
+    import torch
+
+    from mobilesam.bench import ONNX_PREFIX, ensure_onnx
+    from mobilesam.masks import mask_iou
+
+    if threads:
+        torch.set_num_threads(threads)
+    onnx_dir = ensure_onnx(checkpoint, quantize=True) if any(b.startswith(ONNX_PREFIX) for b in backends) else None
+    masks: dict[str, list[np.ndarray]] = {}
+    gt: list[np.ndarray] = []
+    for b in dict.fromkeys([REFERENCE, *backends]):
+        pred = _predictor(checkpoint, b, onnx_dir, threads)
+        out = []
+        for sc in scenes:
+            pred.set_image(sc.image)
+            for m in sc.instance_masks():
+                x, y = proxy.interior_point(m)
+                ms, scores, _ = pred.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
+                out.append(ms[int(np.argmax(scores))])
+                ys, xs = np.nonzero(m)
+                ms, _, _ = pred.predict(box=np.array([xs.min(), ys.min(), xs.max(), ys.max()], float),
+                                        multimask_output=False)
+                out.append(ms[0])
+                if b == REFERENCE:
+                    gt += [m, m]
+        masks[b] = out
+        print(f"accuracy: {b} done", file=sys.stderr, flush=True)
+    rows = ["| backend | mask IoU vs torch f32 (mean / min) | masks with IoU < 0.9 | mIoU vs ground truth |",
+            "|---|---|---:|---:|"]
+    truth = np.stack(gt)
+    for b in dict.fromkeys([REFERENCE, *backends]):
+        got = np.stack(masks[b])
+        vs_ref = np.asarray(mask_iou(np.stack(masks[REFERENCE]), got))
+        vs_gt = np.asarray(mask_iou(truth, got))
+        low = int((vs_ref < 0.9).sum())
+        rows.append(f"| {b} | {vs_ref.mean():.4f} / {vs_ref.min():.4f} | {low} of {len(vs_ref)} | {vs_gt.mean():.4f} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mobilesam.bench import benchmark_backends, run_benchmark
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backends", default=DEFAULT_BACKENDS, help="comma-separated; default: %(default)s")
+    ap.add_argument("--rounds", type=int, default=3, help="latency rounds (one process each); default: %(default)s")
+    ap.add_argument("--runs", type=int, default=3, help="encoder runs per process; default: %(default)s")
+    ap.add_argument("--prompts", type=int, default=10, help="single prompts timed per process; default: %(default)s")
+    ap.add_argument("--threads", type=int, default=None, help="threads of every runtime (default: each one's own)")
+    ap.add_argument("--scenes", type=int, default=4, help="held-out scenes of the accuracy table; default: %(default)s")
+    ap.add_argument("--proxy-dir", default=None, help="folder of the proxy shards (default $MOBILESAM_HOME/proxy)")
+    ap.add_argument("--rebuild-minutes", type=float, default=40.0,
+                    help="train the proxy this long when missing; default: %(default)s")
+    ap.add_argument("--no-latency", action="store_true", help="only the accuracy table")
+    args = ap.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    known = benchmark_backends()
+    bad = [b for b in backends if b not in known]
+    if bad or not backends:
+        ap.error(f"--backends: expected some of {','.join(known)}, got {args.backends}")
+
+    ckpt = proxy.proxy_checkpoint(args.proxy_dir, args.rebuild_minutes)
+    prepare(ckpt, backends, args.threads)
+    scenes = [proxy.make_scene(SCENE_SEED + i) for i in range(args.scenes)]
+    command = "python benchmarks/bench_openvino.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"# CPU runtimes on the proxy checkpoint ({platform.machine()}, {os.cpu_count()} CPUs)", ""]
+    if not args.no_latency:
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            image = Path(tmp) / "scene.png"
+            Image.fromarray(scenes[0].image).save(image)
+            lines += ["## Latency", "", run_benchmark(str(ckpt), backends, image=image, rounds=args.rounds,
+                                                      runs=args.runs, prompts=args.prompts, threads=args.threads,
+                                                      command=command), ""]
+    lines += ["## Masks of the reduced-precision variants vs f32", "",
+              f"{args.scenes} held-out proxy scenes, one point (best multimask output) and one box per instance; "
+              "int8 OpenVINO calibrated on the built-in synthetic images.", "",
+              *accuracy(ckpt, backends, scenes, args.threads), ""]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""The OpenVINO backends: f32 parity with the torch backend, the conversion cache, threads, batches,
+the front ends, the bf16 refusal, int8 calibration, and the error when openvino is not installed.
+
+One conversion for the module (``ov_cache``): every predictor here, whichever way it is made, reuses it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnx")  # the conversion goes through our ONNX export
+pytest.importorskip("onnxruntime")
+
+import openvino as ov  # noqa: E402
+
+from mobilesam import SAM  # noqa: E402
+from mobilesam.backends import create_predictor  # noqa: E402
+from mobilesam.backends import openvino_predictor as ovp  # noqa: E402
+from mobilesam.backends.openvino_predictor import OpenVinoSamPredictor  # noqa: E402
+from mobilesam.backends.torch_predictor import SamPredictor  # noqa: E402
+from mobilesam.export import openvino_export as ove  # noqa: E402
+from mobilesam.export.manifest import ExportError  # noqa: E402
+
+# The ONNX backend's parity tolerances (tests/test_export.py), which the f32 backend must meet too.
+EMB_RTOL = 1e-4
+LOGIT_ATOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def ov_cache(tmp_path_factory, vit_t_pair):
+    """The model converted once into a fresh ``$MOBILESAM_HOME``, which the whole module uses."""
+    home = tmp_path_factory.mktemp("ov_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOBILESAM_HOME", str(home))
+        pred = OpenVinoSamPredictor.from_sam(vit_t_pair[1])
+        yield pred, home
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    """Non-square, so the padding of the square encoder input and the crop of the masks are exercised."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:240, 0:370]
+    img = np.stack([(xx * 0.7) % 255, (yy * 1.1) % 255, 128 + 60 * np.sin(xx / 9.0)], axis=-1)
+    img[60:170, 100:260] = (220, 40, 40)
+    return np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def predictors(ov_cache, vit_t_pair, image):
+    ours, ovino = SamPredictor(vit_t_pair[1]), ov_cache[0]
+    ours.set_image(image)
+    ovino.set_image(image)
+    return ours, ovino
+
+
+def _assert_same(tag, ref, got) -> None:
+    (r_logits, r_iou, r_low), (o_logits, o_iou, o_low) = ref, got
+    assert r_logits.shape == o_logits.shape and r_low.shape == o_low.shape, tag
+    assert np.abs(r_low - o_low).max() <= LOGIT_ATOL, f"{tag}: low-res logits"
+    assert np.abs(r_iou - o_iou).max() <= LOGIT_ATOL, f"{tag}: iou predictions"
+    differ = (r_logits > 0) != (o_logits > 0)
+    assert not (differ & (np.abs(r_logits) > LOGIT_ATOL)).any(), f"{tag}: masks differ away from the threshold"
+
+
+def test_f32_matches_torch(predictors, image) -> None:
+    ours, ovino = predictors
+    ref, got = ours.get_image_embedding(), ovino.get_image_embedding()
+    assert got.shape == (1, 256, 64, 64) and ovino.input_size == ours.input_size == (664, 1024)
+    assert (ref - got).abs().max() <= EMB_RTOL * ref.abs().max()
+    h, w = image.shape[:2]
+    pts = np.array([[w * 0.5, h * 0.5], [w * 0.2, h * 0.3], [w * 0.8, h * 0.7]])
+    box = np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.75])
+    prompts = {
+        "1 point": dict(point_coords=pts[:1], point_labels=np.array([1])),
+        "3 points": dict(point_coords=pts, point_labels=np.array([1, 0, 1])),
+        "box": dict(box=box),
+        "box + 2 points": dict(box=box, point_coords=pts[:2], point_labels=np.array([1, 0])),
+    }
+    for tag, prompt in prompts.items():
+        for multimask in (True, False):
+            r = ours.predict(**prompt, multimask_output=multimask, return_logits=True)
+            _assert_same(f"{tag}/multimask={multimask}", r,
+                         ovino.predict(**prompt, multimask_output=multimask, return_logits=True))
+        best = r[2][np.argmax(r[1])][None]
+        _assert_same(f"{tag}/mask_input", ours.predict(**prompt, mask_input=best, multimask_output=False),
+                     ovino.predict(**prompt, mask_input=best, multimask_output=False))
+    masks, scores, _ = ovino.predict(point_coords=pts[:1], point_labels=[1])
+    assert masks.dtype == bool and masks.shape == (3, h, w) and scores.shape == (3,)
+    # A batch of boxes in one decoder pass (the decoder IR has a dynamic batch).
+    boxes = torch.as_tensor(ovino.transform.apply_boxes(np.array([[10, 20, 200, 150], [100, 50, 360, 230]]), (h, w)),
+                            dtype=torch.float)
+    r = ours.predict_torch(None, None, boxes=boxes, multimask_output=False, return_logits=True)
+    o = ovino.predict_torch(None, None, boxes=boxes, multimask_output=False, return_logits=True)
+    assert o[0].shape == (2, 1, h, w)
+    _assert_same("2 boxes", [t.numpy() for t in r], [t.numpy() for t in o])
+
+
+def test_cache_is_reused_and_threads_and_precision_are_explicit(ov_cache, vit_t_pair, monkeypatch) -> None:
+    first, home = ov_cache
+    calls = []
+    monkeypatch.setattr(ovp, "convert_openvino", lambda *a, **k: calls.append(a) or pytest.fail("converted again"))
+    monkeypatch.setenv("MOBILESAM_HOME", str(home))
+    pred = create_predictor(vit_t_pair[1], "openvino", threads=1)
+    assert calls == [] and pred.model_dir == first.model_dir and pred.backend == "openvino"
+    digest = ove.weights_digest(vit_t_pair[1])
+    assert pred.model_dir == home / "openvino" / f"vit_t-{digest[:16]}-ov{ove.openvino_release()}"
+    assert pred.manifest["weights_sha256"] == digest and pred.manifest["converted_from"] == "onnx"
+    checks = pred.manifest["checks"]
+    assert checks["encoder"]["embedding_max_abs_diff"] <= EMB_RTOL * checks["encoder"]["embedding_max_abs"]
+    for runner in (pred.encoder, pred.decoder):
+        assert runner.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        assert runner.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert first.threads == torch.get_num_threads() and "threads=1" in repr(pred)
+    # A changed weight is another model: another folder.
+    weight = vit_t_pair[1].mask_decoder.iou_token.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight[0, 0] += 1.0
+        try:
+            assert ove.default_folder(vit_t_pair[1]) != pred.model_dir
+        finally:
+            weight.copy_(saved)
+    assert ove.default_folder(vit_t_pair[1]) == pred.model_dir
+
+
+def test_set_images_batches_the_encoder(ov_cache, predictors, image, monkeypatch) -> None:
+    """Images of different shapes share one encoder pass (square padded inputs), with the features of one
+    ``set_image`` each; the fixture's predictor has ``image`` set already."""
+    ovino = predictors[1]
+    pred = OpenVinoSamPredictor(ov_cache[0].model_dir, encoder_batch=2)
+    wide = np.ascontiguousarray(image[:120].transpose(1, 0, 2))  # another size and aspect ratio
+    batches = []
+    run = pred.encoder.run
+
+    def counted(names, feeds):
+        batches.append(feeds["image"].shape)
+        return run(names, feeds)
+
+    monkeypatch.setattr(pred.encoder, "run", counted)
+    feats = pred.set_images([image, wide])
+    assert batches == [(2, 3, 1024, 1024)] and [f.original_size for f in feats] == [(240, 370), (370, 120)]
+    assert pred.original_size == (370, 120) and feats[0].input_size == ovino.input_size
+    single = ovino.get_image_embedding()
+    assert (feats[0].embedding - single).abs().max() <= EMB_RTOL * single.abs().max()
+    pred.set_image(wide)
+    single = pred.get_image_embedding()
+    assert feats[1].input_size == pred.input_size == (1024, 332)
+    assert (feats[1].embedding - single).abs().max() <= EMB_RTOL * single.abs().max()
+    # encoder_batch per pass; the last chunk is smaller (shapes only: no need to run the network).
+    batches.clear()
+
+    def fake(names, feeds):
+        batches.append(len(feeds["image"]))
+        return [np.zeros((len(feeds["image"]), 256, 64, 64), np.float32)]
+
+    monkeypatch.setattr(pred.encoder, "run", fake)
+    assert len(pred.set_images([image] * 5)) == 5 and batches == [2, 2, 1]
+
+
+def test_front_ends_run_on_openvino(ov_cache, predictors, vit_t_pair, image, monkeypatch) -> None:
+    from mobilesam.everything import SamAutomaticMaskGenerator
+
+    monkeypatch.setenv("MOBILESAM_HOME", str(ov_cache[1]))
+    monkeypatch.setattr(ovp, "convert_openvino", lambda *a, **k: pytest.fail("converted again"))
+    model = SAM(vit_t_pair[1], backend="openvino")
+    assert model.backend == "openvino" and isinstance(model.predictor, OpenVinoSamPredictor)
+    points = [[60, 40], [200, 120]]
+    got = model.predict(np.ascontiguousarray(image[..., ::-1]), points=points, labels=[1, 1], verbose=False)[0]
+    assert got.masks.data.shape == (2, 240, 370)
+    for i, point in enumerate(points):  # one object per point, one mask each: what the torch backend gives
+        logits = predictors[0].predict(np.array([point]), np.array([1]), multimask_output=False, return_logits=True)[0]
+        differ = got.masks.data[i].cpu().numpy() != (logits[0] > 0)
+        assert not (differ & (np.abs(logits[0]) > LOGIT_ATOL)).any()
+    gen = SamAutomaticMaskGenerator(vit_t_pair[1], points_per_side=4, backend="openvino")
+    assert gen.predictor.backend == "openvino"
+    masks = gen.generate(image)
+    assert isinstance(masks, list) and all(m["segmentation"].shape == image.shape[:2] for m in masks)
+
+
+def test_bf16_is_refused_without_cpu_support(ov_cache, vit_t_pair, monkeypatch) -> None:
+    monkeypatch.setenv("MOBILESAM_HOME", str(ov_cache[1]))
+    if "BF16" in ove.cpu_capabilities():  # a CPU with bf16: it runs, close to f32
+        pred = create_predictor(vit_t_pair[1], "openvino-bf16")
+        assert pred.backend == "openvino-bf16"
+        assert pred.encoder.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+        assert pred.decoder.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    monkeypatch.setattr(ovp, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    monkeypatch.setattr(ovp, "convert_openvino", lambda *a, **k: pytest.fail("converted before refusing"))
+    with pytest.raises(ValueError, match="precision: 'bf16' needs a CPU with bfloat16 support .* FP32, INT8; use the "
+                                         "'openvino' backend"):
+        create_predictor(vit_t_pair[1], "openvino-bf16")
+    with pytest.raises(ValueError, match="precision: 'bf16' needs"):
+        OpenVinoSamPredictor(ov_cache[0].model_dir, precision="bf16")
+
+
+def test_bad_options_and_files(ov_cache, vit_t_pair, tmp_path) -> None:
+    folder = ov_cache[0].model_dir
+    with pytest.raises(ValueError, match=r"precision: expected one of \['fp32', 'bf16', 'int8'\], got 'fp16'"):
+        OpenVinoSamPredictor(folder, precision="fp16")
+    with pytest.raises(ValueError, match="threads: expected an int >= 1 or None"):
+        OpenVinoSamPredictor(folder, threads=0)
+    with pytest.raises(ValueError, match="calibration: only the int8 encoder is calibrated"):
+        OpenVinoSamPredictor.from_sam(vit_t_pair[1], calibration=tmp_path, cache=tmp_path)
+    with pytest.raises(TypeError, match="sam: expected a SAM / MobileSAM model"):
+        OpenVinoSamPredictor.from_sam(torch.nn.Linear(2, 2), cache=tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not a converted folder"):
+        OpenVinoSamPredictor(tmp_path)
+    with pytest.raises(ValueError, match="calibration: expected a folder of images, got .* with no image files"):
+        ove.calibration_set(tmp_path, 4)
+    with pytest.raises(ValueError, match="calibration_size: expected an int >= 1, got 0"):
+        ove.calibration_set(None, 0)
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    decoder_bin = broken / ov_cache[0].manifest["files"]["decoder"]["bin"]
+    decoder_bin.write_bytes(decoder_bin.read_bytes()[:1000])
+    with pytest.raises(ExportError, match="does not match the SHA-256 in manifest.json"):
+        OpenVinoSamPredictor(broken)
+
+
+def test_without_openvino(monkeypatch, ov_cache, vit_t_pair) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import fails as if not installed
+    hint = 'pip install "mobilesam\\[openvino\\]"'
+    with pytest.raises(ImportError, match="the openvino backends need the openvino package: " + hint):
+        ove.import_openvino()
+    with pytest.raises(ImportError, match='pip install "mobilesam\\[openvino\\]"'):
+        create_predictor(vit_t_pair[1], "openvino")
+    with pytest.raises(ImportError, match='pip install "mobilesam\\[openvino\\]"'):
+        OpenVinoSamPredictor(ov_cache[0].model_dir)
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(ImportError, match='openvino-int8 backend needs the nncf package: pip install "mobilesam'):
+        ove.import_nncf()
+
+
+@pytest.mark.slow
+def test_int8_encoder_calibrated_on_a_folder(ov_cache, predictors, vit_t_pair, image, tmp_path, monkeypatch) -> None:
+    """NNCF int8 encoder calibrated on the user's images (2, to stay fast), f32 decoder; quantized once per
+    calibration set."""
+    pytest.importorskip("nncf")
+    from PIL import Image
+
+    folder = tmp_path / "calibration"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(image).save(folder / "a.png")
+    Image.fromarray(np.ascontiguousarray(image[::-1, ::-1])).save(folder / "sub" / "b.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    cache = ov_cache[1] / "openvino"
+    monkeypatch.setattr(ovp, "convert_openvino", lambda *a, **k: pytest.fail("converted again"))
+    int8 = OpenVinoSamPredictor.from_sam(vit_t_pair[1], "int8", cache=cache, calibration=folder, calibration_size=2)
+    assert int8.backend == "openvino-int8" and int8.model_dir == ov_cache[0].model_dir
+    assert f"calibration=\"folder '{folder.resolve()}' (2 images)\"" in repr(int8)
+    info = int8.info()
+    assert info["calibration"] == f"folder '{folder.resolve()}' (2 images)" and info["decoder_precision"] == "fp32"
+    check = info["checks"]["encoder_int8"]
+    assert 0 < check["embedding_max_abs_diff"] < 0.25 * check["embedding_max_abs"]
+    assert int8.encoder.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # the float rest: f32
+    int8.set_image(image)
+    ref, got = predictors[1].get_image_embedding(), int8.get_image_embedding()
+    err = ((ref - got).abs().max() / ref.abs().max()).item()
+    assert 0 < err < 0.25, f"int8 embedding relative error {err}"
+    masks, scores, low = int8.predict(point_coords=[[150, 100]], point_labels=[1], multimask_output=False)
+    assert masks.shape == (1, *image.shape[:2]) and np.isfinite(low).all()
+
+    # The same calibration set: reused; another one (the built-in synthetic images): quantized again.
+    quantized = []
+    monkeypatch.setattr(ovp, "quantize_openvino_int8", lambda *a, **k: quantized.append(a) or pytest.fail("again"))
+    again = OpenVinoSamPredictor.from_sam(vit_t_pair[1], "int8", cache=cache, calibration=folder, calibration_size=2)
+    assert quantized == [] and again.calibration == int8.calibration
+
+    class Requantized(Exception):
+        pass
+
+    def fake_quantize(folder_, calibration, size, sam=None):
+        raise Requantized(calibration, size)
+
+    monkeypatch.setattr(ovp, "quantize_openvino_int8", fake_quantize)
+    with pytest.raises(Requantized) as e:
+        OpenVinoSamPredictor.from_sam(vit_t_pair[1], "int8", cache=cache)
+    assert e.value.args == (None, ove.CALIBRATION_SIZE)
+
+
+def test_synthetic_calibration_images_are_deterministic_and_varied() -> None:
+    items, info = ove.calibration_set(None, 3)
+    assert items == [0, 1, 2] and info == {"source": "synthetic", "images": 3, "digest": "synthetic-v1-3"}
+    assert ove.describe_calibration(info) == "synthetic (3 images)"
+    a, b = ove.synthetic_calibration_image(0), ove.synthetic_calibration_image(1)
+    assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3
+    assert np.array_equal(a, ove.synthetic_calibration_image(0)) and not (a.shape == b.shape and np.array_equal(a, b))
+    assert a.std() > 20  # structure, not a flat field
