@@ -302,3 +302,36 @@ def test_high_level_sam_on_an_exported_folder(vit_t_export, image) -> None:
         ort.info(verbose=False)
     with pytest.raises(ValueError, match="backend: expected one of"):
         SAM(sam, backend="tensorrt")
+
+
+def test_export_format_registry_is_the_one_dispatch(tiny_checkpoint, tmp_path, capsys) -> None:
+    """A format registered from outside runs through the CLI, ``SAM.export`` and ``export_model``; an
+    option it does not take is refused by name, not ignored."""
+    from mobilesam import SAM
+    from mobilesam.cli import main
+    from mobilesam.export import available_export_formats, export_model, register_export_format, unregister_export_format
+
+    calls = []
+
+    def fake(model, out, *, check=True, progress=True, level=1):
+        calls.append((type(model).__name__, str(out), check, level))
+        return {"model_type": "vit_t", "files": {"encoder": {"path": "enc.bin", "bytes": 1000, "precision": "fp32"}}}
+
+    register_export_format("fake", fake, options=("level",), folder_suffix="fake_dir")
+    try:
+        assert "fake" in available_export_formats() and available_export_formats()[0] == "onnx"
+        with pytest.raises(ValueError, match="already registered"):
+            register_export_format("fake", fake)
+        assert main(["export", "--model", str(tiny_checkpoint), "--format", "fake", "--out", str(tmp_path / "a"),
+                     "--no-check"]) == 0
+        assert calls[-1] == ("str", str(tmp_path / "a"), False, 1) and "enc.bin" in capsys.readouterr().out
+        assert main(["export", "--model", str(tiny_checkpoint), "--format", "fake", "--opset", "18"]) == 2
+        assert "--opset: not an option of --format fake" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="quantize: not an option of the 'fake' export format \\(it takes: level\\)"):
+            export_model(str(tiny_checkpoint), tmp_path / "b", "fake", quantize="int8")
+        out = SAM(str(tiny_checkpoint)).export(format="fake", out=tmp_path / "c", level=3)
+        assert out == tmp_path / "c" and calls[-1] == ("Sam", str(tmp_path / "c"), True, 3)
+    finally:
+        unregister_export_format("fake")
+    with pytest.raises(ValueError, match="format: expected one of \\['onnx'"):
+        export_model(str(tiny_checkpoint), tmp_path / "d", "fake")

@@ -554,13 +554,17 @@ class SAM:
 
     def export(self, format: str = "onnx", quantize: str | None = None, out: str | os.PathLike | None = None,
                **kwargs: Any) -> Path:
-        """Export to ONNX (encoder + prompt decoder, optionally int8) in ``out``; returns the folder."""
-        if format != "onnx":
-            raise ValueError(f"format: expected 'onnx', got {format!r}")
-        from .export import export_onnx
+        """Export in a registered format (``mobilesam.export.available_export_formats()``; default ONNX:
+        encoder + prompt decoder, optionally int8) into ``out``; returns the folder."""
+        from .export import export_model, get_export_format
 
-        out = Path(out) if out else Path.cwd() / f"{Path(self.ckpt_path or 'mobilesam').stem}_onnx"
-        export_onnx(self._torch_model("export()"), out, model_type=self.model_type, quantize=quantize, **kwargs)
+        entry = get_export_format(format)
+        out = Path(out) if out else Path.cwd() / f"{Path(self.ckpt_path or 'mobilesam').stem}_{entry.folder_suffix}"
+        if quantize is not None:
+            kwargs["quantize"] = quantize
+        if "model_type" in entry.options:
+            kwargs.setdefault("model_type", self.model_type)
+        export_model(self._torch_model("export()"), out, format, **kwargs)
         return out
 
     # --- summary ----------------------------------------------------------------------------------

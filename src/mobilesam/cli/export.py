@@ -1,4 +1,4 @@
-"""``mobilesam export``: ONNX files for the image encoder and the prompt decoder, optionally int8."""
+"""``mobilesam export``: the image encoder and the prompt decoder in a registered export format (ONNX, ...)."""
 
 from __future__ import annotations
 
@@ -19,45 +19,50 @@ Then: SAM("models/mobilesam") or OnnxSamPredictor("models/mobilesam", precision=
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..export.registry import available_export_formats
+
     p = subparsers.add_parser(
         "export",
-        help="export the model to ONNX (encoder + prompt decoder), optionally quantized to int8",
-        description="Export the image encoder (RGB image resized to longest side 1024 -> 1x256x64x64 "
-        "embedding; normalisation and padding inside the graph) and the prompt encoder + mask decoder "
-        "with the interface of SAM's official ONNX export (inputs image_embeddings, point_coords, "
-        "point_labels, mask_input, has_mask_input, orig_im_size; outputs masks, iou_predictions, "
-        "low_res_masks; any number of points), plus manifest.json. Every graph is checked with "
-        "onnx.checker and compared with PyTorch before the command reports success. "
-        'Needs: pip install "mobilesam[onnx]".',
+        help="export the model (encoder + prompt decoder) for another runtime, e.g. ONNX, optionally int8",
+        description="Export the image encoder and the prompt encoder + mask decoder for another runtime, "
+        "with manifest.json (files, SHA-256, inputs and outputs, the differences to PyTorch measured at "
+        "export time). --format onnx: the image encoder (RGB image resized to longest side 1024 -> "
+        "1x256x64x64 embedding; normalisation and padding inside the graph) and the decoder with the "
+        "interface of SAM's official ONNX export (inputs image_embeddings, point_coords, point_labels, "
+        "mask_input, has_mask_input, orig_im_size; outputs masks, iou_predictions, low_res_masks; any number "
+        "of points). Every graph is compared with PyTorch before the command reports success. Each format "
+        'needs its extra, e.g. pip install "mobilesam[onnx]".',
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_argument(p)
     p.add_argument(
-        "--format", default="onnx", choices=["onnx"], help="export format (default: %(default)s); e.g. --format onnx"
+        "--format", default="onnx", choices=available_export_formats(),
+        help="export format (default: %(default)s); e.g. --format onnx",
     )
+    # Format options default to None: only those given are passed, so a format that does not take one
+    # refuses it by name instead of ignoring it.
     p.add_argument(
         "--quantize",
         choices=["int8"],
         default=None,
-        help="also write int8 variants (ONNX Runtime dynamic quantization of MatMul weights); e.g. --quantize int8",
+        help="also write int8 variants (onnx: ONNX Runtime dynamic quantization of MatMul weights); e.g. --quantize int8",
     )
     p.add_argument(
         "--out",
         default=None,
-        help="output folder (default: <checkpoint name>_onnx in the current folder); e.g. --out models/mobilesam",
+        help="output folder (default: <checkpoint name>_<format> in the current folder); e.g. --out models/mobilesam",
     )
     p.add_argument(
         "--parts",
-        default="encoder,decoder",
-        help="what to export, comma-separated (default: %(default)s); e.g. --parts decoder",
+        default=None,
+        help="what to export, comma-separated (default: encoder,decoder); e.g. --parts decoder",
     )
-    p.add_argument(
-        "--opset", type=int, default=17, help="ONNX opset, 17 to 21 (default: %(default)s); e.g. --opset 18"
-    )
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset, 17 to 21 (default: 17); e.g. --opset 18")
     p.add_argument(
         "--return-single-mask",
         action="store_true",
+        default=None,
         help="decoder returns only the best mask, as the official export's --return-single-mask; "
         "e.g. --return-single-mask",
     )
@@ -69,32 +74,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..export import export_onnx
+# CLI option -> exporter keyword, for the format options above.
+FORMAT_OPTIONS = {"quantize": "quantize", "parts": "parts", "opset": "opset", "return_single_mask": "return_single_mask"}
 
-    parts = tuple(s.strip() for s in args.parts.split(",") if s.strip())
-    bad = [s for s in parts if s not in ("encoder", "decoder")]
-    if bad or not parts:
-        raise CLIError(f"--parts: expected 'encoder', 'decoder' or both comma-separated, got {args.parts!r}", 2)
-    out = Path(args.out) if args.out else Path.cwd() / f"{Path(str(args.model)).stem}_onnx"
-    manifest = export_onnx(
-        args.model,
-        out,
-        quantize=args.quantize,
-        parts=parts,
-        opset=args.opset,
-        return_single_mask=args.return_single_mask,
-        check=not args.no_check,
-    )
-    print(f"exported {manifest['model_type']} to {out}/ (opset {manifest['opset']}):")
-    for key, entry in manifest["files"].items():
-        check = manifest["checks"].get(key, {})
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_model, get_export_format
+
+    entry = get_export_format(args.format)
+    options = {}
+    for attr, keyword in FORMAT_OPTIONS.items():
+        value = getattr(args, attr)
+        if value is None:
+            continue
+        if keyword not in entry.options:
+            flag = "--" + attr.replace("_", "-")
+            raise CLIError(f"{flag}: not an option of --format {args.format}", 2)
+        options[keyword] = value
+    if "parts" in options:
+        parts = tuple(s.strip() for s in options["parts"].split(",") if s.strip())
+        bad = [s for s in parts if s not in ("encoder", "decoder")]
+        if bad or not parts:
+            raise CLIError(f"--parts: expected 'encoder', 'decoder' or both comma-separated, got {args.parts!r}", 2)
+        options["parts"] = parts
+    out = Path(args.out) if args.out else Path.cwd() / f"{Path(str(args.model)).stem}_{entry.folder_suffix}"
+    manifest = export_model(args.model, out, args.format, check=not args.no_check, **options)
+    detail = f" (opset {manifest['opset']})" if "opset" in manifest else ""
+    print(f"exported {manifest.get('model_type', 'the model')} as {args.format} to {out}/{detail}:")
+    for key, entry_ in manifest["files"].items():
+        check = manifest.get("checks", {}).get(key, {})
         note = ""
         if "embedding_max_abs_diff" in check:
             note = f"embedding max abs diff vs PyTorch {check['embedding_max_abs_diff']:.2g}"
         elif "low_res_max_abs_diff" in check:
             note = (f"logit max abs diff vs PyTorch {check['low_res_max_abs_diff']:.2g}, "
                     f"min mask IoU {check['mask_iou_min']:.4f}")
-        print(f"  {entry['path']:<28} {entry['precision']:>5} {entry['bytes'] / 1e6:8.1f} MB   {note}")
+        print(f"  {entry_['path']:<28} {entry_.get('precision', ''):>5} {entry_['bytes'] / 1e6:8.1f} MB   {note}")
     print("  manifest.json")
     return 0

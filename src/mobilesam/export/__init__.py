@@ -1,8 +1,10 @@
-"""ONNX export and the ONNX Runtime backend.
+"""Exporters, one module per format, chosen through one registry (:mod:`.registry`).
 
-``export_onnx`` writes the image encoder (pre-processing inside), the prompt decoder (SAM's official ONNX
-interface), optional int8 variants and a manifest; ``OnnxSamPredictor`` (``mobilesam.backends``) runs
-them with ``SamPredictor``'s interface. Needs the optional extra: ``pip install "mobilesam[onnx]"``.
+Built in: ``onnx`` (:func:`export_onnx`). ``export_model(model, out, format=...)`` runs any registered
+one; ``register_export_format`` adds one. ``export_onnx`` writes the image encoder (pre-processing
+inside), the prompt decoder (SAM's official ONNX interface), optional int8 variants and a manifest;
+``OnnxSamPredictor`` (``mobilesam.backends``) runs them with ``SamPredictor``'s interface. Needs the
+optional extra: ``pip install "mobilesam[onnx]"``.
 
 The names are imported on first use (PEP 562): the ONNX Runtime backend imports this package's graph
 and manifest modules without loading the exporter, and the exporter's ``OnnxSamPredictor`` import does
@@ -14,6 +16,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
+from .registry import (
+    available_export_formats,
+    default_export_folder,
+    export_model,
+    get_export_format,
+    register_export_format,
+    unregister_export_format,
+)
 
 # Public name -> the submodule that defines it.
 _LAZY_NAMES = {
@@ -25,7 +35,26 @@ _LAZY_NAMES = {
     "OnnxSamPredictor": "predictor",
 }
 
-__all__ = sorted(_LAZY_NAMES)
+register_export_format(
+    "onnx",
+    ".onnx_export:export_onnx",
+    description="ONNX: image encoder (pre-processing inside) + SAM's official ONNX decoder interface",
+    options=("model_type", "quantize", "parts", "opset", "return_single_mask"),
+    backends=("onnxruntime", "onnxruntime-int8"),
+    extra="onnx",
+)
+
+__all__ = sorted(
+    [
+        *_LAZY_NAMES,
+        "available_export_formats",
+        "default_export_folder",
+        "export_model",
+        "get_export_format",
+        "register_export_format",
+        "unregister_export_format",
+    ]
+)
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY_NAMES, globals(), __all__)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
