@@ -34,3 +34,11 @@ def test_first_screen_commands_run_in_the_venv_the_first_one_makes() -> None:
     assert '-e ".[dev]"' in ci  # the package, and so its console script, goes into that venv
     parsed = build_parser().parse_args(args)  # every argument exists as written (argparse exits otherwise)
     assert parsed.command == "predict" and parsed.points and parsed.save_dir
+    # Its image is in the repository (a fresh clone has no photo.jpg) and the click is inside it.
+    from PIL import Image
+
+    image = [a for a in args if a.endswith((".jpg", ".png"))]
+    assert len(image) == 1 and (ROOT / image[0]).is_file(), image
+    x, y = (float(v) for v in args[args.index("--points") + 1].split(","))
+    with Image.open(ROOT / image[0]) as im:
+        assert 0 <= x < im.width and 0 <= y < im.height
