@@ -210,3 +210,27 @@ def test_results_methods_of_ultralytics(vit_t_pair, tmp_path, caplog, monkeypatc
     det = r.to_supervision()
     assert isinstance(det, sv.Detections) and len(det) == 2 and det.mask.shape == (2, 60, 80)
     assert det.class_id.tolist() == [0, 1] and list(det.data["class_name"]) == ["0", "1"]
+
+
+def test_cli_key_value_form_writes_ultralytics_layout(tiny_checkpoint, tmp_path, monkeypatch, capsys) -> None:
+    from mobilesam.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    img = np.zeros((60, 80, 3), np.uint8)
+    img[15:45, 20:60] = 200
+    cv2.imwrite(str(tmp_path / "img.jpg"), img)
+    code = main(["predict", f"model={tiny_checkpoint}", "source=img.jpg", "points=[[40,30],[5,5]]", "save_txt=True",
+                 "save_conf=True", "imgsz=128"])
+    assert code == 0
+    run = tmp_path / "runs" / "segment" / "predict"
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == ["img.jpg", "labels/img.txt"]
+    lines = (run / "labels" / "img.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["0", "1"] and all(len(line.split()) % 2 == 0 for line in lines)
+    assert "img.jpg: 1 0, 1 1" in capsys.readouterr().out
+    # A bad key is one line naming it, with the closest valid ones.
+    assert main(["predict", f"model={tiny_checkpoint}", "source=img.jpg", "save_tx=True"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mobilesam predict: error: 'save_tx' is not an argument of predict; did you mean save_txt")
+    assert len(err.splitlines()) == 1
+    assert main(["predict", "source=img.jpg", "augment=True"]) == 2
+    assert "augment: an Ultralytics argument that has no meaning for SAM" in capsys.readouterr().err
