@@ -169,7 +169,8 @@ def save_result(
     from ..io import atomic_write_bytes, write_image
 
     overlay, mask_dir, meta = output_paths(save_dir, stem, inputs or set())
-    records = result.summary()
+    # name, class, confidence, box, area, COCO RLE (the outline polygons are left to the RLE they come from)
+    records = [{k: v for k, v in rec.items() if k != "segments"} for rec in result.summary(rle=True)]
     masks = result.masks.numpy().data.astype(bool)
     for i, rec in enumerate(records):
         rec["file"] = str((mask_dir / f"mask_{i:03d}.png").relative_to(save_dir))
