@@ -316,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
             n_images += 1
             note = f" (not {save_dir / (unique + '.png')}: that is the input)" if overlay.stem != unique else ""
             masks = f"{mask_dir}/" if len(result) else f"no mask, so {mask_dir}/ is empty"
-            tqdm.write(f"{result.path}: {result.verbose()} -> {overlay}{note}, {meta}, {masks}", file=sys.stdout)
+            count = f"{len(result)} mask{'s' if len(result) != 1 else ''}"
+            tqdm.write(f"{result.path}: {count} -> {overlay}{note}, {meta}, {masks}", file=sys.stdout)
     if n_images == 0:
         raise CLIError(f"no image of {source!r} could be read")
     print(f"Results saved to {save_dir}")
