@@ -243,7 +243,8 @@ def run_key_value(args: argparse.Namespace) -> int:
                            exit_code=2)
         if key in kwargs:
             raise CLIError(f"'{key}' is given twice", exit_code=2)
-        kwargs[key] = _value(text)
+        # Paths and names stay text (a folder named 2024 is not a number).
+        kwargs[key] = text if key in ("source", "model", "project", "name") else _value(text)
     if kwargs.pop("mode", "predict") != "predict":
         raise CLIError("mode: this command predicts; mode=predict or leave it out", exit_code=2)
     source = kwargs.pop("source", None)
