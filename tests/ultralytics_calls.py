@@ -155,7 +155,8 @@ def run_calls(SAM: Any, root: Path, checkpoint: str) -> dict[str, Any]:
     out["imgsz"] = {"n": len(results), "masks_shape": list(results[0].masks.data.shape)}
 
     # a video source, frame by frame, saving an annotated video and one label file per frame
-    stream = model.predict(str(video), points=[160, 90], stream=True, save=True, save_txt=True, name="video")
+    stream = model.predict(str(video), points=[160, 90], stream=True, save=True, save_txt=True, name="video",
+                           imgsz=256)
     frames = list(stream)
     save_dir = Path(frames[0].save_dir)
     out["video"] = {
