@@ -150,3 +150,22 @@ def test_convert_cli_and_errors(dataset, tmp_path, capsys, monkeypatch) -> None:
     assert "labels: expected a folder of YOLO label files or a COCO .json" in capsys.readouterr().err
     assert main(["convert", str(images), str(labels), "--to", "coco", "--simplify", "-1"]) == 1
     assert "--simplify: expected a tolerance in pixels >= 0" in capsys.readouterr().err
+
+
+def test_simplify_tolerance_in_label_writers() -> None:
+    """YOLO label writers (save_txt, annotate, convert, the server) simplify outlines by DEFAULT_SIMPLIFY; 0 keeps
+    every contour point; the simplified polygon stays within IoU 0.98 of the exact one on a smooth shape."""
+    from mobilesam.masks import DEFAULT_SIMPLIFY, mask_to_polygons
+    from mobilesam.server.labels import LabelObject, to_yolo
+
+    yy, xx = np.mgrid[0:200, 0:300]
+    disc = (xx - 150) ** 2 / 90**2 + (yy - 100) ** 2 / 60**2 <= 1
+    exact, simple = to_yolo([LabelObject("a", disc)], (200, 300), ["a"], 0), to_yolo([LabelObject("a", disc)],
+                                                                                      (200, 300), ["a"])
+    n_exact, n_simple = (len(t.split()) for t in (exact, simple))
+    assert n_simple < n_exact / 2 and DEFAULT_SIMPLIFY > 0
+    seg = yolo.parse_line(simple)
+    assert float(mask_iou(polygons_to_mask([seg.xy * (300, 200)], (200, 300)),
+                          polygons_to_mask(mask_to_polygons(disc, "all"), (200, 300)))) >= 0.98
+    with pytest.raises(ValueError, match="simplify: expected a tolerance in pixels >= 0"):
+        mask_to_polygons(disc, "all", simplify=float("nan"))
