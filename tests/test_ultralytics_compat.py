@@ -149,7 +149,7 @@ def test_imgsz_view_shares_weights_and_keeps_its_own_cache(vit_t_pair) -> None:
     assert torch.equal(first.low_res_logits, again.low_res_logits)
     assert first.low_res_logits.shape == (1, 64, 64) and other.low_res_logits.shape == (1, 32, 32)
     assert first.masks.data.shape == other.masks.data.shape == (1, 96, 128)
-    assert model.predictor is usual and len(model._cache) == 0 and sorted(model._sized) == [128, 256]
+    assert model.predictor is usual and len(model._cache) == 0 and sorted(model._sized) == [(128, "cpu"), (256, "cpu")]
 
 
 def test_video_source_frame_by_frame_and_saved_video(vit_t_pair, tmp_path, monkeypatch) -> None:

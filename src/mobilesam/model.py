@@ -475,13 +475,14 @@ class SAM:
             )
         sized = getattr(self, "_sized", {})
         self._sized = sized
-        if imgsz not in sized:
+        key = (imgsz, str(self.device))  # after to(device), a new view: its buffers follow the model's
+        if key not in sized:
             predictor = create_predictor(resized_model(self.model, imgsz), self.backend)
             predictor.transform = ResizeLongestSide(imgsz)
-            sized[imgsz] = (predictor, FeatureCache(self.cache_size))
+            sized[key] = (predictor, FeatureCache(self.cache_size))
         while True:
             saved = self.predictor, self._cache
-            self.predictor, self._cache = sized[imgsz]
+            self.predictor, self._cache = sized[key]
             try:
                 result = next(gen, None)
             finally:
