@@ -480,16 +480,20 @@ class SAM:
             predictor = create_predictor(resized_model(self.model, imgsz), self.backend)
             predictor.transform = ResizeLongestSide(imgsz)
             sized[key] = (predictor, FeatureCache(self.cache_size))
-        while True:
-            saved = self.predictor, self._cache
-            self.predictor, self._cache = sized[key]
-            try:
-                result = next(gen, None)
-            finally:
-                self.predictor, self._cache = saved
-            if result is None:
-                return
-            yield result
+
+        def swapped() -> Iterator[Results]:
+            while True:
+                saved = self.predictor, self._cache
+                self.predictor, self._cache = sized[key]
+                try:
+                    result = next(gen, None)
+                finally:
+                    self.predictor, self._cache = saved
+                if result is None:
+                    return
+                yield result
+
+        return swapped()
 
     def _images(self, entries: list, image_format: str, verbose: bool) -> Iterator[LoadedImage]:
         """The images of ``entries``, with a bar over them all when there are several: a skipped file
