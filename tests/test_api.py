@@ -243,8 +243,10 @@ def test_bad_arguments(model, zidane) -> None:
         SAM(model.model, backend="tensorrt")
     with pytest.raises(ValueError, match="conf: expected a number in"):
         model.predict(str(zidane), points=[900, 370], conf=2)
-    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['save'\]"):
-        model.predict(str(zidane), points=[900, 370], save=True)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['sav'\]"):
+        model.predict(str(zidane), points=[900, 370], sav=True)
+    with pytest.raises(ValueError, match="augment: an Ultralytics argument that has no meaning for SAM"):
+        model.predict(str(zidane), points=[900, 370], augment=True)
     with pytest.raises(FileNotFoundError, match="source: file 'nope.jpg' not found"):
         model.predict("nope.jpg", points=[900, 370])
     with pytest.raises(TypeError, match="source: expected a file path"):

@@ -26,6 +26,7 @@ logger = logging.getLogger("mobilesam")
 
 PRECISIONS = ("fp32", "int8")
 _ENCODER_IO = (["image"], ["image_embeddings"])
+_HWC_ENCODER_IO = (["input_image"], ["image_embeddings"])
 _DECODER_IO = (
     ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
     ["masks", "iou_predictions", "low_res_masks"],
@@ -71,10 +72,12 @@ class OnnxSamPredictor(PredictorBase):
         self.single_mask = bool(manifest.get("decoder_return_single_mask", False))
         files = manifest["files"]
         self.encoder = None
+        self.hwc_input = manifest.get("layout") == "anylabeling"
         if "encoder" in files or "encoder_int8" in files:  # a decoder-only export works from embeddings
             path = file_entry(manifest, folder, _key("encoder", precision), verify)
             self.encoder = make_session(path, threads, providers)
-            check_io(self.encoder, path, "image encoder", *_ENCODER_IO)
+            # The anylabeling layout (samexporter / X-AnyLabeling) takes input_image (h, w, 3).
+            check_io(self.encoder, path, "image encoder", *(_HWC_ENCODER_IO if self.hwc_input else _ENCODER_IO))
         path = file_entry(manifest, folder, _key("decoder", decoder_precision), verify)
         self.decoder = make_session(path, threads, providers)
         check_io(self.decoder, path, "prompt decoder", *_DECODER_IO)
@@ -131,7 +134,8 @@ class OnnxSamPredictor(PredictorBase):
                 "re-export with the encoder"
             )
         image = np.ascontiguousarray(transformed_image.detach().cpu().numpy(), dtype=np.float32)
-        return {"image_embeddings": torch.from_numpy(self.encoder.run(None, {"image": image})[0])}
+        feeds = {"input_image": np.ascontiguousarray(image[0].transpose(1, 2, 0))} if self.hwc_input else {"image": image}
+        return {"image_embeddings": torch.from_numpy(self.encoder.run(None, feeds)[0])}
 
     def _embedding_tensors(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
         features = torch.as_tensor(embedding).detach().cpu().float()

@@ -67,6 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "e.g. --return-single-mask",
     )
     p.add_argument(
+        "--layout",
+        choices=("mobilesam", "anylabeling"),
+        default=None,
+        help="file layout: mobilesam (default), or anylabeling: the encoder input samexporter and X-AnyLabeling "
+        "use (input_image, H x W x 3), their file names and X-AnyLabeling's custom-model config; "
+        "e.g. --layout anylabeling",
+    )
+    p.add_argument(
         "--no-check",
         action="store_true",
         help="skip the comparison with PyTorch (onnx.checker still runs); e.g. --no-check",
@@ -75,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # CLI option -> exporter keyword, for the format options above.
-FORMAT_OPTIONS = {"quantize": "quantize", "parts": "parts", "opset": "opset", "return_single_mask": "return_single_mask"}
+FORMAT_OPTIONS = {"quantize": "quantize", "parts": "parts", "opset": "opset", "return_single_mask": "return_single_mask",
+                  "layout": "layout"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,4 +120,6 @@ def run(args: argparse.Namespace) -> int:
                     f"min mask IoU {check['mask_iou_min']:.4f}")
         print(f"  {entry_['path']:<28} {entry_.get('precision', ''):>5} {entry_['bytes'] / 1e6:8.1f} MB   {note}")
     print("  manifest.json")
+    if manifest.get("layout") == "anylabeling":
+        print("  anylabeling_config.yaml   (X-AnyLabeling: Load Custom Model -> this file)")
     return 0

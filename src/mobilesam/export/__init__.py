@@ -39,7 +39,7 @@ register_export_format(
     "onnx",
     ".onnx_export:export_onnx",
     description="ONNX: image encoder (pre-processing inside) + SAM's official ONNX decoder interface",
-    options=("model_type", "quantize", "parts", "opset", "return_single_mask"),
+    options=("model_type", "quantize", "parts", "opset", "return_single_mask", "layout"),
     backends=("onnxruntime", "onnxruntime-int8"),
     extra="onnx",
 )

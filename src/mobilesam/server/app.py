@@ -304,6 +304,7 @@ def create_app(
     max_images: int = 64,
     max_queue: int = 8,
     allowed_hosts: list[str] | None = None,
+    simplify: float | None = None,
 ) -> FastAPI:
     """The web app. ``model`` is a ``Sam``, a checkpoint (path or known name, built with ``build_sam``) or,
     for a backend that runs them, a folder written by ``mobilesam export``.
@@ -316,6 +317,8 @@ def create_app(
     ``max_queue``: images opened or uploaded whose encoder pass has not ended; more get HTTP 503 with
     Retry-After (each holds its file's bytes, not its pixels, until the encoder needs them).
     ``allowed_hosts``: Host header values accepted (against DNS rebinding); None accepts any.
+    ``simplify``: tolerance in pixels of the saved YOLO polygons (None: ``mobilesam.masks.DEFAULT_SIMPLIFY``;
+    0 keeps every contour point).
     """
     for name, value, least in (
         ("max_upload_bytes", max_upload_bytes, 1024),
@@ -326,6 +329,9 @@ def create_app(
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    from ..masks import DEFAULT_SIMPLIFY, check_simplify
+
+    simplify = DEFAULT_SIMPLIFY if simplify is None else check_simplify(simplify)
     get_backend(backend)  # an unknown name fails before a slow model load
     folder = ImageFolder(images_dir) if images_dir is not None else None  # checked before a slow model load
     if model is not None and not hasattr(model, "image_encoder") and not is_exported_model(model):
@@ -580,7 +586,7 @@ def create_app(
             doc = await run_in_threadpool(to_coco, objects, rec.name, rec.size, classes)
             data, media, fname = json.dumps(doc).encode(), "application/json", f"{stem}.json"
         elif format == "yolo":
-            text = await run_in_threadpool(to_yolo, objects, rec.size, classes)
+            text = await run_in_threadpool(to_yolo, objects, rec.size, classes, simplify)
             data, media, fname = text.encode(), "text/plain; charset=utf-8", f"{stem}.txt"
         else:
             data = await run_in_threadpool(to_png_zip, objects, stem)
