@@ -10,8 +10,8 @@ NMS, records and fast mode are :class:`SamAutomaticMaskGenerator`'s):
 - ``multimask_output``: one mask per point (SAM 2's dynamic multimask choice) instead of three;
 - ``use_m2m``: each mask is decoded once more from its own clamped low-resolution logits as the mask
   prompt (one output), and that refined mask is filtered;
-- ``min_mask_region_area`` also fills holes and removes sprinkles of the low-resolution logits before
-  upscaling (Meta builds its predictor with ``max_hole_area = max_sprinkle_area = min_mask_region_area``;
+- ``min_mask_region_area`` fills holes and removes sprinkles of the low-resolution logits before
+  upscaling, instead of SAM's clean-up of the final masks (Meta builds its predictor with ``max_hole_area = max_sprinkle_area = min_mask_region_area``;
   its CUDA extension does it, and on CPU Meta's code skips it with a warning: here OpenCV does it on
   every device, see :func:`mobilesam.transforms.fill_holes_and_sprinkles`).
 """
@@ -178,6 +178,12 @@ class Sam2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
         data["rles"] = mask_to_rle(uncrop_masks(data["masks"], crop_box, orig_h, orig_w))
         del data["masks"]
         return data
+
+    @staticmethod
+    def postprocess_small_regions(mask_data: MaskData, min_area: float, nms_thresh: float) -> MaskData:
+        """Unchanged: Meta's SAM 2 generator has no such step after generation; ``min_mask_region_area``
+        acts through the hole and sprinkle filling of the low-resolution logits instead."""
+        return mask_data
 
     def _upsample_low(self, low: torch.Tensor, scale: float, im_size: tuple[int, ...]) -> torch.Tensor:
         """Fast mode's upscaling of the NMS survivors, after the same hole and sprinkle clean-up as exact
