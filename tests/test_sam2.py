@@ -606,3 +606,48 @@ def test_everything_sam2_options_are_checked() -> None:
         del single.set_image
         single.set_features(features)
     assert records and all(r["segmentation"].shape == parity_images()["photo"].shape[:2] for r in records)
+
+
+# --- the other front ends -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_server_and_auto_annotate_run_sam2(tmp_path: Path) -> None:
+    """``mobilesam serve --model sam2.1_t.pt`` decodes clicks on the server with SAM 2 (the same masks as
+    SamPredictor) and segments everything with SAM 2's generator; ``auto_annotate(sam_model=...)`` takes
+    the SAM 2 checkpoint too. On the very small image: one Hiera pass each."""
+    import io as _io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from mobilesam.annotate import auto_annotate
+    from mobilesam.masks import decode_rle
+    from mobilesam.server import create_app
+
+    path = tmp_path / "sam2.1_t.pt"
+    save_sam2_checkpoint(pair(TINY)[0], path)
+    _, single = predictors(TINY, "tiny")
+    image = parity_images()["tiny"]
+    buf = _io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    with TestClient(create_app(str(path), cache_size=2)) as client:
+        up = client.post("/api/images/upload", files={"file": ("tiny.png", buf.getvalue(), "image/png")}).json()
+        got = client.post(f"/api/images/{up['id']}/predict", json={"points": [[13, 9]], "labels": [1]}).json()
+        masks, scores, _ = single.predict(np.array([[13.0, 9.0]]), np.array([1]))
+        best = int(np.argmax(scores))
+        assert (decode_rle(got["rle"]) != masks[best]).mean() < 0.01 and got["score"] == pytest.approx(scores[best], abs=1e-3)
+        everything = client.post(f"/api/images/{up['id']}/everything", json={})
+        assert everything.status_code == 200, everything.text
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(image).save(images / "a.png")
+
+    def detector(rgb: np.ndarray):  # one box over most of the image, class 0
+        h, w = rgb.shape[:2]
+        return np.array([[1.0, 1.0, w - 2.0, h - 2.0]]), np.array([0]), np.array([0.9])
+
+    auto_annotate(data=images, det_model=detector, sam_model=str(path), output_dir=tmp_path / "labels")
+    lines = (tmp_path / "labels" / "a.txt").read_text().split()
+    assert lines and lines[0] == "0" and len(lines) >= 7  # class id, then at least three x y points
