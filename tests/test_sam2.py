@@ -651,3 +651,38 @@ def test_server_and_auto_annotate_run_sam2(tmp_path: Path) -> None:
     auto_annotate(data=images, det_model=detector, sam_model=str(path), output_dir=tmp_path / "labels")
     lines = (tmp_path / "labels" / "a.txt").read_text().split()
     assert lines and lines[0] == "0" and len(lines) >= 7  # class id, then at least three x y points
+
+
+@pytest.mark.slow
+def test_onnx_export_and_runtime_match_pytorch(tmp_path: Path) -> None:
+    """``mobilesam export --format onnx`` of a SAM 2.1 model (encoder and decoder, checked against PyTorch
+    at export time), run by the ONNX Runtime backend: the same features, and the same logits and IoUs as
+    SamPredictor for every prompt case, multimask on and off, and a mask-input round."""
+    from mobilesam import SAM
+    from mobilesam.backends import create_predictor
+    from mobilesam.backends.onnx_sam2_predictor import OnnxSam2Predictor
+    from mobilesam.export import export_model
+
+    _, ours = predictors(TINY, "photo")
+    manifest = export_model(pair(TINY)[1], tmp_path / "onnx", "onnx", progress=False)
+    assert manifest["family"] == "sam2" and manifest["model_type"] == TINY
+    assert set(manifest["files"]) == {"encoder", "decoder"}
+    assert manifest["checks"]["decoder"]["low_res_max_abs_diff"] < LOGIT_ATOL
+    pred = create_predictor(tmp_path / "onnx", "onnxruntime")
+    assert isinstance(pred, OnnxSam2Predictor) and pred.family is SAM2_FAMILY
+    pred.set_image(parity_images()["photo"])
+    for name, t in ours.get_features().tensors.items():
+        got = pred.get_features().tensors[name]
+        assert (got - t).abs().max() <= EMB_RTOL * t.abs().max(), name
+    pred.set_features(ours.get_features())  # the decoder on identical features
+    h, w = ours.original_size
+    for name, prompt in prompt_cases(h, w).items():
+        for multimask in (True, False):
+            _, r_iou, r_low = ours.predict(**prompt, multimask_output=multimask)
+            _, o_iou, o_low = pred.predict(**prompt, multimask_output=multimask)
+            assert np.abs(r_low - o_low).max() < LOGIT_ATOL and np.abs(r_iou - o_iou).max() < LOGIT_ATOL, name
+        _, r_iou, r_low = ours.predict(**prompt, mask_input=r_low, multimask_output=False)
+        _, o_iou, o_low = pred.predict(**prompt, mask_input=r_low, multimask_output=False)
+        assert np.abs(r_low - o_low).max() < LOGIT_ATOL, f"{name}/mask_input"
+    model = SAM(str(tmp_path / "onnx"))  # an exported folder: the facade runs it on ONNX Runtime
+    assert isinstance(model.predictor, OnnxSam2Predictor) and model.model_type == TINY
