@@ -8,10 +8,7 @@ normalisation, the Hiera encoder, the prompt encoder and the mask decoder run in
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,9 +21,8 @@ from ..export.sam2_graphs import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS
 from ..hub import SAM2_FAMILY
 from ..transforms import fill_holes_and_sprinkles, transform_for
 from .base import ImageFeatures, PredictorBase
-from .onnx_predictor import PRECISIONS, _key
-
-logger = logging.getLogger("mobilesam")
+from .sam2_api import Sam2PredictorMethods
+from .onnx_predictor import PRECISIONS, _key, cached_export
 
 LABEL_PAD = -1.0
 BOX_LABELS = (2.0, 3.0)
@@ -41,9 +37,10 @@ def is_sam2_export(model_dir: str | os.PathLike) -> bool:
     return manifest.get("family") == "sam2"
 
 
-class OnnxSam2Predictor(PredictorBase):
+class OnnxSam2Predictor(Sam2PredictorMethods, PredictorBase):
     """A SAM 2 predictor on ONNX Runtime, with :class:`~mobilesam.predictor.SamPredictor`'s methods and
-    outputs (``normalize_coords`` too); tensors are on the CPU.
+    outputs and ``SAM2ImagePredictor``'s (``normalize_coords``, ``set_image_batch``, ``predict_batch``);
+    tensors are on the CPU.
 
     ``model_dir``: a SAM 2 export folder (or its manifest). ``precision`` / ``decoder_precision``: "fp32"
     or "int8" files. ``max_hole_area`` / ``max_sprinkle_area``: as SAM 2's predictor (0 = off).
@@ -99,31 +96,7 @@ class OnnxSam2Predictor(PredictorBase):
         cls, sam: torch.nn.Module, precision: str = "fp32", cache: str | os.PathLike | None = None, **kwargs: Any
     ) -> OnnxSam2Predictor:
         """Export ``sam`` (a ``Sam2``) once into a cache folder keyed by its weights, then load it."""
-        from ..build import detect_model_type
-        from ..export.onnx_export import export_onnx
-
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-        sd = sam.state_dict()
-        h = hashlib.sha256()
-        for k in sorted(sd):
-            h.update(k.encode())
-            h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-        if cache is None:
-            from ..weights import cache_dir
-
-            cache = cache_dir() / "onnx"
-        folder = Path(cache) / f"{detect_model_type(sd) or 'sam2'}-{h.hexdigest()[:16]}"
-        int8 = "int8" in (precision, kwargs.get("decoder_precision"))
-        try:
-            _, manifest = read_manifest(folder)
-            ready = not int8 or {"encoder_int8", "decoder_int8"} <= set(manifest["files"])
-        except (FileNotFoundError, ExportError):
-            ready = False
-        if not ready:
-            logger.info("exporting the model to ONNX in %s (once)", folder)
-            export_onnx(sam, folder, quantize="int8" if int8 else None)
-        return cls(folder, precision=precision, **kwargs)
+        return cls(cached_export(sam, precision, cache, kwargs.get("decoder_precision")), precision=precision, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -200,25 +173,3 @@ class OnnxSam2Predictor(PredictorBase):
         masks, iou, low_res = super()._decode(point_coords, point_labels, boxes, mask_input, multimask_output,
                                               return_logits)
         return masks, iou, low_res.clamp(-self.low_res_limit, self.low_res_limit)
-
-    def predict(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask_input: np.ndarray | None = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-        normalize_coords: bool = True,
-        *,
-        strict: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """As ``SamPredictor.predict``; ``normalize_coords=False``: points and box relative to the image
-        size, in [0, 1] (SAM 2's predictor)."""
-        if not normalize_coords:
-            self._require_image()
-            h, w = self.original_size
-            point_coords = None if point_coords is None else np.asarray(point_coords, dtype=float) * (w, h)
-            box = None if box is None else np.asarray(box, dtype=float) * (w, h, w, h)
-        return super().predict(point_coords, point_labels, box, mask_input, multimask_output, return_logits,
-                               strict=strict)
