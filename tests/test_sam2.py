@@ -614,8 +614,9 @@ def test_everything_sam2_options_are_checked() -> None:
 @pytest.mark.slow
 def test_server_and_auto_annotate_run_sam2(tmp_path: Path) -> None:
     """``mobilesam serve --model sam2.1_t.pt`` decodes clicks on the server with SAM 2 (the same masks as
-    SamPredictor) and segments everything with SAM 2's generator; ``auto_annotate(sam_model=...)`` takes
-    the SAM 2 checkpoint too. On the very small image: one Hiera pass each."""
+    SamPredictor) and segments everything with SAM 2's generator (its default; a 4x4 grid here);
+    ``auto_annotate(sam_model=...)`` takes the SAM 2 checkpoint too. On the very small image: one Hiera
+    pass each."""
     import io as _io
 
     from fastapi.testclient import TestClient
@@ -631,7 +632,12 @@ def test_server_and_auto_annotate_run_sam2(tmp_path: Path) -> None:
     image = parity_images()["tiny"]
     buf = _io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
-    with TestClient(create_app(str(path), cache_size=2)) as client:
+    from mobilesam.everything import Sam2AutomaticMaskGenerator, automatic_mask_generator
+    from mobilesam.server.engine import default_generator_factory
+
+    assert type(default_generator_factory(pair(TINY)[1])) is Sam2AutomaticMaskGenerator  # serve's default
+    small_grid = lambda model: automatic_mask_generator(model, mode="fast", points_per_side=4)  # noqa: E731
+    with TestClient(create_app(str(path), cache_size=2, generator_factory=small_grid)) as client:
         up = client.post("/api/images/upload", files={"file": ("tiny.png", buf.getvalue(), "image/png")}).json()
         got = client.post(f"/api/images/{up['id']}/predict", json={"points": [[13, 9]], "labels": [1]}).json()
         masks, scores, _ = single.predict(np.array([[13.0, 9.0]]), np.array([1]))
