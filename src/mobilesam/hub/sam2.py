@@ -57,8 +57,9 @@ def _meta_weights(model_type: str) -> WeightsEntry:
     them could be found when this entry was written. ``sha256=None`` makes the download explicit about
     it (see :func:`mobilesam.weights.download_file`): the file is checked for completeness, its SHA-256
     is logged as unverified, and loading stays ``torch.load(weights_only=True)``, so a wrong file can
-    fail to load but cannot run code. Ultralytics' ``sam2*_?.pt`` hold the same state_dict (its loader
-    reads Meta's keys), so they resolve to Meta's file.
+    fail to load but cannot run code. Ultralytics' ``sam2*_?.pt`` files hold the same keys (its loader
+    reads Meta's layout; their sizes, 78.1 MB for ``sam2_t.pt``, say fp16 copies): their names resolve to
+    Meta's original fp32 file here, and an Ultralytics file at hand loads as any file does.
     """
     cfg = SAM2_CONFIGS[model_type]
     size = model_type.split("_hiera_", 1)[1]
