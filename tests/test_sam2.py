@@ -441,6 +441,7 @@ def test_optimized_model_passes_sam2_through() -> None:
     assert fast.state_dict().keys() == ours.state_dict().keys()
 
 
+@pytest.mark.slow
 def test_sam_facade_predicts_with_a_sam2_checkpoint(tmp_path: Path) -> None:
     """``SAM("sam2.1_t.pt")`` (a local file under Ultralytics' name) with every prompt form of the brief
     (one point; several objects of one point; one object of several points, with a negative one; boxes;
