@@ -47,7 +47,6 @@ from .formats.classes import CLASSES_FILE, read_classes, write_classes
 from .formats.data_yaml import DATA_YAML, write_data_yaml
 from .io import IMAGE_SUFFIXES, atomic_write_text, read_image, walk_images
 from .masks import DEFAULT_SIMPLIFY, check_simplify, mask_to_segment
-from .modeling import Sam
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +326,7 @@ def _check_args(conf: Any, iou: Any, imgsz: Any, max_det: Any, classes: Any, str
 def _make_predictor(sam_model: Any, device: torch.device, backend: str) -> Predictor:
     if isinstance(sam_model, Predictor):
         return sam_model
-    if isinstance(sam_model, (Sam, str, os.PathLike)):
+    if isinstance(sam_model, (torch.nn.Module, str, os.PathLike)):  # a Sam, a Sam2, or a file
         return create_predictor(sam_model, backend, device=device)
     raise TypeError(
         f"sam_model: expected a checkpoint path or weights name ('mobile_sam.pt'), a Sam or a predictor, "
@@ -384,8 +383,9 @@ def auto_annotate(
             (``"fasterrcnn_resnet50_fpn_v2"``), a folder of YOLO box labels, a COCO box JSON, a
             :class:`~mobilesam.detectors.Detector`, or a callable
             ``image (H, W, 3) RGB uint8 -> (boxes XYXY, class_ids, scores[, names])``.
-        sam_model: SAM checkpoint path or weights name, a ``Sam``, an exported folder (ONNX backends) or a
-            predictor of any backend. backend: a name from ``mobilesam.backends.available_backends()``.
+        sam_model: SAM or SAM 2 checkpoint path or weights name (``sam2.1_t.pt``), a ``Sam`` or ``Sam2``, an
+            exported folder (ONNX backends) or a predictor of any backend.
+            backend: a name from ``mobilesam.backends.available_backends()``.
         device: "" picks cuda, then mps, then cpu (under torchrun with CUDA: ``cuda:LOCAL_RANK``).
         conf: minimum detection score. iou: class-aware NMS threshold. imgsz: detector input size
             (longest side). max_det: most detections per image. classes: class indices to keep.

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import bench_brief
 from .allocator import tune_allocator
 
 OFFICIAL = "official"
@@ -91,20 +92,23 @@ def iou_prompts(h: int, w: int) -> list[dict[str, Any]]:
 
 
 def make_random_checkpoint(model_type: str, path: Path, seed: int = 0) -> Path:
-    """A randomly initialised checkpoint (official flat format) with non-trivial BatchNorm statistics."""
+    """A randomly initialised checkpoint of any family's size in its official layout (flat for SAM,
+    ``{"model": sd}`` for SAM 2), with non-trivial BatchNorm statistics."""
     import torch
 
-    from .modeling import build_model
+    from .build import build_sam
+    from .hub import family_of
 
     torch.manual_seed(seed)
-    sam = build_model(model_type)
+    sam = build_sam(model_type=model_type)
     with torch.no_grad():
         for name, t in sam.state_dict().items():
             if name.endswith("running_var"):
                 t.copy_(torch.rand_like(t) + 0.5)
             elif name.endswith("running_mean"):
                 t.copy_(torch.randn_like(t) * 0.1)
-    torch.save(sam.state_dict(), path)
+    sd = sam.state_dict()
+    torch.save({"model": sd} if family_of(sam).name == "sam2" else sd, path)
     return path
 
 
@@ -140,6 +144,39 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform != "darwin" else 2**20)
 
 
+class _OfficialSam2:
+    """Meta's ``SAM2ImagePredictor`` with the few names the worker uses that it spells otherwise
+    (``transform.apply_coords``, ``predict_torch``)."""
+
+    def __init__(self, predictor: Any) -> None:
+        from .hub import SAM2_FAMILY
+        from .transforms import transform_for
+
+        self.predictor = predictor
+        self.transform = transform_for(SAM2_FAMILY.preprocessing)  # the same square frame as Meta's
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.predictor.set_image(image)
+
+    def predict(self, **kwargs: Any) -> Any:
+        masks, scores, low_res = self.predictor.predict(**kwargs)
+        return masks.astype(bool), scores, low_res  # Meta's masks are 0/1 floats
+
+    def predict_torch(self, point_coords: Any, point_labels: Any, multimask_output: bool = True) -> Any:
+        return self.predictor._predict(point_coords, point_labels, multimask_output=multimask_output)
+
+
+def _official_sam2_predictor(checkpoint: str, model_type: str) -> _OfficialSam2:
+    """Meta's SAM 2 predictor, built as its README does (config of the size, checkpoint loaded by Meta's code)."""
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    release, size = model_type.split("_hiera_")
+    short = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}[size]
+    model = build_sam2(f"configs/{release}/{release}_hiera_{short}.yaml", checkpoint, device="cpu")
+    return _OfficialSam2(SAM2ImagePredictor(model))
+
+
 def _official_predictor(checkpoint: str) -> Any:
     """The official code's predictor, built as its README does; its packages are imported only here."""
     import warnings
@@ -148,6 +185,13 @@ def _official_predictor(checkpoint: str) -> Any:
 
     warnings.simplefilter("ignore")
     state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state_dict.get("model"), dict):  # Meta's SAM 2 layout
+        from .hub import SAM2_FAMILY
+
+        model_type = SAM2_FAMILY.detect(state_dict["model"])
+        if model_type is not None:
+            del state_dict
+            return _official_sam2_predictor(checkpoint, model_type)
     if any(k.startswith("image_encoder.layers.") for k in state_dict):
         from mobile_sam import SamPredictor, sam_model_registry
 
@@ -261,6 +305,7 @@ def time_peer(weights: str, image: str | None, runs: int) -> float:
 
 # The jobs a worker process runs: spec["job"] -> the function that gets the rest of the spec.
 _WORKER_JOBS = {"backend": run_worker, "peer": time_peer}
+_WORKER_JOBS.update(bench_brief.WORKER_JOBS)  # mobilesam benchmark --table brief
 _WORKER_MODULE = "mobilesam.bench"
 
 
@@ -347,8 +392,12 @@ def run_benchmark(
         except CheckpointError:
             if not random_weights:
                 raise
-            ckpt = make_random_checkpoint("vit_t", tmp / "random_vit_t.pt")
-            note = f"weights: '{model}' not available; a randomly initialised vit_t checkpoint was used"
+            from .weights import get_weights_entry
+
+            known = get_weights_entry(str(model))  # a known name: random weights of its size
+            random_type = known.model_type if known is not None else "vit_t"
+            ckpt = make_random_checkpoint(random_type, tmp / f"random_{random_type}.pt")
+            note = f"weights: '{model}' not available; a randomly initialised {random_type} checkpoint was used"
         sd = load_state_dict(ckpt)
         model_type = detect_model_type(sd)
         params = sum(v.numel() for k, v in sd.items() if v.is_floating_point())

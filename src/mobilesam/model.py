@@ -310,12 +310,15 @@ class SAM:
             self.ckpt_path, self.model_type = os.fspath(model), self.predictor.model_type
             self._check_half(half)
             return
-        if isinstance(model, Sam):
+        if isinstance(model, torch.nn.Module):
+            family_of(model)  # a module of no registered family (Sam, Sam2, ...) fails here, naming them
             sam, self.ckpt_path = model, None
         elif isinstance(model, (str, os.PathLike)):
             sam, self.ckpt_path = build_sam(model, device="cpu"), os.fspath(model)
         else:
-            raise TypeError(f"model: expected a checkpoint path or name, or a Sam module, got {type(model).__name__}")
+            raise TypeError(
+                f"model: expected a checkpoint path or name, or a Sam / Sam2 module, got {type(model).__name__}"
+            )
         self.model = sam.eval().to(select_device(device))
         self.model_type = detect_model_type(sam.state_dict())
         self.backend = backend
@@ -593,7 +596,7 @@ class SAM:
 
     def _everything_generator(self, mode: str, kwargs: dict[str, Any]) -> Any:
         try:
-            from .everything import SamAutomaticMaskGenerator
+            from .everything import automatic_mask_generator
         except ModuleNotFoundError as e:
             if e.name != f"{__package__}.everything":
                 raise
@@ -601,7 +604,8 @@ class SAM:
                 "segment everything (predict with no prompt) needs mobilesam.everything, which this "
                 "installation lacks; pass points=, bboxes= or masks="
             ) from None
-        return SamAutomaticMaskGenerator(self.predictor, mode=mode, **kwargs)
+        # The generator of the model's family (SAM 2's has its own defaults and options).
+        return automatic_mask_generator(self.predictor, mode=mode, **kwargs)
 
     def _predict_everything(self, item: LoadedImage, generator: Any, half: bool) -> Results:
         from .masks import decode_rle
@@ -666,7 +670,9 @@ class SAM:
             )
             if detailed:
                 enc, dec = self._gflops_parts
-                for part, gf in (("image_encoder", enc), ("prompt_encoder", None), ("mask_decoder", dec)):
+                prompt, mask = ("prompt_encoder", "mask_decoder") if hasattr(m, "mask_decoder") else (
+                    "sam_prompt_encoder", "sam_mask_decoder")  # SAM 2's names
+                for part, gf in (("image_encoder", enc), (prompt, None), (mask, dec)):
                     n = sum(p.numel() for p in getattr(m, part).parameters())
                     extra = f"{gf:10.2f} GFLOPs" if gf is not None else ""
                     print(f"  {part:<15} {n:>12,} parameters {extra}")
@@ -688,6 +694,8 @@ class SAM:
             # (with grads, or under no_grad, it fails on meta tensors in some torch versions).
             # Counted on the decoder's re-associated attention (same values, fewer operations), as it runs.
             meta = optimize_for_export(copy.deepcopy(self.model).to("meta").requires_grad_(False))
+            if hasattr(meta, "decode_prompts"):  # a family with several feature levels (SAM 2)
+                return self._count_multi_level_gflops(meta)
             size = meta.image_encoder.img_size
             with FlopCounterMode(display=False) as enc_counter:
                 emb = meta.image_encoder(torch.empty(1, 3, size, size, device="meta"))
@@ -704,6 +712,20 @@ class SAM:
         except Exception as e:  # noqa: BLE001 - a layer without a meta kernel: report, don't guess
             logger.warning("mobilesam: could not count FLOPs (%s: %s)", type(e).__name__, e)
             return math.nan, math.nan
+        return enc_counter.get_total_flops() / 1e9, dec_counter.get_total_flops() / 1e9
+
+    @staticmethod
+    def _count_multi_level_gflops(meta: torch.nn.Module) -> tuple[float, float]:
+        """(image features, prompt encoder + mask decoder for one point) GFLOPs of a meta-device model
+        that has ``image_features`` and ``decode_prompts`` (SAM 2)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        size = meta.image_size
+        with FlopCounterMode(display=False) as enc_counter:
+            features = meta.image_features(torch.empty(1, 3, size, size, device="meta"))
+        coords, labels = torch.zeros(1, 1, 2, device="meta"), torch.ones(1, 1, dtype=torch.int, device="meta")
+        with FlopCounterMode(display=False) as dec_counter:
+            meta.decode_prompts(features, coords, labels, None, None, False)
         return enc_counter.get_total_flops() / 1e9, dec_counter.get_total_flops() / 1e9
 
     def __repr__(self) -> str:

@@ -47,10 +47,15 @@ def _torch_bf16(model: Any, **options: Any) -> Predictor:
 def _onnx(precision: str) -> Any:
     def factory(model: Any, **options: Any) -> Predictor:
         from .onnx_predictor import OnnxSamPredictor
+        from .onnx_sam2_predictor import OnnxSam2Predictor, is_sam2_export
 
         if is_exported_model(model):
-            return OnnxSamPredictor(model, precision=precision, **options)
-        return OnnxSamPredictor.from_sam(model, precision=precision, **options)
+            cls = OnnxSam2Predictor if is_sam2_export(model) else OnnxSamPredictor  # the manifest's family
+            return cls(model, precision=precision, **options)
+        from ..hub import family_of
+
+        cls = OnnxSam2Predictor if family_of(model).name == "sam2" else OnnxSamPredictor
+        return cls.from_sam(model, precision=precision, **options)
 
     return factory
 

@@ -37,6 +37,39 @@ def _key(part: str, precision: str) -> str:
     return part if precision == "fp32" else f"{part}_{precision}"
 
 
+def cached_export(
+    sam: torch.nn.Module, precision: str, cache: str | os.PathLike | None = None, decoder_precision: str | None = None
+) -> Path:
+    """The export of ``sam`` (any family: ``export_onnx`` picks its graphs) in a cache folder keyed by
+    its weights, made once (again only when int8 files are asked for and missing); returns the folder."""
+    from ..build import detect_model_type
+    from ..export.onnx_export import export_onnx
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    sd = sam.state_dict()
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
+    model_type = detect_model_type(sd) or "sam"
+    if cache is None:
+        from ..weights import cache_dir
+
+        cache = cache_dir() / "onnx"
+    folder = Path(cache) / f"{model_type}-{h.hexdigest()[:16]}"
+    int8 = "int8" in (precision, decoder_precision)
+    try:
+        _, manifest = read_manifest(folder)
+        ready = not int8 or {"encoder_int8", "decoder_int8"} <= set(manifest["files"])
+    except (FileNotFoundError, ExportError):
+        ready = False
+    if not ready:
+        logger.info("exporting the model to ONNX in %s (once)", folder)
+        export_onnx(sam, folder, quantize="int8" if int8 else None)
+    return folder
+
+
 class OnnxSamPredictor(PredictorBase):
     """Embeds an image once and predicts masks for prompts on it, with ONNX Runtime.
 
@@ -92,31 +125,7 @@ class OnnxSamPredictor(PredictorBase):
         **kwargs: Any,
     ) -> OnnxSamPredictor:
         """Export ``sam`` once into a cache folder keyed by its weights (reused later), then load it."""
-        from ..build import detect_model_type
-        from ..export.onnx_export import export_onnx
-
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-        sd = sam.state_dict()
-        h = hashlib.sha256()
-        for k in sorted(sd):
-            h.update(k.encode())
-            h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-        model_type = detect_model_type(sd) or "sam"
-        if cache is None:
-            from ..weights import cache_dir
-
-            cache = cache_dir() / "onnx"
-        folder = Path(cache) / f"{model_type}-{h.hexdigest()[:16]}"
-        int8 = "int8" in (precision, kwargs.get("decoder_precision"))
-        try:
-            _, manifest = read_manifest(folder)
-            ready = not int8 or {"encoder_int8", "decoder_int8"} <= set(manifest["files"])
-        except (FileNotFoundError, ExportError):
-            ready = False
-        if not ready:
-            logger.info("exporting the model to ONNX in %s (once)", folder)
-            export_onnx(sam, folder, quantize="int8" if int8 else None)
+        folder = cached_export(sam, precision, cache, kwargs.get("decoder_precision"))
         return cls(folder, precision=precision, **kwargs)
 
     @property

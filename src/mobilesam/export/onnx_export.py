@@ -214,7 +214,7 @@ def _resolve_model(model: Sam | str | os.PathLike, model_type: str | None) -> tu
     from ..build import build_sam, detect_model_type
     from ..weights import resolve_weights
 
-    if isinstance(model, Sam):
+    if isinstance(model, torch.nn.Module):  # a Sam, or another family's module (SAM 2)
         sam, source = model, {"checkpoint": None}
     else:
         path = resolve_weights(model)
@@ -272,6 +272,14 @@ def export_onnx(
     ort = import_onnxruntime()
 
     sam, source = _resolve_model(model, model_type)
+    if not isinstance(sam, Sam):  # SAM 2 / SAM 2.1: its own graphs and decoder interface
+        from .sam2_onnx_export import export_sam2_onnx
+
+        if return_single_mask:
+            raise ValueError("return_single_mask: not available for SAM 2 (its decoder always returns the "
+                             "single-mask answer as output 0 and the multimask answers as 1-3)")
+        return export_sam2_onnx(sam, source, out_dir, quantize=quantize, parts=parts, opset=opset, check=check,
+                                progress=progress)
     name = source["model_type"] or "sam"
     encoder_bytes = sum(p.numel() * p.element_size() for p in sam.image_encoder.parameters())
     if "encoder" in parts and encoder_bytes > 1.9e9:
@@ -378,6 +386,7 @@ def export_onnx(
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "family": "sam",
             "model_type": source["model_type"],
             "source": {k: v for k, v in source.items() if k != "model_type"},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
