@@ -1,0 +1,45 @@
+"""Shared by the edge export tests (ExecuTorch, LiteRT, Core ML): a small model, the runtime gate."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from mobilesam.modeling import Sam, build_model
+from mobilesam.modeling.configs import MODEL_CONFIGS, build_image_encoder
+
+SMALL = 256  # encoder input of the test models: a full-size encoder export takes minutes on 2 cores
+
+
+def small_sam(seed: int = 0, img_size: int = SMALL) -> Sam:
+    """A perturbed random vit_t whose encoder takes ``img_size`` pixels (embedding img_size / 16); the
+    prompt encoder and mask decoder are the real ones, on that smaller grid."""
+    torch.manual_seed(seed)
+    sam = build_model("vit_t")
+    sam.image_encoder = build_image_encoder(MODEL_CONFIGS["vit_t"], img_size).eval()
+    grid = img_size // 16
+    pe = sam.prompt_encoder
+    pe.image_embedding_size, pe.input_image_size = (grid, grid), (img_size, img_size)
+    pe.mask_input_size = (4 * grid, 4 * grid)
+    with torch.no_grad():  # non-trivial BatchNorm statistics and biases, as a trained model has
+        for name, t in sam.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if "running_var" in name:
+                t.copy_(torch.rand_like(t) + 0.5)
+            elif "bias" in name or "running_mean" in name or "attention_biases" in name:
+                t.copy_(torch.randn_like(t) * 0.1)
+    return sam.eval()
+
+
+def require(module: str, env: str = "MOBILESAM_EDGE_TESTS") -> object:
+    """Import ``module``, or skip; with ``env``=required (set by .ci/run where it installs) fail instead."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if os.environ.get(env) == "required":
+            pytest.fail(f"{module} is required here ({env}=required) but cannot be imported: {e}")
+        pytest.skip(f"{module} is not installed", allow_module_level=True)
