@@ -10,6 +10,8 @@ Mac: ``MLModel(path).predict({...})`` there.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import warnings
@@ -45,11 +47,12 @@ def _versions() -> dict[str, str]:
 
 def _convert(part: GraphPart, path: Path, precision: str) -> None:
     ct = import_coremltools()
-    with warnings.catch_warnings():
+    # coremltools' own progress bars (one per pass pipeline) would bury the exporter's one.
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(part.module, part.example_inputs, check_trace=False)
+        program = torch.export.export(part.module, part.example_inputs).run_decompositions({})
         model = ct.convert(
-            traced,
+            program,
             inputs=[ct.TensorType(name=n, shape=tuple(v["shape"])) for n, v in part.inputs.items()],
             outputs=[ct.TensorType(name=n) for n in part.outputs],
             convert_to="mlprogram",
