@@ -29,7 +29,7 @@ def test_packages_validated(exported):
     sam, out, manifest = exported
     assert set(manifest["files"]) == {"encoder", "decoder", "encoder_fp16", "decoder_fp16"}
     graphs = edge_graphs(sam, max_points=4)
-    for key, entry in manifest["files"].items():
+    for key in manifest["files"]:
         part = graphs.parts[key.split("_")[0]]
         path = edge_file(manifest, out, key)  # a folder, its files' SHA-256 verified
         assert path.is_dir() and path.suffix == ".mlpackage"

@@ -15,7 +15,7 @@ require("executorch", env="MOBILESAM_EXECUTORCH_TESTS")
 from mobilesam import SAM  # noqa: E402
 from mobilesam.backends import create_predictor  # noqa: E402
 from mobilesam.export import ExportError, export_model  # noqa: E402
-from mobilesam.export.edge_export import edge_file, read_edge_manifest  # noqa: E402
+from mobilesam.export.edge_export import edge_file  # noqa: E402
 from mobilesam.export.edge_graphs import edge_graphs  # noqa: E402
 from mobilesam.masks import mask_iou  # noqa: E402
 from mobilesam.predictor import SamPredictor  # noqa: E402

@@ -25,7 +25,7 @@ from ..export.graphs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PA
 from ..export.manifest import ExportError
 from ..export.openvino_export import pad_square, weights_digest
 from ..transforms import ResizeLongestSide
-from .base import ImageFeatures, PredictorBase
+from .base import PredictorBase
 from .onnx_predictor import OnnxSamPredictor
 
 logger = logging.getLogger("mobilesam")
@@ -135,15 +135,9 @@ class EdgeSamPredictor(PredictorBase):
         embedding = self.encoder([pad_square(image, self.img_size, self.pixel_mean)])[0]
         return {"image_embeddings": torch.from_numpy(embedding)}
 
-    def _embedding_tensors(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = torch.as_tensor(embedding).detach().cpu().float()
-        return {"image_embeddings": (features[None] if features.ndim == 3 else features).contiguous()}
-
-    def _check_features(self, features: ImageFeatures) -> None:
-        got = {k: tuple(v.shape) for k, v in features.tensors.items()}
-        if list(got) != ["image_embeddings"] or got["image_embeddings"] != self.embedding_shape:
-            shown = got.get("image_embeddings") if len(got) == 1 else got
-            raise ValueError(f"features: expected an image embedding of shape {self.embedding_shape}, got {shown}")
+    # One (1, 256, 64, 64) embedding, checked against the manifest's shape: the ONNX backend's own steps.
+    _embedding_tensors = OnnxSamPredictor._embedding_tensors
+    _check_features = OnnxSamPredictor._check_features
 
     # --- prompts -------------------------------------------------------------------------------------
     def prompt_slots(

@@ -15,15 +15,13 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..modeling import Sam
-from .edge_export import EdgeRuntime, Runner, export_edge
-from .edge_graphs import DEFAULT_MAX_POINTS, GraphPart
+from .edge_export import EdgeRuntime, Runner, edge_exporter
+from .edge_graphs import GraphPart
 from .manifest import ExportError
 
 INSTALL_HINT = 'pip install "mobilesam[coreml]"'
@@ -123,22 +121,9 @@ RUNTIME = EdgeRuntime(
 )
 
 
-def export_coreml(
-    model: Sam | str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    model_type: str | None = None,
-    quantize: str | None = None,
-    parts: Iterable[str] = ("encoder", "decoder"),
-    max_points: int = DEFAULT_MAX_POINTS,
-    check: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Export ``model`` (a ``Sam``, a checkpoint path or a weights name) to Core ML ML programs:
+export_coreml = edge_exporter(RUNTIME, """Export ``model`` (a ``Sam``, a checkpoint path or a weights name) to Core ML ML programs:
     ``{model_type}_encoder.mlpackage``, ``{model_type}_decoder.mlpackage`` (the graphs of
     :mod:`mobilesam.export.edge_graphs`), ``.fp16.mlpackage`` variants with ``quantize="fp16"``, and
     ``manifest.json``. On Linux each package is validated with coremltools (see the module doc), on macOS
     it is also run and compared with PyTorch.
-    """
-    return export_edge(RUNTIME, model, out_dir, model_type=model_type, quantize=quantize, parts=parts,
-                       max_points=max_points, check=check, progress=progress)
+    """)

@@ -330,3 +330,25 @@ def export_edge(
     finally:
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def edge_exporter(runtime: EdgeRuntime, doc: str) -> Callable[..., dict[str, Any]]:
+    """The public exporter function of ``runtime`` (``export_executorch``, ...): :func:`export_edge` bound to it."""
+
+    def exporter(
+        model: Sam | str | os.PathLike,
+        out_dir: str | os.PathLike,
+        *,
+        model_type: str | None = None,
+        quantize: str | None = None,
+        parts: Iterable[str] = PARTS,
+        max_points: int = DEFAULT_MAX_POINTS,
+        check: bool = True,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        return export_edge(runtime, model, out_dir, model_type=model_type, quantize=quantize, parts=parts,
+                           max_points=max_points, check=check, progress=progress)
+
+    exporter.__name__ = exporter.__qualname__ = f"export_{runtime.name}"
+    exporter.__doc__ = doc
+    return exporter

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..modeling import Sam
-from .edge_export import EdgeRuntime, Runner, export_edge
-from .edge_graphs import DEFAULT_MAX_POINTS, GraphPart
+from .edge_export import EdgeRuntime, Runner, edge_exporter
+from .edge_graphs import GraphPart
 
 INSTALL_HINT = 'pip install "mobilesam[executorch]"'
 
@@ -112,24 +111,11 @@ RUNTIME = EdgeRuntime(
 )
 
 
-def export_executorch(
-    model: Sam | str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    model_type: str | None = None,
-    quantize: str | None = None,
-    parts: Iterable[str] = ("encoder", "decoder"),
-    max_points: int = DEFAULT_MAX_POINTS,
-    check: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Export ``model`` (a ``Sam``, a checkpoint path or a weights name) to ExecuTorch ``.pte`` files.
+export_executorch = edge_exporter(RUNTIME, """Export ``model`` (a ``Sam``, a checkpoint path or a weights name) to ExecuTorch ``.pte`` files.
 
     Writes ``{model_type}_encoder.pte`` (padded square image (1, 3, S, S) -> embedding),
     ``{model_type}_decoder.pte`` (``max_points`` prompt slots -> IoU predictions and low-res masks; see
     :mod:`mobilesam.export.edge_graphs`), their ``.int8.pte`` variants with ``quantize="int8"``, and
     ``manifest.json``. Returns the manifest; raises :class:`~mobilesam.export.ExportError` when a file
     fails its check (see :mod:`mobilesam.export.edge_export`).
-    """
-    return export_edge(RUNTIME, model, out_dir, model_type=model_type, quantize=quantize, parts=parts,
-                       max_points=max_points, check=check, progress=progress)
+    """)

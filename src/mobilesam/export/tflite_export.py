@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modeling import Sam
-from .edge_export import EdgeRuntime, Runner, export_edge
-from .edge_graphs import DEFAULT_MAX_POINTS, GraphPart
+from .edge_export import EdgeRuntime, Runner, edge_exporter
+from .edge_graphs import GraphPart
 
 INSTALL_HINT = 'pip install "mobilesam[tflite]"'
 SIGNATURE = "serving_default"
@@ -140,22 +139,9 @@ RUNTIME = EdgeRuntime(
 )
 
 
-def export_tflite(
-    model: Sam | str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    model_type: str | None = None,
-    quantize: str | None = None,
-    parts: Iterable[str] = ("encoder", "decoder"),
-    max_points: int = DEFAULT_MAX_POINTS,
-    check: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Export ``model`` (a ``Sam``, a checkpoint path or a weights name) to LiteRT ``.tflite`` files:
+export_tflite = edge_exporter(RUNTIME, """Export ``model`` (a ``Sam``, a checkpoint path or a weights name) to LiteRT ``.tflite`` files:
     ``{model_type}_encoder.tflite``, ``{model_type}_decoder.tflite`` (the graphs of
     :mod:`mobilesam.export.edge_graphs`), ``.int8.tflite`` variants with ``quantize="int8"``, and
     ``manifest.json``. Returns the manifest; raises :class:`~mobilesam.export.ExportError` when a file
     fails its check.
-    """
-    return export_edge(RUNTIME, model, out_dir, model_type=model_type, quantize=quantize, parts=parts,
-                       max_points=max_points, check=check, progress=progress)
+    """)
