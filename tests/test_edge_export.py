@@ -120,6 +120,9 @@ def test_manifest_errors(tmp_path):
     assert backend_for_export(tmp_path) == "onnxruntime"
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "mobilesam-tflite", "files": {"a": {}}}))
     assert backend_for_export(tmp_path) == "litert"
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "mobilesam-coreml", "files": {"a": {}}}))
+    with pytest.raises(ValueError, match="^model: .* is a coreml export, which no backend"):
+        backend_for_export(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     assert backend_for_export(tmp_path) is None
 

@@ -105,8 +105,8 @@ def default_export_folder(model: Any, format: str) -> str:
 
 def backend_for_export(folder: str | os.PathLike) -> str | None:
     """The first backend of the format that wrote the export ``folder`` (its manifest's ``"format"`` is
-    ``"mobilesam-<format name>"``), or None when the folder has no readable manifest or its format names
-    no backend (Core ML: none on this platform)."""
+    ``"mobilesam-<format name>"``), or None when the folder has no readable manifest or an unknown format.
+    A ValueError for a format that no backend runs (Core ML: macOS and iOS only)."""
     import json
 
     path = os.path.join(os.fspath(folder), "manifest.json") if os.path.isdir(folder) else os.fspath(folder)
@@ -116,7 +116,12 @@ def backend_for_export(folder: str | os.PathLike) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     entry = _FORMATS.get(written_by.removeprefix("mobilesam-")) if isinstance(written_by, str) else None
-    return entry.backends[0] if entry is not None and entry.backends else None
+    if entry is None:
+        return None
+    if not entry.backends:
+        raise ValueError(f"model: '{os.fspath(folder)}' is a {entry.name} export, which no backend of this package "
+                         f"runs ({entry.description}); run it with its own runtime")
+    return entry.backends[0]
 
 
 def export_model(
