@@ -97,7 +97,8 @@ def _load(path: Path, part: GraphPart) -> Runner | None:
     if sys.platform != "darwin":
         return None
     ct = import_coremltools()
-    model = ct.models.MLModel(str(path))
+    # CPU only: the GPU and the neural engine may compute an fp32 program in fp16, which the fp32 check refuses.
+    model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
 
     def run(inputs):  # type: ignore[no-untyped-def]
         out = model.predict(dict(zip(part.input_names, inputs)))
