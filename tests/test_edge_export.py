@@ -19,6 +19,7 @@ from mobilesam.export.edge_graphs import LABEL_PAD, LABEL_UNUSED, SlotDecoderGra
 from mobilesam.export.graphs import DecoderGraph
 from mobilesam.export.registry import backend_for_export
 from mobilesam.modeling import build_model
+from mobilesam.modeling.configs import PIXEL_MEAN, PIXEL_STD
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -149,8 +150,10 @@ def _readme_tensors() -> dict[str, dict[str, list]]:
 def test_readme_phone_section_matches_the_graphs(model_type):
     """The README's tensor table is what the exporters write into the manifest (inputs then outputs, in
     order) for the full-size models at the default number of point slots."""
-    with torch.device("meta"):
+    with torch.device("meta"):  # shapes only: no weights are allocated
         sam = build_model(model_type)
+    for name, values in (("pixel_mean", PIXEL_MEAN), ("pixel_std", PIXEL_STD)):  # constants, read as numbers
+        sam.register_buffer(name, torch.tensor(values).view(-1, 1, 1), persistent=False)
     graphs = edge_graphs(sam)
     table = _readme_tensors()
     for part in ("encoder", "decoder"):
