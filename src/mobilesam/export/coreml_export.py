@@ -51,8 +51,9 @@ def _convert(part: GraphPart, path: Path, precision: str) -> None:
         program = torch.export.export(part.module, part.example_inputs).run_decompositions({})
         model = ct.convert(
             program,
-            inputs=[ct.TensorType(name=n, shape=tuple(v["shape"])) for n, v in part.inputs.items()],
-            outputs=[ct.TensorType(name=n) for n in part.outputs],
+            # float32 in and out at every precision: an fp16 package computes in fp16 but keeps the interface.
+            inputs=[ct.TensorType(name=n, shape=tuple(v["shape"]), dtype=np.float32) for n, v in part.inputs.items()],
+            outputs=[ct.TensorType(name=n, dtype=np.float32) for n in part.outputs],
             convert_to="mlprogram",
             compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
             minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
