@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .edge_export import EdgeRuntime, Runner, edge_exporter
