@@ -13,6 +13,8 @@ Running an exported folder (the ``litert`` backend) needs only ``ai-edge-litert`
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import warnings
@@ -81,7 +83,8 @@ def _convert(part: GraphPart, path: Path, precision: str) -> None:
     _quiet()
     litert_torch = import_litert_torch()
     fp32 = path if precision == "fp32" else path.with_name(path.name + ".fp32.tmp")
-    with warnings.catch_warnings():
+    # litert-torch's step log and the quantizer's progress bars and summary would bury the exporter's bar.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         kwargs = dict(zip(part.input_names, part.example_inputs))
         model = litert_torch.convert(NamedGraph(part.module, part.output_names).eval(), (), kwargs)
@@ -91,8 +94,9 @@ def _convert(part: GraphPart, path: Path, precision: str) -> None:
     from ai_edge_quantizer import quantizer, recipe
 
     try:
-        result = quantizer.Quantizer(str(fp32), recipe.dynamic_wi8_afp32()).quantize()
-        result.export_model(str(path))
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            result = quantizer.Quantizer(str(fp32), recipe.dynamic_wi8_afp32()).quantize()
+            result.export_model(str(path))
     finally:
         fp32.unlink(missing_ok=True)
 
