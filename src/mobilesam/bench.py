@@ -137,10 +137,19 @@ def edge_format(backend: str) -> str | None:
     return None
 
 
-def ensure_export(checkpoint: Path, format: str, quantize: str | None) -> tuple[Path, float | None]:
-    """An export of ``checkpoint`` as ``format`` in the cache (keyed by its SHA-256), made once; returns the
-    folder and the seconds this call spent exporting (None when it was already there)."""
+def export_job(checkpoint: str, format: str, folder: str, quantize: str | None) -> float:
+    """Export ``checkpoint`` as ``format`` into ``folder`` (a worker job: the converters' memory, gigabytes
+    for litert-torch, is freed with the process); returns the seconds it took."""
     from .export import export_model
+
+    t = time.perf_counter()
+    export_model(checkpoint, folder, format, quantize=quantize, progress=False)
+    return time.perf_counter() - t
+
+
+def ensure_export(checkpoint: Path, format: str, quantize: str | None, tmp: Path) -> tuple[Path, float | None]:
+    """An export of ``checkpoint`` as ``format`` in the cache (keyed by its SHA-256), made once in a worker
+    process; returns the folder and the seconds the export took (None when it was already there)."""
     from .export.edge_export import file_key, read_edge_manifest
     from .export.manifest import ExportError, sha256_file
     from .weights import cache_dir
@@ -153,9 +162,11 @@ def ensure_export(checkpoint: Path, format: str, quantize: str | None) -> tuple[
     except (FileNotFoundError, ExportError):
         pass
     print(f"exporting {checkpoint.name} as {format} in {folder} (once; minutes)", file=sys.stderr)
-    t = time.perf_counter()
-    export_model(checkpoint, folder, format, quantize=quantize)
-    return folder, time.perf_counter() - t
+    seconds, failure = _run_in_process("export", {"checkpoint": str(checkpoint), "format": format,
+                                                  "folder": str(folder), "quantize": quantize}, tmp)
+    if seconds is None:
+        raise RuntimeError(f"benchmark: the {format} export failed: {' | '.join(failure)}")
+    return folder, seconds
 
 
 def _edge_size(folder: Path, format: str, backend: str) -> float:
@@ -302,7 +313,7 @@ def time_peer(weights: str, image: str | None, runs: int) -> float:
 
 
 # The jobs a worker process runs: spec["job"] -> the function that gets the rest of the spec.
-_WORKER_JOBS = {"backend": run_worker, "peer": time_peer}
+_WORKER_JOBS = {"backend": run_worker, "peer": time_peer, "export": export_job}
 _WORKER_MODULE = "mobilesam.bench"
 
 
@@ -413,7 +424,7 @@ def run_benchmark(
         for fmt in dict.fromkeys(f for f in map(edge_format, backends) if f):
             mine = [b for b in backends if edge_format(b) == fmt]
             reduced = next((b.rsplit("-", 1)[1] for b in mine if "-" in b), None)
-            folder, seconds = ensure_export(ckpt, fmt, reduced)
+            folder, seconds = ensure_export(ckpt, fmt, reduced, tmp)
             for b in mine:
                 export_dirs[b], export_s[b] = folder, seconds
         samples: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
