@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib
 import os
 
+import numpy as np
+
 import pytest
 import torch
 
 from mobilesam.modeling import Sam, build_model
+from mobilesam.transforms import ResizeLongestSide
 from mobilesam.modeling.configs import MODEL_CONFIGS, build_image_encoder
 
 SMALL = 256  # encoder input of the test models: a full-size encoder export takes minutes on 2 cores
@@ -43,3 +46,21 @@ def require(module: str, env: str = "MOBILESAM_EDGE_TESTS") -> object:
         if os.environ.get(env) == "required":
             pytest.fail(f"{module} is required here ({env}=required) but cannot be imported: {e}")
         pytest.skip(f"{module} is not installed", allow_module_level=True)
+
+
+@torch.no_grad()
+def reference_predict(sam: Sam, image: np.ndarray, multimask_output: bool = True, **prompt: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks (C, H, W), scores (C,) and the embedding of one RGB image and prompt by ``Sam.forward`` (the
+    reference modules, resized to the model's own input size: the torch predictor takes the family's 1024)."""
+    resize = ResizeLongestSide(sam.img_size)
+    size = image.shape[:2]
+    record = {"image": torch.as_tensor(resize.apply_image(image)).permute(2, 0, 1).float(), "original_size": size}
+    if "point_coords" in prompt:
+        record["point_coords"] = torch.as_tensor(resize.apply_coords(prompt["point_coords"], size), dtype=torch.float)[None]
+        record["point_labels"] = torch.as_tensor(prompt["point_labels"])[None]
+    if "box" in prompt:
+        record["boxes"] = torch.as_tensor(resize.apply_boxes(prompt["box"], size), dtype=torch.float)
+    out = sam([record], multimask_output)[0]
+    embedding = sam.image_encoder(sam.preprocess(record["image"][None]))
+    return out["masks"][0].numpy(), out["iou_predictions"][0].numpy(), embedding

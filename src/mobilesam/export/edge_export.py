@@ -175,6 +175,8 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def check_encoder(run: Runner, image: torch.Tensor, ref: np.ndarray, strict: bool, name: str) -> dict[str, float]:
     got = run(_numpy([image]))[0]
+    if got.shape != ref.shape:
+        raise ExportError(f"export: {name} gives an embedding of shape {got.shape}, PyTorch {ref.shape}")
     scale = float(np.abs(ref).max())
     diff = float(np.abs(ref - got).max())
     if strict and not diff <= EMB_RTOL * scale:  # "not <=": a NaN fails too

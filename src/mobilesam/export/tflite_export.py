@@ -102,9 +102,10 @@ def _convert(part: GraphPart, path: Path, precision: str) -> None:
 
 
 def runner(path: str | os.PathLike, part_inputs: Sequence[str], part_outputs: Sequence[str],
-           threads: int | None = None) -> Runner:
+           threads: int | None = None, output_shapes: Sequence[Sequence[int]] | None = None) -> Runner:
     """Run a converted graph by name in ``ai-edge-litert``'s interpreter: inputs in ``part_inputs`` order,
-    outputs in ``part_outputs`` order."""
+    outputs in ``part_outputs`` order, given ``output_shapes`` (the interpreter hands a (1, C, H, W)
+    output back as (C, H, W))."""
     _quiet()
     interpreter = import_litert()
     try:
@@ -124,7 +125,8 @@ def runner(path: str | os.PathLike, part_inputs: Sequence[str], part_outputs: Se
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = signature(**{n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(part_inputs, inputs)})
-        return [np.array(out[n]) for n in part_outputs]
+        got = [np.array(out[n]) for n in part_outputs]
+        return got if output_shapes is None else [g.reshape(shape) for g, shape in zip(got, output_shapes)]
 
     return run
 
@@ -135,7 +137,8 @@ RUNTIME = EdgeRuntime(
     suffix=".tflite",
     precisions=("int8",),
     convert=_convert,
-    load=lambda path, part: runner(path, part.input_names, part.output_names),
+    load=lambda path, part: runner(path, part.input_names, part.output_names,
+                                   output_shapes=[v["shape"] for v in part.outputs.values()]),
     versions=_versions,
     backend="litert",
     notes={"signature": f"one signature, {SIGNATURE!r}, with the manifest's input and output names",
