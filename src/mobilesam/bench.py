@@ -175,7 +175,8 @@ def _edge_size(folder: Path, format: str, backend: str) -> float:
 
     _, manifest = read_edge_manifest(folder, format)
     precision = backend.rsplit("-", 1)[1] if "-" in backend else "fp32"
-    return float(sum(manifest["files"][file_key(p, precision)]["bytes"] for p in ("encoder", "decoder")))
+    files = manifest["files"]
+    return float(sum(files.get(file_key(p, precision), files[p])["bytes"] for p in ("encoder", "decoder")))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ register_backend("openvino-int8", _openvino("int8"), description="OpenVINO, int8
 register_backend("executorch", _edge(".executorch_predictor", "ExecuTorchSamPredictor", "fp32"),
                  description="ExecuTorch (XNNPACK), fp32: a .pte export, checked on the desktop", exported=True)
 register_backend("executorch-int8", _edge(".executorch_predictor", "ExecuTorchSamPredictor", "int8"),
-                 description="ExecuTorch (XNNPACK), dynamic int8 encoder and decoder", exported=True)
+                 description="ExecuTorch (XNNPACK), dynamic int8 image encoder, fp32 decoder", exported=True)
 register_backend("litert", _edge(".litert_predictor", "LiteRtSamPredictor", "fp32"),
                  description="LiteRT (TFLite) interpreter, fp32: a .tflite export, checked on the desktop", exported=True)
 register_backend("litert-int8", _edge(".litert_predictor", "LiteRtSamPredictor", "int8"),

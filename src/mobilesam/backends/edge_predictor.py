@@ -73,7 +73,8 @@ class EdgeSamPredictor(PredictorBase):
         self.encoder: Runner | None = None
         if file_key("encoder", precision) in files:  # a decoder-only export works from embeddings
             self.encoder = self._open("encoder", precision, verify)
-        self.decoder = self._open("decoder", precision, verify)
+        # A format may reduce the encoder only (ExecuTorch): its reduced precision pairs with the fp32 decoder.
+        self.decoder = self._open("decoder", precision if file_key("decoder", precision) in files else "fp32", verify)
         super().__init__(ResizeLongestSide(self.img_size), float(manifest["mask_threshold"]), max_batch)
 
     def _open(self, part: str, precision: str, verify: bool) -> Runner:
@@ -108,7 +109,7 @@ class EdgeSamPredictor(PredictorBase):
             cache = cache_dir() / cls.runtime
         model_type = detect_model_type(sam.state_dict()) or "sam"
         folder = Path(cache).expanduser() / f"{model_type}-{weights_digest(sam)[:16]}-{cls._runtime_version()}"
-        key = file_key("decoder", precision)
+        key = file_key("encoder", precision)
         try:
             _, manifest = read_edge_manifest(folder, cls.runtime)
             ready = key in manifest["files"]

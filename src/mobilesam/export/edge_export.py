@@ -60,6 +60,7 @@ class EdgeRuntime:
     versions: Callable[[], dict[str, str]]
     validate: Callable[[Path, GraphPart], dict[str, Any]] | None = None
     backend: str = ""  # the backend that runs the folder ("" for none on this platform)
+    reduced_parts: tuple[str, ...] = ("encoder", "decoder")  # the graphs it writes in reduced precision
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -255,7 +256,8 @@ def export_edge(
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     precisions = ["fp32"] + ([quantize] if quantize else [])
-    steps = [(part, precision) for precision in precisions for part in parts]
+    steps = [(part, precision) for precision in precisions for part in parts
+             if precision == "fp32" or part in runtime.reduced_parts]
     bar = tqdm(steps, desc=f"export {runtime.name}", unit="graph", disable=not progress)
     files: dict[str, Any] = {}
     checks: dict[str, Any] = {}
@@ -290,9 +292,11 @@ def export_edge(
             files[key] = {"path": path.name, "precision": precision, "bytes": size, "sha256": digest,
                           "inputs": graph.inputs, "outputs": graph.outputs}
             bar.update()
-        if quantize and runners.get(file_key("decoder", quantize)) is not None:
-            pair = reduced_mask_iou(runners.get(file_key("encoder", quantize)),
-                                    runners[file_key("decoder", quantize)], image, cases, refs)
+        # The reduced pair: its encoder (if any) into its decoder, or into the fp32 decoder when only the
+        # encoder is reduced.
+        pair_decoder = (runners.get(file_key("decoder", quantize)) or runners.get("decoder")) if quantize else None
+        if quantize and pair_decoder is not None and any(file_key(p, quantize) in runners for p in parts):
+            pair = reduced_mask_iou(runners.get(file_key("encoder", quantize)), pair_decoder, image, cases, refs)
             checks[f"pipeline_{quantize}"] = pair
             if check and not pair["mask_iou_vs_fp32_mean"] >= MIN_MASK_IOU:
                 raise ExportError(

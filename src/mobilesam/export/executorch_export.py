@@ -110,8 +110,12 @@ RUNTIME = EdgeRuntime(
     load=lambda path, part: runner(path),
     versions=_versions,
     backend="executorch",
+    # The image encoder only: the dynamically quantized decoder fails XNNPACK's partitioner (executorch 1.5.1:
+    # "Invalid partition, found dependency cycles"); the decoder is the smaller graph anyway.
+    reduced_parts=("encoder",),
     notes={"delegate": "XNNPACK (CPU); operators it lacks (LayerNorm) run in ExecuTorch's portable kernels",
-           "int8": "dynamic per-channel on linear layers: int8 weights, activations quantized per call"},
+           "int8": "image encoder only, dynamic per-channel on linear layers: int8 weights, activations "
+                   "quantized per call; the decoder stays fp32"},
 )
 
 
@@ -119,7 +123,7 @@ export_executorch = edge_exporter(RUNTIME, """Export ``model`` (a ``Sam``, a che
 
     Writes ``{model_type}_encoder.pte`` (padded square image (1, 3, S, S) -> embedding),
     ``{model_type}_decoder.pte`` (``max_points`` prompt slots -> IoU predictions and low-res masks; see
-    :mod:`mobilesam.export.edge_graphs`), their ``.int8.pte`` variants with ``quantize="int8"``, and
+    :mod:`mobilesam.export.edge_graphs`), an int8 encoder ``.int8.pte`` with ``quantize="int8"``, and
     ``manifest.json``. Returns the manifest; raises :class:`~mobilesam.export.ExportError` when a file
     fails its check (see :mod:`mobilesam.export.edge_export`).
     """)
