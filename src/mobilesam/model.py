@@ -273,7 +273,8 @@ class SAM:
 
     Args:
         model: a checkpoint path (any name), a known weights name (``mobile_sam.pt``, ``sam_b.pt``, ...),
-            a ``Sam`` module, or a folder written by ``mobilesam export`` (runs on ONNX Runtime).
+            a ``Sam`` module, or a folder written by ``mobilesam export`` (runs on the backend of its
+            format: ONNX Runtime for ``onnx``, ExecuTorch for ``executorch``, LiteRT for ``tflite``).
         device: "cpu", "cuda", "cuda:1", "mps"; None picks CUDA, then MPS, then CPU.
         backend: "torch" (exact), "torch-bf16" (bf16 image encoder), "onnxruntime" or
             "onnxruntime-int8" (exported once into the cache; needs ``pip install "mobilesam[onnx]"``).
@@ -304,7 +305,12 @@ class SAM:
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of files skipped in the last run
         if is_exported_model(model):
             # An exported folder: no PyTorch model; the default backend becomes the one that runs it.
-            self.backend = backend if get_backend(backend).exported else "onnxruntime"
+            if get_backend(backend).exported:
+                self.backend = backend
+            else:  # the backend of the format that wrote it (ONNX Runtime for ONNX and unknown folders)
+                from .export.registry import backend_for_export
+
+                self.backend = backend_for_export(model) or "onnxruntime"
             self.predictor = create_predictor(model, self.backend)
             self.model: Sam | None = None
             self.ckpt_path, self.model_type = os.fspath(model), self.predictor.model_type
