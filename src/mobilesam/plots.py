@@ -34,7 +34,8 @@ class _Frame:
     """A plotting area with axes, grid, ticks and labels; ``px`` maps data to pixels."""
 
     def __init__(self, size: tuple[int, int], x_range: tuple[float, float], y_range: tuple[float, float],
-                 title: str, xlabel: str, ylabel: str = "", y_label_of=None, x_label_of=None) -> None:
+                 title: str, xlabel: str, ylabel: str = "", y_label_of=None, x_label_of=None,
+                 integer_x: bool = False, integer_y: bool = False) -> None:
         self.w, self.h = size
         self.img = Image.new("RGB", size, "white")
         self.d = ImageDraw.Draw(self.img)
@@ -42,11 +43,11 @@ class _Frame:
         self.x0, self.x1 = x_range
         self.y0, self.y1 = y_range
         d, font = self.d, self.font
-        for t in nice_ticks(self.y0, self.y1):
+        for t in _ticks(self.y0, self.y1, integer_y):
             _, y = self.px(self.x0, t)
             d.line([_LEFT, y, self.w - _RIGHT, y], fill=(225, 225, 225))
             d.text((_LEFT - 6, y), (y_label_of or (lambda v: f"{v:.3g}"))(t), fill="black", font=font, anchor="rm")
-        for t in nice_ticks(self.x0, self.x1):
+        for t in _ticks(self.x0, self.x1, integer_x):
             x, _ = self.px(t, self.y0)
             d.line([x, _TOP, x, self.h - _BOTTOM], fill=(235, 235, 235))
             d.text((x, self.h - _BOTTOM + 6), (x_label_of or _number)(t), fill="black", font=font, anchor="mt")
@@ -54,7 +55,7 @@ class _Frame:
         d.text((self.w / 2, 12), title, fill="black", font=font, anchor="mt")
         d.text((self.w / 2, self.h - 12), xlabel, fill="black", font=font, anchor="mb")
         if ylabel:
-            d.text((8, _TOP - 14), ylabel, fill="black", font=font, anchor="lm")
+            d.text((_LEFT, _TOP - 6), ylabel, fill="black", font=font, anchor="lb")
 
     def px(self, x: float, y: float) -> tuple[float, float]:
         return (_LEFT + (x - self.x0) / (self.x1 - self.x0) * (self.w - _LEFT - _RIGHT),
@@ -70,6 +71,13 @@ class _Frame:
             self.d.text((x + 18, y + 14 * k), label, fill="black", font=self.font, anchor="lm")
 
 
+def _ticks(lo: float, hi: float, integer: bool) -> list[float]:
+    ticks = nice_ticks(lo, hi)
+    if integer and len(ticks) > 1 and ticks[1] - ticks[0] < 1:
+        ticks = [float(t) for t in range(math.ceil(lo), math.floor(hi) + 1)]
+    return ticks
+
+
 def _number(v: float) -> str:
     return str(int(round(v))) if abs(v - round(v)) < 1e-9 else f"{v:.3g}"
 
@@ -81,7 +89,8 @@ def _padded(lo: float, hi: float) -> tuple[float, float]:
 
 def line_chart(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str = "",
                size: tuple[int, int] = (800, 480), log_y: bool | None = False,
-               y_range: tuple[float, float] | None = None, markers: bool = False) -> Image.Image:
+               y_range: tuple[float, float] | None = None, markers: bool = False,
+               integer_x: bool = False) -> Image.Image:
     """Lines (one colour each, with a legend when several). ``log_y`` None: log scale when the positive
     values span more than 10x. ``y_range`` fixes the y axis (e.g. (0, 1) for IoU)."""
     pts = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys) if y == y]
@@ -96,7 +105,7 @@ def line_chart(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str
     x_range = (min(xs_all), max(max(xs_all), min(xs_all) + 1))
     y_range = (tf(y_range[0]), tf(y_range[1])) if y_range else _padded(min(map(tf, ys_all)), max(map(tf, ys_all)))
     frame = _Frame(size, x_range, y_range, title + (" (log scale)" if log_y else ""), xlabel, ylabel,
-                   y_label_of=(lambda t: f"{10 ** t:.3g}") if log_y else None)
+                   y_label_of=(lambda t: f"{10 ** t:.3g}") if log_y else None, integer_x=integer_x)
     for k, (_, xs, ys) in enumerate(series):
         colour = COLOURS[k % len(COLOURS)]
         run: list[tuple[float, float]] = []
@@ -126,7 +135,7 @@ def histogram(series: Sequence[tuple[str, Sequence[float]]], *, title: str, xlab
                 c[min(bins - 1, int((v - lo) / (hi - lo) * bins))] += 1
         counts.append(c)
     top = max([max(c) for c in counts] + [1])
-    frame = _Frame(size, (lo, hi), (0, top * 1.08), title, xlabel, "objects")
+    frame = _Frame(size, (lo, hi), (0, top * 1.08), title, xlabel, "objects", integer_y=True)
     width = (hi - lo) / bins
     n = max(1, len(series))
     for k, c in enumerate(counts):

@@ -256,6 +256,7 @@ def embed_folder(
     overwrite: bool = False,
     teacher_name: str | None = None,
     progress: bool = True,
+    images: list[str] | None = None,
 ) -> dict[str, Any]:
     """Compute and store the teacher embedding of every image under ``data`` that ``out`` does not hold yet.
 
@@ -267,7 +268,7 @@ def embed_folder(
     An image that cannot be read is logged (``embed: skipped 'NAME': why``) and counted in ``failed``,
     with ``failed_files`` listing ``(NAME, why)``; the others are embedded. A stored file that is
     damaged (see :meth:`EmbeddingStore.damaged`) is recomputed. ``images_per_s`` is None when this
-    process computed nothing.
+    process computed nothing. ``images``: only these paths relative to ``data`` (e.g. a dataset's images).
     """
     check_img_size(img_size)
     if batch_size < 1:
@@ -278,7 +279,7 @@ def embed_folder(
         raise ValueError(f"workers: expected 0 or more, got {workers}")
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {precision!r}")
-    rels = list_images(data)
+    rels = list_images(data) if images is None else sorted(set(images))
     info = _dist.setup(device)
     sam = load_teacher(teacher, img_size).to(info.device)
     enc_sd = {"image_encoder." + k: v for k, v in sam.image_encoder.state_dict().items()}

@@ -86,7 +86,7 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> Path:
     if s["box_miou"]["all"] is not None:
         series.append(("box prompt (all)", [1, ks[-1]], [s["box_miou"]["all"]] * 2))
     left = line_chart(series, title="mIoU after k clicks", xlabel="clicks", y_range=(0.0, 1.0), markers=True,
-                      size=(640, 480))
+                      size=(640, 480), integer_x=True)
     objects = result["objects"]
     right = histogram([("box", [o["box_iou"] for o in objects]), ("1 click", [o["click_ious"][0] for o in objects])],
                       title="per-object IoU", xlabel="IoU", size=(640, 480))

@@ -74,6 +74,113 @@ def _segment_boxes(predictor: Predictor, boxes: np.ndarray) -> np.ndarray:
     return masks[:, 0].cpu().numpy()
 
 
+def evaluate(
+    pred: Predictor,
+    ds: SegmentationDataset,
+    indices: list[int],
+    *,
+    max_clicks: int,
+    full_curve: bool = False,
+    multimask_first_click: bool = True,
+    detections: _Detections | None = None,
+    embeddings: Any = None,
+    progress: bool = True,
+    desc: str = "val",
+) -> tuple[list[dict[str, Any]], dict[str, int], list[dict[str, Any]], list[tuple[str, str]]]:
+    """The protocols on images ``indices`` of ``ds``: per-object records, counts, COCO results (masks of
+    the ``detections``' boxes) and the images that could not be read, with why.
+
+    ``embeddings``: an :class:`~mobilesam.train.EmbeddingStore` holding this model's embedding of every
+    image (keyed by ``entry.file``), used instead of the image encoder; the images are then not read
+    (their sizes come from the annotation file or the image header).
+    """
+    from ..datasets import image_size
+    from ..masks import encode_rle
+
+    want_ap = detections is not None
+    counts = {"images": len(indices), "images_evaluated": 0, "images_without_objects": 0, "objects": 0,
+              "crowd": 0, "empty_masks": 0, "box_only": 0, "failed_images": 0,
+              **{f"dataset_{k}": v for k, v in ds.counts.items() if k in ("not_in_classes", "labels_without_image",
+                                                                           "degenerate_polygons")}}
+    objects: list[dict[str, Any]] = []
+    failed: list[tuple[str, str]] = []
+    results: list[dict[str, Any]] = []
+    for idx in tqdm(indices, desc=desc, unit="img", disable=not progress):
+        entry = ds.images[idx]
+        usable = []
+        for inst in entry.instances:
+            if inst.iscrowd:
+                counts["crowd"] += 1
+            elif not inst.has_mask:
+                counts["box_only"] += 1
+            else:
+                usable.append(inst)
+        if not usable:
+            counts["images_without_objects"] += 1
+            if not want_ap:
+                continue
+        path = ds.path(entry)
+        try:
+            if embeddings is not None and not want_ap:
+                rgb = None
+                h, w = (entry.height, entry.width) if entry.width is not None else image_size(path)
+            else:
+                rgb = read_image(path)
+                h, w = rgb.shape[:2]
+        except (OSError, ValueError) as e:
+            failed.append((entry.file, _image_error(path, e)))
+            with tqdm.external_write_mode():
+                logger.warning("%s: skipped '%s': %s", desc, entry.file, failed[-1][1])
+            continue
+        if entry.width is not None and (entry.width, entry.height) != (w, h):
+            failed.append((entry.file, f"{entry.where} gives {entry.width}x{entry.height}, the image is {w}x{h} "
+                                       "(EXIF rotation or another file?): its masks would not line up"))
+            with tqdm.external_write_mode():
+                logger.warning("%s: skipped '%s': %s", desc, entry.file, failed[-1][1])
+            continue
+        gts, kept = [], []
+        for inst in usable:
+            m = inst.mask(h, w)
+            if not m.any():
+                counts["empty_masks"] += 1
+                continue
+            gts.append(m)
+            kept.append(inst)
+        if not gts and not want_ap:
+            continue
+        if embeddings is not None:
+            pred.set_embedding(torch.from_numpy(embeddings.read(entry.file)).float()[None], (h, w))
+        else:
+            pred.set_image(rgb)
+        counts["images_evaluated"] += 1
+        if gts:
+            gt = torch.from_numpy(np.stack(gts))
+            boxes = np.stack([mask_box(m) for m in gts])
+            b_iou = box_ious(pred, gt, boxes)
+            run = click_ious(pred, gt, max_clicks, min_clicks=min(5, max_clicks),
+                             stop_iou=None if full_curve else 0.90, multimask_first=multimask_first_click)
+            noc85, noc90 = run.noc(0.85, max_clicks), run.noc(0.90, max_clicks)
+            for j, inst in enumerate(kept):
+                area = int(gts[j].sum())
+                objects.append({
+                    "image": entry.file, "image_id": entry.image_id, "ann_id": inst.ann_id,
+                    "category": ds.names.get(inst.category, str(inst.category)), "area": area, "size": size_of(area),
+                    "box": boxes[j].tolist(), "box_iou": float(b_iou[j]),
+                    "click_ious": [round(v, 6) for v in run.ious[j]], "clicks": [list(c) for c in run.clicks[j]],
+                    "noc85": int(noc85[j]), "noc90": int(noc90[j]),
+                })
+            counts["objects"] += len(kept)
+        if want_ap:
+            found = detections(entry, rgb)
+            if found:
+                masks = _segment_boxes(pred, np.stack([f[0] for f in found]))
+                for (_, cls, score), m in zip(found, masks):
+                    results.append({"image_id": entry.image_id, "category_id": ds.category_ids[cls],
+                                    "segmentation": encode_rle(m), "score": score})
+    counts["failed_images"] = len(failed)
+    return objects, counts, results, failed
+
+
 def val(
     model: Any,
     data: str | os.PathLike | SegmentationDataset,
@@ -142,81 +249,12 @@ def val(
         indices = sorted(np.random.default_rng(seed).choice(len(indices), max_images, replace=False).tolist())
     pred = predictor if predictor is not None else create_predictor(model, backend, device=device)
 
-    counts = {"images": len(indices), "images_evaluated": 0, "images_without_objects": 0, "objects": 0,
-              "crowd": 0, "empty_masks": 0, "box_only": 0, "failed_images": 0,
-              **{f"dataset_{k}": v for k, v in ds.counts.items() if k in ("not_in_classes", "labels_without_image",
-                                                                           "degenerate_polygons")}}
-    objects: list[dict[str, Any]] = []
-    failed: list[tuple[str, str]] = []
-    results: list[dict[str, Any]] = []
     start = time.perf_counter()
-    from ..masks import encode_rle
-
-    for idx in tqdm(indices, desc="val", unit="img", disable=not progress):
-        entry = ds.images[idx]
-        usable = []
-        for inst in entry.instances:
-            if inst.iscrowd:
-                counts["crowd"] += 1
-            elif not inst.has_mask:
-                counts["box_only"] += 1
-            else:
-                usable.append(inst)
-        if not usable:
-            counts["images_without_objects"] += 1
-            if not want_ap:
-                continue
-        path = ds.path(entry)
-        try:
-            rgb = read_image(path)
-        except (OSError, ValueError) as e:
-            failed.append((entry.file, _image_error(path, e)))
-            with tqdm.external_write_mode():
-                logger.warning("val: skipped '%s': %s", entry.file, failed[-1][1])
-            continue
-        h, w = rgb.shape[:2]
-        if entry.width is not None and (entry.width, entry.height) != (w, h):
-            failed.append((entry.file, f"{entry.where} gives {entry.width}x{entry.height}, the image is {w}x{h} "
-                                       "(EXIF rotation or another file?): its masks would not line up"))
-            with tqdm.external_write_mode():
-                logger.warning("val: skipped '%s': %s", entry.file, failed[-1][1])
-            continue
-        gts, kept = [], []
-        for inst in usable:
-            m = inst.mask(h, w)
-            if not m.any():
-                counts["empty_masks"] += 1
-                continue
-            gts.append(m)
-            kept.append(inst)
-        pred.set_image(rgb)
-        counts["images_evaluated"] += 1
-        if gts:
-            gt = torch.from_numpy(np.stack(gts))
-            boxes = np.stack([mask_box(m) for m in gts])
-            b_iou = box_ious(pred, gt, boxes)
-            run = click_ious(pred, gt, max_clicks, min_clicks=min(5, max_clicks),
-                             stop_iou=None if full_curve else 0.90, multimask_first=multimask_first_click)
-            noc85, noc90 = run.noc(0.85, max_clicks), run.noc(0.90, max_clicks)
-            for j, inst in enumerate(kept):
-                area = int(gts[j].sum())
-                objects.append({
-                    "image": entry.file, "image_id": entry.image_id, "ann_id": inst.ann_id,
-                    "category": ds.names.get(inst.category, str(inst.category)), "area": area, "size": size_of(area),
-                    "box": boxes[j].tolist(), "box_iou": float(b_iou[j]),
-                    "click_ious": [round(v, 6) for v in run.ious[j]], "clicks": [list(c) for c in run.clicks[j]],
-                    "noc85": int(noc85[j]), "noc90": int(noc90[j]),
-                })
-            counts["objects"] += len(kept)
-        if want_ap:
-            found = dets(entry, rgb)
-            if found:
-                masks = _segment_boxes(pred, np.stack([f[0] for f in found]))
-                for (_, cls, score), m in zip(found, masks):
-                    results.append({"image_id": entry.image_id, "category_id": ds.category_ids[cls],
-                                    "segmentation": encode_rle(m), "score": score})
+    objects, counts, results, failed = evaluate(
+        pred, ds, indices, max_clicks=max_clicks, full_curve=full_curve,
+        multimask_first_click=multimask_first_click, detections=dets, progress=progress,
+    )
     seconds = time.perf_counter() - start
-    counts["failed_images"] = len(failed)
     if not objects:
         raise ValueError(f"data: no object could be validated ({counts['failed_images']} unreadable images, "
                          f"{counts['empty_masks']} empty masks; {ds.report()})")
