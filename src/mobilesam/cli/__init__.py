@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "train",
     "assemble",
     "val",
+    "finetune",
     "serve",
 ]
 

@@ -160,7 +160,7 @@ def load_coco(
             continue
         if (width is None or height is None) and check_images:
             height, width = image_size(root / file)  # some tools leave the size out; the image tells
-        if width is None or height is None or width < 1 or height < 1:
+        if (width is not None and width < 1) or (height is not None and height < 1):
             raise AnnotationError(f"{where('images', k, im)}: expected 'width' and 'height' >= 1, got {width} x {height}")
         entries[image_id] = ImageEntry(file, image_id, [], width, height, where=f"'{path}' images[{k}]")
     if missing:
@@ -219,6 +219,8 @@ def _instance(a: dict[str, Any], category: int, entry: ImageEntry, where: _Locat
     if seg in ([], {}):
         seg = None
     if seg is not None:
+        if entry.width is None or entry.height is None:
+            raise AnnotationError(f"{where()}: a segmentation needs the image's 'width' and 'height' in 'images'")
         try:
             polygons = check_segmentation(seg, entry.height, entry.width)
         except ValueError as e:

@@ -494,8 +494,13 @@ def _finetune(cfg: FinetuneConfig, info: _dist.DistInfo, resume: str | os.PathLi
         if frozen:
             val_files = [val_ds.images[i].file for i in val_indices
                          if any(not x.iscrowd and x.has_mask for x in val_ds.images[i].instances)]
-            default = out / ("embeddings" if val_ds.root.resolve() == ds.root.resolve() else "embeddings_val")
-            val_store = _embeddings(sam, val_ds, val_files, cfg.val_embeddings, default, cfg, info, "val_embeddings")
+            same_root = val_ds.root.resolve() == ds.root.resolve()
+            if same_root and cfg.val_embeddings is None and not store.missing(val_files):
+                val_store = store  # the validation images are among those already embedded
+            else:
+                default = out / ("embeddings" if same_root and cfg.embeddings is None else "embeddings_val")
+                val_store = _embeddings(sam, val_ds, val_files, cfg.val_embeddings, default, cfg, info,
+                                        "val_embeddings")
     sam.train()
     sam.image_encoder.eval()
 
