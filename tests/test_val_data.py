@@ -1,0 +1,190 @@
+"""``mobilesam val --data``: the box and click protocols equal an independent computation with the official
+SamPredictor on the same checkpoint; COCO mask AP on hand-checked cases; the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from scipy import ndimage
+
+from mobilesam.build import build_sam
+from mobilesam.masks import encode_rle
+from mobilesam.validation import first_click, next_click, val
+from mobilesam.validation.coco_ap import ground_truth, mask_ap
+
+
+def _disk(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def _diamond(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return np.abs(yy - cy) + np.abs(xx - cx) <= r
+
+
+@pytest.fixture(scope="module")
+def coco_set(tmp_path_factory) -> dict:
+    """Three images: two with objects (disks and diamonds: a unique deepest pixel each), a crowd region
+    and a polygon without area; one without annotations."""
+    root = tmp_path_factory.mktemp("valdata")
+    (root / "img").mkdir()
+    rng = np.random.default_rng(0)
+    scenes = [((96, 128), [(_disk, 30, 40, 15), (_diamond, 60, 90, 20), (_disk, 75, 30, 40)]),
+              ((120, 80), [(_diamond, 50, 40, 25)])]
+    images, anns = [], []
+    for k, ((h, w), shapes) in enumerate(scenes):
+        img = rng.integers(0, 50, (h, w, 3)).astype(np.uint8)
+        for j, (shape, cy, cx, r) in enumerate(shapes):
+            m = shape(h, w, cy, cx, r)
+            img[m] = (220, 80 + 60 * j, 40)
+            anns.append({"id": len(anns) + 1, "image_id": k + 1, "category_id": 1 + j % 2, "segmentation": encode_rle(m),
+                         "area": int(m.sum()), "bbox": [0, 0, 1, 1], "iscrowd": 0})
+        Image.fromarray(img).save(root / "img" / f"im{k}.png")
+        images.append({"id": k + 1, "file_name": f"im{k}.png", "width": w, "height": h})
+    crowd = np.zeros((96, 128), bool)
+    crowd[:10] = True
+    anns.append({"id": 90, "image_id": 1, "category_id": 1, "segmentation": encode_rle(crowd), "area": 1280,
+                 "bbox": [0, 0, 128, 10], "iscrowd": 1})
+    anns.append({"id": 91, "image_id": 2, "category_id": 2, "segmentation": [[3, 3, 3, 3, 3, 3]], "area": 0,
+                 "bbox": [3, 3, 0, 0], "iscrowd": 0})
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(root / "img" / "empty.png")
+    images.append({"id": 3, "file_name": "empty.png", "width": 50, "height": 50})
+    path = root / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    return {"root": root, "json": path, "images": root / "img"}
+
+
+def _official_predictor(model: torch.nn.Module):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mobile_sam import SamPredictor
+    return SamPredictor(model)
+
+
+def _deepest(mask: np.ndarray) -> tuple[int, int]:
+    """An independent first click: scipy's exact Euclidean distance transform (the image border counts)."""
+    d = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+    return int(x), int(y)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.mark.slow
+def test_box_and_one_click_equal_the_official_predictor(coco_set, tiny_checkpoint, vit_t_pair) -> None:
+    result = val(tiny_checkpoint, coco_set["json"], coco_set["images"], max_clicks=1, device="cpu", progress=False)
+    c = result["counts"]
+    assert (c["objects"], c["crowd"], c["empty_masks"], c["images_without_objects"]) == (4, 1, 1, 1)
+    assert c["images_evaluated"] == 2 and c["failed_images"] == 0
+
+    official = _official_predictor(vit_t_pair[0])
+    coco = COCO(str(coco_set["json"]))
+    expected = []
+    for im in coco.dataset["images"][:2]:
+        rgb = np.asarray(Image.open(coco_set["images"] / im["file_name"]).convert("RGB"))
+        official.set_image(rgb)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=im["id"], iscrowd=False)):
+            gt = coco.annToMask(ann).astype(bool)
+            if not gt.any():
+                continue
+            ys, xs = np.nonzero(gt)
+            box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            masks, _, _ = official.predict(box=box, multimask_output=False)
+            x, y = _deepest(gt)
+            clicked, scores, _ = official.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
+            expected.append((ann["id"], _iou(masks[0], gt), _iou(clicked[int(np.argmax(scores))], gt), [x, y, 1]))
+    got = {o["ann_id"]: o for o in result["objects"]}
+    assert sorted(got) == [e[0] for e in expected]
+    for ann_id, box_iou, click_iou, click in expected:
+        assert got[ann_id]["clicks"][0] == click
+        assert got[ann_id]["box_iou"] == pytest.approx(box_iou, abs=2e-3)
+        assert got[ann_id]["click_ious"][0] == pytest.approx(click_iou, abs=2e-3)
+    s = result["summary"]
+    assert s["box_miou"]["all"] == pytest.approx(np.mean([e[1] for e in expected]), abs=2e-3)
+    assert s["point_miou"]["1"]["all"] == pytest.approx(np.mean([e[2] for e in expected]), abs=2e-3)
+    assert s["objects"] == {"all": 4, "small": 2, "medium": 2, "large": 0}  # areas 709, 841 | 1301, 3751
+
+    # The comparison can fail: one weight of ours perturbed moves the numbers.
+    ours = build_sam(tiny_checkpoint)
+    with torch.no_grad():
+        ours.mask_decoder.output_hypernetworks_mlps[0].layers[2].bias += 0.5
+    moved = val(ours, coco_set["json"], coco_set["images"], max_clicks=1, max_images=1, seed=3, progress=False)
+    pairs = [(o["box_iou"], got[o["ann_id"]]["box_iou"]) for o in moved["objects"]]
+    assert max(abs(a - b) for a, b in pairs) > 1e-2
+
+
+def test_click_rule() -> None:
+    gt = _disk(41, 61, 20, 25, 12)
+    assert first_click(gt) == (25, 20) == _deepest(gt)
+    assert next_click(gt, gt) is None
+    pred = gt.copy()
+    pred[:, 40:55] = True  # spills to the right: the deepest spill is negative
+    x, y, label = next_click(pred, gt)
+    assert label == 0 and not gt[y, x] and pred[y, x] and 45 <= x <= 50
+    pred = _disk(41, 61, 20, 25, 4)  # misses most of the object: positive click in the missed ring
+    x, y, label = next_click(pred, gt)
+    assert label == 1 and gt[y, x] and not pred[y, x]
+
+
+def test_mask_ap_hand_checked(tmp_path: Path) -> None:
+    """One 20x20 object (small: 400 px). A perfect mask scores AP 1.0; one shifted 4 px right has IoU
+    320 / 480 = 0.667, a true positive at IoU thresholds 0.50-0.65 only: AP = 4/10, AP50 1, AP75 0."""
+    from mobilesam.datasets import load_dataset
+
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / "a.png")
+    gt = np.zeros((60, 60), bool)
+    gt[10:30, 10:30] = True
+    (tmp_path / "gt.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 60, "height": 60}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "segmentation": encode_rle(gt), "area": 400,
+                         "bbox": [10, 10, 20, 20], "iscrowd": 0}],
+        "categories": [{"id": 5, "name": "box"}]}))
+    ds = load_dataset(tmp_path / "gt.json")
+    truth = ground_truth(ds)
+    perfect = mask_ap(truth, [{"image_id": 1, "category_id": 5, "segmentation": encode_rle(gt), "score": 0.9}], [1], [5])
+    assert [perfect[k] for k in ("AP", "AP50", "AP75", "APs")] == pytest.approx([1.0] * 4)
+    assert perfect["APm"] is None and perfect["APl"] is None  # no medium or large object
+    shifted = np.roll(gt, 4, axis=1)
+    assert _iou(shifted, gt) == pytest.approx(2 / 3)
+    low = mask_ap(truth, [{"image_id": 1, "category_id": 5, "segmentation": encode_rle(shifted), "score": 0.9}], [1], [5])
+    assert [low[k] for k in ("AP", "AP50", "AP75")] == pytest.approx([0.4, 1.0, 0.0])
+    assert mask_ap(truth, [], [1], [5])["AP"] == 0.0
+
+
+@pytest.mark.slow
+def test_cli_val_data_end_to_end(coco_set, tiny_checkpoint, tmp_path: Path) -> None:
+    det = tmp_path / "det.json"
+    det.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [25, 15, 31, 31], "score": 0.9},
+                               {"image_id": 3, "category_id": 2, "bbox": [5, 5, 20, 20], "score": 0.3}]))
+    out = tmp_path / "runs" / "val.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobilesam", "val", "--model", str(tiny_checkpoint), "--data", str(coco_set["json"]),
+         "--images", str(coco_set["images"]), "--max-clicks", "3", "--detections", str(det), "--out", str(out),
+         "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in ("box mIoU", "1-click mIoU", "3-click mIoU", "NoC@85", "NoC@90", "mask AP (COCOeval segm)"):
+        assert row in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["counts"]["crowd"] == 1 and result["counts"]["empty_masks"] == 1
+    assert set(result["summary"]["point_miou"]) == {"1", "3"} and len(result["objects"]) == 4
+    o = result["objects"][0]
+    assert len(o["click_ious"]) == 3 and o["noc90"] <= 3 and o["size"] in ("small", "medium", "large")
+    ap = result["mask_ap"]
+    assert ap["detections"] == 2 and 0.0 <= ap["AP"] <= 1.0
+    with Image.open(out.with_suffix(".png")) as im:
+        assert im.size == (1280, 480)
