@@ -270,10 +270,6 @@ def _set_trainable(sam: nn.Module, cfg: FinetuneConfig) -> list[str]:
     adapted: list[str] = []
     if cfg.encoder == "lora":
         adapted = add_lora(sam.image_encoder, cfg.lora_rank, cfg.lora_alpha)
-        for m in sam.image_encoder.modules():
-            if isinstance(m, LoRALinear):
-                m.lora_a.requires_grad_(True)
-                m.lora_b.requires_grad_(True)
     elif cfg.encoder == "full":
         sam.image_encoder.requires_grad_(True)
         for unused in ("norm_head", "head"):  # TinyViT's ImageNet classifier: kept for the checkpoint, never run

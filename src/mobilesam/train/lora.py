@@ -32,6 +32,9 @@ class LoRALinear(nn.Linear):
             self.weight.copy_(base.weight)
             if base.bias is not None:
                 self.bias.copy_(base.bias)
+        self.weight.requires_grad_(False)  # the original weights stay; only A and B train
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
         self.rank, self.scale = rank, alpha / rank
         self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
@@ -48,8 +51,9 @@ class LoRALinear(nn.Linear):
 
 
 def add_lora(encoder: nn.Module, rank: int, alpha: float | None = None) -> list[str]:
-    """Replace the adapted linear layers of ``encoder`` (in place) by :class:`LoRALinear`; freezes the rest
-    of the encoder and returns the names of the adapted layers. ``alpha`` None: equal to ``rank``."""
+    """Replace the adapted linear layers of ``encoder`` (in place) by :class:`LoRALinear`, whose A and B
+    alone are trainable: the rest of the encoder is frozen. Returns the names of the adapted layers.
+    ``alpha`` None: equal to ``rank``."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"lora_rank: expected a positive integer, got {rank!r}")
     alpha = float(rank if alpha is None else alpha)
