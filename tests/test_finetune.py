@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -19,8 +20,9 @@ from PIL import Image
 
 from mobilesam.build import build_sam
 from mobilesam.masks import encode_rle
-from mobilesam.train import EmbeddingStore, embed_folder, finetune
+from mobilesam.train import EmbeddingStore, finetune
 from mobilesam.train.finetuner import FinetuneConfig, _set_trainable, corrective_clicks, load_checkpoint_of
+from mobilesam.train.store import encoder_fingerprint
 from mobilesam.train.lora import LoRALinear, add_lora, merged_state_dict
 from mobilesam.train.models import build_encoder
 
@@ -34,8 +36,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, tiny_checkpoint) -> dict:
-    """Two images with two objects each (COCO) and the checkpoint's stored embeddings of them."""
+def data(tmp_path_factory) -> dict:
+    """Two images with two objects each (COCO)."""
     root = tmp_path_factory.mktemp("ft")
     (root / "img").mkdir()
     rng = np.random.default_rng(1)
@@ -53,15 +55,14 @@ def data(tmp_path_factory, tiny_checkpoint) -> dict:
         images.append({"id": k + 1, "file_name": f"f{k}.png", "width": w, "height": h})
     (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns,
                                                "categories": [{"id": 1, "name": "thing"}]}))
-    embed_folder(tiny_checkpoint, root / "img", root / "emb", workers=0, progress=False)
-    return {"root": root, "json": root / "ann.json", "images": root / "img", "emb": root / "emb"}
+    return {"root": root, "json": root / "ann.json", "images": root / "img"}
 
 
 def _kw(data: dict, tiny_checkpoint: Path, **extra) -> dict:
     return dict(data=str(data["json"]), images=str(data["images"]), val_data=str(data["json"]),
-                val_images=str(data["images"]), model=str(tiny_checkpoint), embeddings=str(data["emb"]),
-                steps=3, batch_size=2, accumulate=2, objects_per_image=2, click_rounds=1, lr=2e-3, workers=0,
-                log_every=1, val_every=3, progress=False, **extra)
+                val_images=str(data["images"]), val_max_images=1, model=str(tiny_checkpoint), steps=2, batch_size=2,
+                accumulate=2, objects_per_image=1, click_rounds=1, lr=5e-3, workers=0, log_every=1, progress=False,
+                **extra)
 
 
 def _losses(run: Path) -> list[tuple[str, str, str, str]]:
@@ -69,40 +70,60 @@ def _losses(run: Path) -> list[tuple[str, str, str, str]]:
         return [(r["step"], r["loss"], r["val_box_miou"], r["val_point_miou"]) for r in csv.DictReader(f)]
 
 
+@pytest.fixture(scope="module")
+def store(data, vit_t_pair) -> Path:
+    """Stored embeddings for the two images, marked as written by the checkpoint's encoder (the weights of
+    ``tiny_checkpoint``). Random values: the loop, not the encoder, is under test, and no encoder runs."""
+    path = data["root"] / "emb"
+    store = EmbeddingStore.create(path, "test", "vit_t", 1024, encoder_fingerprint(vit_t_pair[1].image_encoder))
+    gen = torch.Generator().manual_seed(0)
+    for name in ("f0.png", "f1.png"):
+        store.write(name, torch.randn(256, 64, 64, generator=gen))
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(data, tiny_checkpoint, store, tmp_path_factory) -> tuple[Path, dict]:
+    """An uninterrupted run."""
+    out = tmp_path_factory.mktemp("ft_runs") / "full"
+    return out, finetune(out=str(out), **_kw(data, tiny_checkpoint, embeddings=str(store)))
+
+
 @pytest.mark.slow
-def test_steps_lower_the_loss_and_resume_is_bit_identical(data, tiny_checkpoint, tmp_path) -> None:
-    full = finetune(out=str(tmp_path / "full"), **_kw(data, tiny_checkpoint))
+def test_steps_lower_the_loss_and_resume_is_bit_identical(data, tiny_checkpoint, store, full_run, tmp_path) -> None:
+    out, full = full_run
+    emb = str(store)
     assert full["finished"] and full["loss"] < full["first_logged_loss"]
-    assert [v["step"] for v in full["validation"]] == [0, 3]
-    assert finetune(out=str(tmp_path / "split"), stop_after=1, **_kw(data, tiny_checkpoint))["finished"] is False
+    assert [v["step"] for v in full["validation"]] == [0, 1, 2]  # the start, then every epoch (1 step)
+    kw = _kw(data, tiny_checkpoint, embeddings=emb)
+    assert finetune(out=str(tmp_path / "split"), stop_after=1, **kw)["finished"] is False
     finetune(resume=tmp_path / "split", progress=False)
-    a, b = load_checkpoint_of(tmp_path / "full" / "last.pt"), load_checkpoint_of(tmp_path / "split" / "last.pt")
-    assert a["step"] == b["step"] == 3
+    a, b = load_checkpoint_of(out / "last.pt"), load_checkpoint_of(tmp_path / "split" / "last.pt")
+    assert a["step"] == b["step"] == 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert all(torch.equal(sa[i][n], sb[i][n]) for i in sa for n in sa[i])
-    assert _losses(tmp_path / "full") == _losses(tmp_path / "split")
+    assert _losses(out) == _losses(tmp_path / "split")
 
     # best.pt: the official flat format, loaded by mobile_sam and by this package; only the decoder moved.
-    best = torch.load(tmp_path / "full" / "best.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)
     init = torch.load(tiny_checkpoint, weights_only=True)
     assert best.keys() == init.keys()
     assert all(torch.equal(best[k], init[k]) for k in best if not k.startswith("mask_decoder."))
-    assert any(not torch.equal(best[k], init[k]) for k in best if k.startswith("mask_decoder.")) or \
-        full["best"]["step"] == 0
+    moved = any(not torch.equal(best[k], init[k]) for k in best if k.startswith("mask_decoder."))
+    assert moved == (full["best"]["step"] > 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from mobile_sam import sam_model_registry
-    official = sam_model_registry["vit_t"](checkpoint=str(tmp_path / "full" / "best.pt"))
-    ours = build_sam(tmp_path / "full" / "best.pt")
+    official = sam_model_registry["vit_t"](checkpoint=str(out / "best.pt"))
+    ours = build_sam(out / "best.pt")
     assert all(torch.equal(official.state_dict()[k], v) for k, v in ours.state_dict().items())
 
-    with pytest.raises(ValueError, match="lr: 0.002 in the checkpoint, 0.001 now"):
-        finetune(FinetuneConfig(out=str(tmp_path / "split"), **{**_kw(data, tiny_checkpoint), "lr": 1e-3}),
-                 resume=tmp_path / "split")
+    with pytest.raises(ValueError, match="lr: 0.005 in the checkpoint, 0.001 now"):
+        finetune(FinetuneConfig(out=str(tmp_path / "split"), **{**kw, "lr": 1e-3}), resume=tmp_path / "split")
     with pytest.raises(FileExistsError, match="--resume"):
-        finetune(out=str(tmp_path / "full"), **_kw(data, tiny_checkpoint))
-    with Image.open(tmp_path / "full" / "curves.png") as im:
+        finetune(out=str(out), **kw)
+    with Image.open(out / "curves.png") as im:
         assert im.size == (800, 720)  # loss and validation panels
 
 
@@ -150,40 +171,44 @@ def test_corrective_clicks_sample_the_error_region() -> None:
         assert 2 <= cells[2, 0] < 6 and 2 <= cells[2, 1] < 6
 
 
-def test_frozen_encoder_refuses_image_augmentation(data, tiny_checkpoint) -> None:
+def test_frozen_encoder_refuses_image_augmentation_and_foreign_embeddings(data, tiny_checkpoint, store,
+                                                                         tmp_path) -> None:
     with pytest.raises(ValueError, match="hflip: with a frozen image encoder"):
         finetune(**{**_kw(data, tiny_checkpoint), "hflip": 0.5})
     with pytest.raises(ValueError, match="embeddings: the image encoder trains"):
-        finetune(**{**_kw(data, tiny_checkpoint), "encoder": "lora"})
-    bad = data["root"] / "emb_other"
-    other = build_sam(None, model_type="vit_t")
-    embed_folder(other, data["images"], bad, workers=0, progress=False, images=["f0.png", "f1.png"])
-    assert EmbeddingStore.open(bad).has("f1.png")
-    with pytest.raises(ValueError, match="embeddings: .* was not written by this model's image encoder"):
-        finetune(**{**_kw(data, tiny_checkpoint), "embeddings": str(bad)})
+        finetune(**{**_kw(data, tiny_checkpoint), "encoder": "lora", "embeddings": "emb"})
+    foreign = tmp_path / "foreign"
+    shutil.copytree(store, foreign)
+    meta = json.loads((foreign / "meta.json").read_text())
+    meta["encoder_sha256"] = "0" * 64  # written by another encoder
+    (foreign / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"embeddings: .* was not written by this model's image encoder"):
+        finetune(**{**_kw(data, tiny_checkpoint), "embeddings": str(foreign)})
+    (foreign / "f1.png.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"embeddings: 1 of the 2 images have no embedding .*f1.png"):
+        finetune(**{**_kw(data, tiny_checkpoint), "embeddings": str(foreign)})
 
 
 @pytest.mark.slow
-def test_cli_finetune_under_torchrun(data, tiny_checkpoint, tmp_path) -> None:
+def test_cli_finetune_under_torchrun(data, tiny_checkpoint, store, full_run, tmp_path) -> None:
     """Two gloo ranks through the command line give the losses and validation of one process with the
-    same global batch (accumulation), and a best.pt."""
-    single = finetune(out=str(tmp_path / "single"), **_kw(data, tiny_checkpoint))
+    same global batch (there through accumulation), and a best.pt."""
+    single, _ = full_run
     out = tmp_path / "ddp"
     args = ["finetune", "--data", str(data["json"]), "--images", str(data["images"]), "--val-data", str(data["json"]),
-            "--val-images", str(data["images"]), "--model", str(tiny_checkpoint), "--embeddings", str(data["emb"]),
-            "--steps", "3", "--batch-size", "2", "--objects-per-image", "2", "--click-rounds", "1", "--lr", "2e-3",
-            "--workers", "0", "--log-every", "1", "--val-every", "3", "--out", str(out)]
+            "--val-images", str(data["images"]), "--val-max-images", "1", "--model", str(tiny_checkpoint),
+            "--embeddings", str(store), "--steps", "2", "--batch-size", "2", "--objects-per-image", "1",
+            "--click-rounds", "1", "--lr", "5e-3", "--workers", "0", "--log-every", "1", "--out", str(out)]
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mobilesam",
          *args], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "finetune: done, 3 steps" in proc.stdout and "best at step" in proc.stdout
-    ddp, one = _losses(out), _losses(tmp_path / "single")
-    assert [r[0] for r in ddp] == [r[0] for r in one] == ["0", "1", "2", "3"]
+    assert "finetune: done, 2 steps" in proc.stdout and "best at step" in proc.stdout
+    ddp, one = _losses(out), _losses(single)
+    assert [r[0] for r in ddp] == [r[0] for r in one] == ["0", "1", "2"]
     for a, b in zip(ddp, one):
         np.testing.assert_allclose([float(v) if v else np.nan for v in a[1:]], [float(v) if v else np.nan for v in b[1:]],
                                    rtol=1e-4)
     assert load_checkpoint_of(out / "last.pt")["world_size"] == 2
     assert torch.load(out / "best.pt", weights_only=True).keys() == torch.load(tiny_checkpoint, weights_only=True).keys()
-    assert single["finished"]

@@ -4,6 +4,7 @@ SamPredictor on the same checkpoint; COCO mask AP on hand-checked cases; the CLI
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -16,9 +17,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from scipy import ndimage
 
-from mobilesam.build import build_sam
 from mobilesam.masks import encode_rle
-from mobilesam.validation import first_click, next_click, val
+from mobilesam.validation import first_click, next_click
 from mobilesam.validation.coco_ap import ground_truth, mask_ap
 
 
@@ -34,31 +34,29 @@ def _diamond(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def coco_set(tmp_path_factory) -> dict:
-    """Three images: two with objects (disks and diamonds: a unique deepest pixel each), a crowd region
-    and a polygon without area; one without annotations."""
+    """One image with three objects (disks and a diamond: a unique deepest pixel each), a crowd region and
+    a polygon without area; one image without annotations (never embedded)."""
     root = tmp_path_factory.mktemp("valdata")
     (root / "img").mkdir()
     rng = np.random.default_rng(0)
-    scenes = [((96, 128), [(_disk, 30, 40, 15), (_diamond, 60, 90, 20), (_disk, 75, 30, 40)]),
-              ((120, 80), [(_diamond, 50, 40, 25)])]
-    images, anns = [], []
-    for k, ((h, w), shapes) in enumerate(scenes):
-        img = rng.integers(0, 50, (h, w, 3)).astype(np.uint8)
-        for j, (shape, cy, cx, r) in enumerate(shapes):
-            m = shape(h, w, cy, cx, r)
-            img[m] = (220, 80 + 60 * j, 40)
-            anns.append({"id": len(anns) + 1, "image_id": k + 1, "category_id": 1 + j % 2, "segmentation": encode_rle(m),
-                         "area": int(m.sum()), "bbox": [0, 0, 1, 1], "iscrowd": 0})
-        Image.fromarray(img).save(root / "img" / f"im{k}.png")
-        images.append({"id": k + 1, "file_name": f"im{k}.png", "width": w, "height": h})
-    crowd = np.zeros((96, 128), bool)
+    h, w = 96, 128
+    img = rng.integers(0, 50, (h, w, 3)).astype(np.uint8)
+    anns = []
+    for j, (shape, cy, cx, r) in enumerate([(_disk, 30, 40, 15), (_diamond, 60, 90, 20), (_disk, 75, 30, 40)]):
+        m = shape(h, w, cy, cx, r)
+        img[m] = (220, 80 + 60 * j, 40)
+        anns.append({"id": j + 1, "image_id": 1, "category_id": 1 + j % 2, "segmentation": encode_rle(m),
+                     "area": int(m.sum()), "bbox": [0, 0, 1, 1], "iscrowd": 0})
+    Image.fromarray(img).save(root / "img" / "im0.png")
+    crowd = np.zeros((h, w), bool)
     crowd[:10] = True
     anns.append({"id": 90, "image_id": 1, "category_id": 1, "segmentation": encode_rle(crowd), "area": 1280,
                  "bbox": [0, 0, 128, 10], "iscrowd": 1})
-    anns.append({"id": 91, "image_id": 2, "category_id": 2, "segmentation": [[3, 3, 3, 3, 3, 3]], "area": 0,
+    anns.append({"id": 91, "image_id": 1, "category_id": 2, "segmentation": [[3, 3, 3, 3, 3, 3]], "area": 0,
                  "bbox": [3, 3, 0, 0], "iscrowd": 0})
     Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(root / "img" / "empty.png")
-    images.append({"id": 3, "file_name": "empty.png", "width": 50, "height": 50})
+    images = [{"id": 1, "file_name": "im0.png", "width": w, "height": h},
+              {"id": 3, "file_name": "empty.png", "width": 50, "height": 50}]
     path = root / "ann.json"
     path.write_text(json.dumps({"images": images, "annotations": anns,
                                 "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
@@ -83,47 +81,60 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-@pytest.mark.slow
-def test_box_and_one_click_equal_the_official_predictor(coco_set, tiny_checkpoint, vit_t_pair) -> None:
-    result = val(tiny_checkpoint, coco_set["json"], coco_set["images"], max_clicks=1, device="cpu", progress=False)
-    c = result["counts"]
-    assert (c["objects"], c["crowd"], c["empty_masks"], c["images_without_objects"]) == (4, 1, 1, 1)
-    assert c["images_evaluated"] == 2 and c["failed_images"] == 0
+def _official_protocols(official, gts: list[tuple[int, np.ndarray]]) -> dict[int, tuple[float, float, list[int]]]:
+    """Box and 1-click IoU of each (id, mask) by the official SamPredictor, its image set: {id: (box IoU,
+    click IoU, click)}, computed independently of mobilesam (scipy for the click, one predict per prompt)."""
+    out = {}
+    for ann_id, gt in gts:
+        ys, xs = np.nonzero(gt)
+        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        masks, _, _ = official.predict(box=box, multimask_output=False)
+        x, y = _deepest(gt)
+        clicked, scores, _ = official.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
+        out[ann_id] = (_iou(masks[0], gt), _iou(clicked[int(np.argmax(scores))], gt), [x, y, 1])
+    return out
 
-    official = _official_predictor(vit_t_pair[0])
+
+def _ground_truth(coco_set: dict) -> list[tuple[int, np.ndarray]]:
     coco = COCO(str(coco_set["json"]))
-    expected = []
-    for im in coco.dataset["images"][:2]:
-        rgb = np.asarray(Image.open(coco_set["images"] / im["file_name"]).convert("RGB"))
-        official.set_image(rgb)
-        for ann in coco.loadAnns(coco.getAnnIds(imgIds=im["id"], iscrowd=False)):
-            gt = coco.annToMask(ann).astype(bool)
-            if not gt.any():
-                continue
-            ys, xs = np.nonzero(gt)
-            box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-            masks, _, _ = official.predict(box=box, multimask_output=False)
-            x, y = _deepest(gt)
-            clicked, scores, _ = official.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
-            expected.append((ann["id"], _iou(masks[0], gt), _iou(clicked[int(np.argmax(scores))], gt), [x, y, 1]))
-    got = {o["ann_id"]: o for o in result["objects"]}
-    assert sorted(got) == [e[0] for e in expected]
-    for ann_id, box_iou, click_iou, click in expected:
-        assert got[ann_id]["clicks"][0] == click
-        assert got[ann_id]["box_iou"] == pytest.approx(box_iou, abs=2e-3)
-        assert got[ann_id]["click_ious"][0] == pytest.approx(click_iou, abs=2e-3)
-    s = result["summary"]
-    assert s["box_miou"]["all"] == pytest.approx(np.mean([e[1] for e in expected]), abs=2e-3)
-    assert s["point_miou"]["1"]["all"] == pytest.approx(np.mean([e[2] for e in expected]), abs=2e-3)
-    assert s["objects"] == {"all": 4, "small": 2, "medium": 2, "large": 0}  # areas 709, 841 | 1301, 3751
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=1, iscrowd=False))
+    return [(a["id"], coco.annToMask(a).astype(bool)) for a in anns if coco.annToMask(a).any()]
 
-    # The comparison can fail: one weight of ours perturbed moves the numbers.
-    ours = build_sam(tiny_checkpoint)
+
+def test_protocols_equal_the_official_predictor_and_the_check_can_fail(coco_set, vit_t_pair) -> None:
+    """On one shared image embedding (no encoder run): our box and 1-click protocols give the official
+    predictor's IoUs; one weight of our decoder perturbed moves them."""
+    from mobilesam.backends import create_predictor
+    from mobilesam.modeling import build_model
+    from mobilesam.validation import box_ious, click_ious, mask_box
+
+    ref, ours = vit_t_pair
+    emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    official = _official_predictor(ref)
+    official.features, official.original_size, official.input_size = emb, (96, 128), (768, 1024)
+    official.is_image_set = True
+    gts = _ground_truth(coco_set)
+    expected = _official_protocols(official, gts)
+    gt = torch.from_numpy(np.stack([m for _, m in gts]))
+    boxes = np.stack([mask_box(m) for _, m in gts])
+
+    def protocols(model):
+        pred = create_predictor(model)
+        pred.set_embedding(emb, (96, 128))
+        return box_ious(pred, gt, boxes), click_ious(pred, gt, max_clicks=1)
+
+    b, run = protocols(ours)
+    assert [list(c[0]) for c in run.clicks] == [expected[i][2] for i, _ in gts]
+    np.testing.assert_allclose(b, [expected[i][0] for i, _ in gts], atol=2e-3)
+    np.testing.assert_allclose(run.iou_after(1), [expected[i][1] for i, _ in gts], atol=2e-3)
+    assert len({round(v, 3) for v in b}) > 1  # the masks differ between objects: the comparison means something
+
+    perturbed = build_model("vit_t")
+    perturbed.load_state_dict(ours.state_dict())
     with torch.no_grad():
-        ours.mask_decoder.output_hypernetworks_mlps[0].layers[2].bias += 0.5
-    moved = val(ours, coco_set["json"], coco_set["images"], max_clicks=1, max_images=1, seed=3, progress=False)
-    pairs = [(o["box_iou"], got[o["ann_id"]]["box_iou"]) for o in moved["objects"]]
-    assert max(abs(a - b) for a, b in pairs) > 1e-2
+        perturbed.mask_decoder.output_hypernetworks_mlps[0].layers[2].bias += 0.5
+    moved, _ = protocols(perturbed.eval())
+    assert np.abs(moved - b).max() > 1e-2
 
 
 def test_click_rule() -> None:
@@ -165,25 +176,42 @@ def test_mask_ap_hand_checked(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_val_data_end_to_end(coco_set, tiny_checkpoint, tmp_path: Path) -> None:
+def test_cli_val_data_equals_the_official_predictor(coco_set, tiny_checkpoint, vit_t_pair, tmp_path: Path) -> None:
+    """``mobilesam val --data`` in a subprocess, on the image itself: its box and 1-click IoUs equal the
+    official SamPredictor's on the same checkpoint; counts, NoC, AP fields and the plot are written."""
     det = tmp_path / "det.json"
     det.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [25, 15, 31, 31], "score": 0.9},
-                               {"image_id": 3, "category_id": 2, "bbox": [5, 5, 20, 20], "score": 0.3}]))
+                               {"image_id": 1, "category_id": 2, "bbox": [70, 40, 41, 41], "score": 0.3}]))
     out = tmp_path / "runs" / "val.json"
     proc = subprocess.run(
         [sys.executable, "-m", "mobilesam", "val", "--model", str(tiny_checkpoint), "--data", str(coco_set["json"]),
          "--images", str(coco_set["images"]), "--max-clicks", "3", "--detections", str(det), "--out", str(out),
          "--device", "cpu"],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for row in ("box mIoU", "1-click mIoU", "3-click mIoU", "NoC@85", "NoC@90", "mask AP (COCOeval segm)"):
         assert row in proc.stdout
     result = json.loads(out.read_text())
-    assert result["counts"]["crowd"] == 1 and result["counts"]["empty_masks"] == 1
-    assert set(result["summary"]["point_miou"]) == {"1", "3"} and len(result["objects"]) == 4
-    o = result["objects"][0]
-    assert len(o["click_ious"]) == 3 and o["noc90"] <= 3 and o["size"] in ("small", "medium", "large")
+    c = result["counts"]
+    assert (c["objects"], c["crowd"], c["empty_masks"], c["images_without_objects"]) == (3, 1, 1, 1)
+    assert c["images_evaluated"] == 2 and c["failed_images"] == 0  # the empty image is counted, not embedded
+
+    official = _official_predictor(vit_t_pair[0])
+    official.set_image(np.asarray(Image.open(coco_set["images"] / "im0.png").convert("RGB")))
+    expected = _official_protocols(official, _ground_truth(coco_set))
+    got = {o["ann_id"]: o for o in result["objects"]}
+    assert sorted(got) == sorted(expected)
+    for ann_id, (box_iou, click_iou, click) in expected.items():
+        assert got[ann_id]["clicks"][0] == click
+        assert got[ann_id]["box_iou"] == pytest.approx(box_iou, abs=2e-3)
+        assert got[ann_id]["click_ious"][0] == pytest.approx(click_iou, abs=2e-3)
+        assert len(got[ann_id]["click_ious"]) == 3 and got[ann_id]["noc90"] <= 3
+    s = result["summary"]
+    assert s["box_miou"]["all"] == pytest.approx(np.mean([e[0] for e in expected.values()]), abs=2e-3)
+    assert s["point_miou"]["1"]["all"] == pytest.approx(np.mean([e[1] for e in expected.values()]), abs=2e-3)
+    assert set(s["point_miou"]) == {"1", "3"}
+    assert s["objects"] == {"all": 3, "small": 2, "medium": 1, "large": 0}  # areas 709, 841 | 3751
     ap = result["mask_ap"]
     assert ap["detections"] == 2 and 0.0 <= ap["AP"] <= 1.0
     with Image.open(out.with_suffix(".png")) as im:

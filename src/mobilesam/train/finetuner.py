@@ -57,7 +57,7 @@ from .loop import (
 )
 from .losses import iou_loss, mask_iou, mask_loss
 from .segdata import FinetuneDataset, Prepared, collate, prepare
-from .store import EmbeddingStore, preprocess_batch
+from .store import EmbeddingStore, encoder_fingerprint, preprocess_batch
 
 FORMAT = "mobilesam-finetune"
 ENCODER_MODES = ("frozen", "full", "lora")
@@ -334,7 +334,15 @@ def _embeddings(sam: nn.Module, ds: SegmentationDataset, prepared: list[str], gi
                 f"{label}: {len(missing)} of the {len(prepared)} images have no embedding in '{given}' (first: "
                 f"{missing[0]}); run 'mobilesam embed --model {cfg.model} --data {ds.root}' or leave out --{label.replace('_', '-')}"
             )
-        _check_store(sam, ds, store, prepared[0], given, label)
+        fingerprint = store.meta.get("encoder_sha256")
+        if fingerprint is None:  # a store from before fingerprints: run one image through the encoder
+            _check_store(sam, ds, store, prepared[0], given, label)
+        elif fingerprint != encoder_fingerprint(sam.image_encoder):
+            raise ValueError(
+                f"{label}: '{given}' was not written by this model's image encoder (its weights differ from those "
+                f"recorded in {given}/meta.json); compute them with 'mobilesam embed' and this --model, or leave out "
+                f"--{label.replace('_', '-')}"
+            )
         return store
     was_training = sam.training
     embed_folder(sam, ds.root, default, images=prepared, workers=min(cfg.workers, 4), device=info.device,

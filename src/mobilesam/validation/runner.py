@@ -120,13 +120,14 @@ def evaluate(
             if not want_ap:
                 continue
         path = ds.path(entry)
+        needs_pixels = embeddings is None or (want_ap and detections.detector is not None)
         try:
-            if embeddings is not None and not want_ap:
-                rgb = None
-                h, w = (entry.height, entry.width) if entry.width is not None else image_size(path)
-            else:
+            if needs_pixels:
                 rgb = read_image(path)
                 h, w = rgb.shape[:2]
+            else:
+                rgb = None
+                h, w = (entry.height, entry.width) if entry.width is not None else image_size(path)
         except (OSError, ValueError) as e:
             failed.append((entry.file, _image_error(path, e)))
             with tqdm.external_write_mode():
@@ -146,13 +147,14 @@ def evaluate(
                 continue
             gts.append(m)
             kept.append(inst)
-        if not gts and not want_ap:
-            continue
+        found = detections(entry, rgb) if want_ap else []
+        counts["images_evaluated"] += 1
+        if not gts and not found:
+            continue  # nothing to prompt: the image is not embedded
         if embeddings is not None:
             pred.set_embedding(torch.from_numpy(embeddings.read(entry.file)).float()[None], (h, w))
         else:
             pred.set_image(rgb)
-        counts["images_evaluated"] += 1
         if gts:
             gt = torch.from_numpy(np.stack(gts))
             boxes = np.stack([mask_box(m) for m in gts])
@@ -170,13 +172,11 @@ def evaluate(
                     "noc85": int(noc85[j]), "noc90": int(noc90[j]),
                 })
             counts["objects"] += len(kept)
-        if want_ap:
-            found = detections(entry, rgb)
-            if found:
-                masks = _segment_boxes(pred, np.stack([f[0] for f in found]))
-                for (_, cls, score), m in zip(found, masks):
-                    results.append({"image_id": entry.image_id, "category_id": ds.category_ids[cls],
-                                    "segmentation": encode_rle(m), "score": score})
+        if found:
+            masks = _segment_boxes(pred, np.stack([f[0] for f in found]))
+            for (_, cls, score), m in zip(found, masks):
+                results.append({"image_id": entry.image_id, "category_id": ds.category_ids[cls],
+                                "segmentation": encode_rle(m), "score": score})
     counts["failed_images"] = len(failed)
     return objects, counts, results, failed
 
