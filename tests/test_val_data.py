@@ -216,3 +216,27 @@ def test_cli_val_data_equals_the_official_predictor(coco_set, tiny_checkpoint, v
     assert ap["detections"] == 2 and 0.0 <= ap["AP"] <= 1.0
     with Image.open(out.with_suffix(".png")) as im:
         assert im.size == (1280, 480)
+
+
+def test_detector_classes_map_by_name_else_by_index(coco_set) -> None:
+    """A detector's classes become the dataset's by name when it names them (a COCO-trained detector on
+    COCO), else by index; those that match nothing are counted, not scored."""
+    from mobilesam.datasets import load_dataset
+    from mobilesam.validation.runner import _Detections
+
+    ds = load_dataset(coco_set["json"], coco_set["images"])  # classes 0 "a", 1 "b"
+    entry = ds.images[0]
+    image = np.zeros((96, 128, 3), np.uint8)
+
+    def named(img):
+        return [[1, 2, 30, 40], [5, 5, 9, 9], [0, 0, 4, 4]], [7, 3, 1], [0.9, 0.8, 0.7], {7: "b", 3: "zebra", 1: "a"}
+
+    dets = _Detections(ds, None, named, "cpu", conf=0.0, iou=0.7, max_det=100, imgsz=640, trust_weights=False)
+    found = dets(entry, image)
+    assert [(f[1], f[2]) for f in found] == [(1, pytest.approx(0.9)), (0, pytest.approx(0.7))]
+    assert dets.unmatched == 1
+    np.testing.assert_allclose(found[0][0], [1, 2, 30, 40])
+
+    dets = _Detections(ds, None, lambda img: ([[1, 2, 30, 40], [3, 3, 8, 8]], [1, 5], [0.9, 0.5]), "cpu",
+                       conf=0.0, iou=0.7, max_det=100, imgsz=640, trust_weights=False)
+    assert [f[1] for f in dets(entry, image)] == [1] and dets.unmatched == 1
