@@ -212,3 +212,17 @@ def test_cli_finetune_under_torchrun(data, tiny_checkpoint, store, full_run, tmp
                                    rtol=1e-4)
     assert load_checkpoint_of(out / "last.pt")["world_size"] == 2
     assert torch.load(out / "best.pt", weights_only=True).keys() == torch.load(tiny_checkpoint, weights_only=True).keys()
+
+
+def test_yolo_data_yaml_trains_on_train_and_validates_on_val(tmp_path) -> None:
+    from test_datasets import _yolo
+
+    from mobilesam.datasets import load_dataset
+    from mobilesam.train.finetuner import _default_val
+
+    yaml = _yolo(tmp_path)
+    ds = load_dataset(yaml, split="train")
+    assert _default_val(FinetuneConfig(data=str(yaml)), ds) == (str(yaml), None, "val")
+    given = FinetuneConfig(data=str(yaml), val_data="v.json", val_images="v")
+    assert _default_val(given, ds) == ("v.json", "v", None)
+    assert _default_val(FinetuneConfig(data=str(yaml)), load_dataset(yaml, split="val")) == (None, None, None)

@@ -240,3 +240,19 @@ def test_detector_classes_map_by_name_else_by_index(coco_set) -> None:
     dets = _Detections(ds, None, lambda img: ([[1, 2, 30, 40], [3, 3, 8, 8]], [1, 5], [0.9, 0.5]), "cpu",
                        conf=0.0, iou=0.7, max_det=100, imgsz=640, trust_weights=False)
     assert [f[1] for f in dets(entry, image)] == [1] and dets.unmatched == 1
+
+
+def test_yolo_ground_truth_for_ap(tmp_path: Path) -> None:
+    """A YOLO dataset becomes a COCO ground truth (ids 1.., masks rasterised as pycocotools does, box-only
+    lines left out): its own masks score AP 1.0."""
+    from test_datasets import _yolo
+
+    from mobilesam.datasets import load_dataset
+
+    ds = load_dataset(_yolo(tmp_path), split="train")
+    truth = ground_truth(ds)
+    assert [c["id"] for c in truth.dataset["categories"]] == [1, 2] and len(truth.dataset["images"]) == 3
+    (ann,) = truth.dataset["annotations"]  # the segment of a.jpg; its box line has no mask
+    assert ann["category_id"] == 2 and ann["area"] == int(ds.images[0].instances[0].mask(40, 80).sum())
+    perfect = [{"image_id": 1, "category_id": 2, "segmentation": ann["segmentation"], "score": 1.0}]
+    assert mask_ap(truth, perfect, [1, 2, 3], [1, 2])["AP"] == pytest.approx(1.0)

@@ -37,8 +37,7 @@ from torch import nn
 from ..datasets import SegmentationDataset, load_dataset
 from ..io import atomic_write_bytes
 from . import dist as _dist
-from .checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
-from .data import StepSampler
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .logs import COLUMNS, CSVLog, plot_curves, read_log
 from .lora import LORA_KEYS, LoRALinear, add_lora, merged_state_dict
 from .loop import (
@@ -51,9 +50,11 @@ from .loop import (
     config_dict,
     optimize,
     resolve_precision,
+    restore,
     resumed_settings,
+    rng_states,
     seed_all,
-    unwrap,
+    step_loader,
 )
 from .losses import iou_loss, mask_iou, mask_loss
 from .segdata import FinetuneDataset, Prepared, collate, prepare
@@ -514,15 +515,8 @@ def _finetune(cfg: FinetuneConfig, info: _dist.DistInfo, resume: str | os.PathLi
     step = 0
     best = {"metric": None, "step": None}
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step = int(ckpt["step"])
+        step = restore(ckpt, optimizer, scheduler, info, cfg.seed)
         best = dict(ckpt.get("best") or best)
-        states = ckpt.get("rng") or []
-        if len(states) == info.world_size:
-            set_rng_state(states[info.rank])
-        else:
-            seed_all(cfg.seed + info.rank + step)
     model: nn.Module = module
     if info.distributed:
         # Which of the 4 mask outputs gets a gradient depends on the prompts of the micro-batch.
@@ -535,11 +529,7 @@ def _finetune(cfg: FinetuneConfig, info: _dist.DistInfo, resume: str | os.PathLi
                               objects_per_image=cfg.objects_per_image, box_prob=cfg.box_prob, hflip=cfg.hflip,
                               seed=cfg.seed)
     end = cfg.total_steps if cfg.stop_after is None else min(cfg.total_steps, step + cfg.stop_after)
-    sampler = StepSampler(n_images, cfg.batch_size, cfg.accumulate, info.world_size, info.rank, cfg.seed, step, end)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=partial(collate, seed=cfg.seed),
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
+    loader = step_loader(dataset, n_images, cfg, info, step, end, partial(collate, seed=cfg.seed))
 
     log = None
     trained = [n for n, p in sam.named_parameters() if p.requires_grad]
@@ -577,11 +567,7 @@ def _finetune(cfg: FinetuneConfig, info: _dist.DistInfo, resume: str | os.PathLi
         best.update(metric=metric, step=at_step)
 
     def save(at_step: int, last_loss: float) -> None:
-        states = [None] * info.world_size
-        if info.distributed:
-            dist.all_gather_object(states, rng_state())
-        else:
-            states = [rng_state()]
+        states = rng_states(info)
         if info.is_main:
             flat, lora = _checkpoint_weights(sam)
             save_checkpoint(out / "last.pt", {

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint import rng_state, set_rng_state
 from .dist import DistInfo
 from .logs import CSVLog
 
@@ -164,6 +165,42 @@ def check_resume(cfg: Any, saved: dict[str, Any], path: Path, defining: Sequence
         )
 
 
+def restore(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any, info: DistInfo,
+            seed: int) -> int:
+    """Load a checkpoint's optimizer, scheduler and this rank's RNG states; returns its step. A run resumed
+    on another number of processes reseeds from (seed, rank, step) instead."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    step = int(ckpt["step"])
+    states = ckpt.get("rng") or []
+    if len(states) == info.world_size:
+        set_rng_state(states[info.rank])
+    else:
+        seed_all(seed + info.rank + step)
+    return step
+
+
+def rng_states(info: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's RNG states (gathered to all ranks), for the checkpoint."""
+    if not info.distributed:
+        return [rng_state()]
+    states: list[Any] = [None] * info.world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def step_loader(dataset: torch.utils.data.Dataset, num_items: int, cfg: Any, info: DistInfo, start: int, end: int,
+                collate_fn: Callable[[list], Any]) -> torch.utils.data.DataLoader:
+    """This rank's micro-batches of optimizer steps ``start`` -> ``end`` (see :class:`.data.StepSampler`)."""
+    from .data import StepSampler
+
+    sampler = StepSampler(num_items, cfg.batch_size, cfg.accumulate, info.world_size, info.rank, cfg.seed, start, end)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_fn,
+        pin_memory=info.device.type == "cuda", persistent_workers=False,
+    )
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel, or the module itself."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -282,7 +319,10 @@ __all__ = [
     "optimize",
     "param_groups",
     "resolve_precision",
+    "restore",
     "resumed_settings",
+    "rng_states",
     "seed_all",
+    "step_loader",
     "unwrap",
 ]

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from ..io import atomic_write_bytes
 from . import dist as _dist
-from .checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
-from .data import DistillDataset, StepSampler, apply_flips, collate
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .data import DistillDataset, apply_flips, collate
 from .logs import CSVLog, plot_loss
 from .loop import (
     OPTIMIZERS,
@@ -38,8 +37,11 @@ from .loop import (
     lr_factor,
     optimize,
     resolve_precision,
+    restore,
     resumed_settings,
+    rng_states,
     seed_all,
+    step_loader,
     unwrap,
 )
 from .models import ENCODER_PREFIX, build_distill_sam
@@ -211,14 +213,7 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
     if ckpt is not None:
         weights = {k[len(ENCODER_PREFIX):]: v for k, v in ckpt["model"].items()}
         encoder.load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step = int(ckpt["step"])
-        states = ckpt.get("rng") or []
-        if len(states) == info.world_size:
-            set_rng_state(states[info.rank])
-        else:
-            seed_all(cfg.seed + info.rank + step)
+        step = restore(ckpt, optimizer, scheduler, info, cfg.seed)
 
     model: nn.Module = encoder
     if info.distributed:
@@ -231,12 +226,7 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
 
     dataset = DistillDataset(cfg.data, rels, store, img_size, cfg.hflip, cfg.vflip, cfg.seed)
     end = cfg.total_steps if cfg.stop_after is None else min(cfg.total_steps, step + cfg.stop_after)
-    sampler = StepSampler(len(rels), cfg.batch_size, cfg.accumulate, info.world_size, info.rank,
-                          cfg.seed, step, end)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
+    loader = step_loader(dataset, len(rels), cfg, info, step, end, collate)
 
     log = None
     if info.is_main:
@@ -252,11 +242,7 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
         )
 
     def save(at_step: int, last_loss: float) -> None:
-        states = [None] * info.world_size
-        if info.distributed:
-            dist.all_gather_object(states, rng_state())
-        else:
-            states = [rng_state()]
+        states = rng_states(info)
         if info.is_main:
             save_checkpoint(out / "last.pt", {
                 "model": {ENCODER_PREFIX + k: v for k, v in unwrap(model).state_dict().items()},
