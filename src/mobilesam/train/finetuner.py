@@ -265,6 +265,13 @@ def corrective_clicks(logits: torch.Tensor, target: torch.Tensor, valid: torch.T
     return coords, label
 
 
+def _training_mode(sam: nn.Module) -> None:
+    """Train mode, except the image encoder: its BatchNorm statistics stay those of the checkpoint, even
+    when its weights train (batches of a few images would spoil them)."""
+    sam.train()
+    sam.image_encoder.eval()
+
+
 def _set_trainable(sam: nn.Module, cfg: FinetuneConfig) -> list[str]:
     """Freeze everything, then unfreeze what ``cfg`` trains; returns the adapted layers (LoRA)."""
     sam.requires_grad_(False)
@@ -345,10 +352,8 @@ def _embeddings(sam: nn.Module, ds: SegmentationDataset, prepared: list[str], gi
                 f"--{label.replace('_', '-')}"
             )
         return store
-    was_training = sam.training
     embed_folder(sam, ds.root, default, images=prepared, workers=min(cfg.workers, 4), device=info.device,
                  teacher_name=f"image encoder of {cfg.model}", progress=cfg.progress)
-    sam.train(was_training)
     _dist.barrier(info)
     return EmbeddingStore.open(default)
 
@@ -362,10 +367,8 @@ def _check_store(sam: nn.Module, ds: SegmentationDataset, store: EmbeddingStore,
 
     resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(read_image(ds.root / rel))
     x = torch.as_tensor(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].float()
-    was = sam.training
-    sam.eval()
+    sam.image_encoder.eval()
     emb = sam.image_encoder(sam.preprocess(x.to(sam.device)))[0].float().cpu()
-    sam.train(was)
     stored = torch.from_numpy(store.read(rel)).float()
     err = float((emb - stored).abs().max() / stored.abs().max().clamp(min=1e-6))
     if err > 0.02:
@@ -382,12 +385,10 @@ def _validate(sam: nn.Module, val_ds: SegmentationDataset, indices: list[int], s
     from ..backends import create_predictor
     from ..validation.runner import evaluate
 
-    was = sam.training
-    sam.eval()
-    pred = create_predictor(sam, "torch")
+    pred = create_predictor(sam, "torch")  # eval mode
     mine = indices[info.rank :: info.world_size]
     objects, _, _, _ = evaluate(pred, val_ds, mine, max_clicks=1, embeddings=store, progress=False, desc="finetune val")
-    sam.train(was)
+    _training_mode(sam)
     pairs = [(o["box_iou"], o["click_ious"][0]) for o in objects]
     if info.distributed:
         gathered: list[Any] = [None] * info.world_size
@@ -483,8 +484,6 @@ def _finetune(cfg: FinetuneConfig, info: _dist.DistInfo, resume: str | os.PathLi
     if ckpt is not None:
         _load_weights(sam, ckpt)
     sam.to(device)
-    sam.train()
-    sam.image_encoder.eval()  # BatchNorm statistics stay those of the checkpoint, even when the encoder trains
 
     frozen = cfg.encoder == "frozen"
     files = [im.file for im in prepared.images]
@@ -506,8 +505,7 @@ def _finetune(cfg: FinetuneConfig, info: _dist.DistInfo, resume: str | os.PathLi
                 default = out / ("embeddings" if same_root and cfg.embeddings is None else "embeddings_val")
                 val_store = _embeddings(sam, val_ds, val_files, cfg.val_embeddings, default, cfg, info,
                                         "val_embeddings")
-    sam.train()
-    sam.image_encoder.eval()
+    _training_mode(sam)
 
     module = PromptedLoss(sam, cfg.click_rounds)
     optimizer = build_optimizer(sam, cfg)
