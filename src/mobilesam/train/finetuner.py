@@ -440,6 +440,8 @@ def _finetune(cfg: FinetuneConfig, info: _dist.DistInfo, resume: str | os.PathLi
     val_ds = None
     if val_data is not None:
         val_ds = load_dataset(val_data, val_images, split=val_split, classes=cfg.classes)
+        if not any(not i.iscrowd and i.has_mask for e in val_ds.images for i in e.instances):
+            raise ValueError(f"val_data: no object with a mask to validate on ({val_ds.report()})")
     per_step = cfg.accumulate * info.world_size
     if cfg.batch_size % per_step:
         raise ValueError(
