@@ -5,10 +5,13 @@ The proxy (``benchmarks/proxy.py``) is a ``vit_t`` whose image encoder is *set* 
 
 1. synthetic scenes (``proxy.make_scene``) are written as a COCO dataset: training scenes, and held-out
    scenes for validation (the proxy's own held-out evaluation seeds, never trained on);
-2. ``--start reinit``: the proxy with its mask decoder re-initialised (the official random initialisation,
-   then the proxy's own warm start of the cross-attention projections, the start the proxy was trained
-   from; ``--no-warm-start`` for the official initialisation alone). ``--start proxy``: the trained proxy
-   itself, to see whether fine-tuning at the default learning rate keeps or breaks a trained decoder;
+2. the starting model: ``--start reinit``, the proxy with its whole mask decoder re-initialised (the
+   official random initialisation, then the proxy's own warm start of the cross-attention projections,
+   the start the proxy was trained from; ``--no-warm-start`` for the official initialisation alone);
+   ``--start heads``, the proxy with the decoder's output heads re-initialised (the output tokens, the
+   upscaling, the hypernetwork MLPs and the IoU head; the two-way transformer kept); ``--start proxy``,
+   the trained proxy itself, to see whether fine-tuning at the default learning rate keeps or breaks a
+   trained decoder (and what the corrective-click rounds add: the proxy was trained on single prompts);
 3. ``mobilesam val`` (box, 1/3/5 clicks) on the held-out scenes before; ``mobilesam finetune`` with its
    defaults except where flagged below; ``mobilesam val`` on ``best.pt`` after;
 4. numbers into ``--json`` and the training curves (loss, validation mIoU every epoch) into ``--plot``.
@@ -79,6 +82,13 @@ def starting_checkpoint(args: argparse.Namespace, work: Path) -> tuple[Path, Pat
         return ref, ref
     torch.manual_seed(args.seed)
     fresh = build_model("vit_t")  # the official random initialisation of every module
+    if args.start == "heads":
+        heads = ("iou_token", "mask_tokens", "output_upscaling", "output_hypernetworks_mlps", "iou_prediction_head")
+        for name in heads:
+            getattr(sam.mask_decoder, name).load_state_dict(getattr(fresh.mask_decoder, name).state_dict())
+        start = work / "heads.pt"
+        torch.save(sam.state_dict(), start)
+        return ref, start
     sam.mask_decoder.load_state_dict(fresh.mask_decoder.state_dict())
     if args.warm_start:
         official = proxy.to_official(sam)
@@ -87,6 +97,16 @@ def starting_checkpoint(args: argparse.Namespace, work: Path) -> tuple[Path, Pat
     start = work / "reinit.pt"
     torch.save(sam.state_dict(), start)
     return ref, start
+
+
+def reinitialised(start: str) -> int:
+    """How many parameters of the mask decoder ``--start`` re-initialises."""
+    dec = build_model("vit_t").mask_decoder
+    if start == "proxy":
+        return 0
+    if start == "reinit":
+        return sum(p.numel() for p in dec.parameters())
+    return sum(p.numel() for n, p in dec.named_parameters() if not n.startswith("transformer."))
 
 
 def measure(model: Path, val_json: Path, out: Path) -> dict:
@@ -102,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--proxy", default=None, help="folder of the trained proxy (default $MOBILESAM_HOME/proxy)")
     ap.add_argument("--work", default="/tmp/mobilesam_finetune_proxy", help="scratch folder (datasets, runs)")
-    ap.add_argument("--start", choices=("reinit", "proxy"), default="reinit")
+    ap.add_argument("--start", choices=("reinit", "heads", "proxy"), default="reinit")
     ap.add_argument("--warm-start", type=float, default=1.5, help="0: the official initialisation alone")
     ap.add_argument("--no-warm-start", dest="warm_start", action="store_const", const=0.0)
     ap.add_argument("--train-scenes", type=int, default=32)
@@ -149,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(work / "run" / "curves.png", plot)
     result = {
         "start": args.start, "warm_start": args.warm_start if args.start == "reinit" else None,
+        "reinitialised_parameters": reinitialised(args.start),
         "train_scenes": args.train_scenes, "val_scenes": args.val_scenes, "val_objects": before["objects"],
         "settings": {k: v for k, v in options.items() if k not in ("data", "val_data", "model", "out")},
         "lr": args.lr or 1e-4, "proxy": proxy_numbers, "before": before, "after_best": after, "after_last": last,

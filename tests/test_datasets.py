@@ -136,6 +136,11 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
             assert rc != 0 and err.count("\n") == 1, err
             assert all(e in err for e in expected), err
     assert not (tmp_path / "o.json").exists()
+    # The plot goes beside --out (same name, .png): it must not replace an image of the dataset either.
+    rc = main(["val", "--model", "none.pt", "--data", str(good), "--images", str(tmp_path / "img"),
+               "--out", str(tmp_path / "img" / "im0.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "the plot beside" in err and "('im0.png') would replace an input" in err, err
 
 
 def _yolo(root: Path) -> Path:

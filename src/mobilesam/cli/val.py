@@ -89,10 +89,11 @@ def check_out(args: argparse.Namespace) -> Path:
         if folder.is_dir() and (target.is_relative_to(folder.resolve()) or target.with_suffix(".png").is_relative_to(
                 folder.resolve())):
             inputs.update((folder / rel).resolve() for rel in walk_images(folder, suffixes=None))
-    for path in (target, target.with_suffix(".png")) if args.teacher is None else (target,):
-        if path in inputs:
-            raise CLIError(f"--out: '{args.out}' would replace an input of this run ('{path.name}'); choose another "
-                           "file (e.g. val.json)", exit_code=2)
+    if target in inputs:
+        raise CLIError(f"--out: '{args.out}' is an input of this run; choose another file (e.g. val.json)", exit_code=2)
+    if args.teacher is None and target.with_suffix(".png") in inputs:
+        raise CLIError(f"--out: the plot beside '{args.out}' ('{target.with_suffix('.png').name}') would replace an "
+                       "input of this run; choose another file name (e.g. val.json)", exit_code=2)
     if args.embeddings is not None and target.is_relative_to(Path(args.embeddings).expanduser().resolve()):
         raise CLIError(f"--out: '{args.out}' is inside the --embeddings folder; choose a file outside it", exit_code=2)
     folder = out.parent
