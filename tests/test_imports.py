@@ -20,6 +20,7 @@ PUBLIC = {
     "SAM", "Results", "auto_annotate", "build_sam", "detect_model_type", "sam_model_registry", "MODEL_CONFIGS",
     "Sam", "SamPredictor", "WEIGHTS", "CheckpointError", "__version__", "tune_allocator", "register_backend",
     "available_backends", "create_predictor",
+    "val", "finetune",  # issue 19: labelled validation and fine-tuning
 }
 
 
