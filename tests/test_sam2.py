@@ -29,7 +29,7 @@ from mobilesam.transforms import ResizeSquare, fill_holes_and_sprinkles, transfo
 EMB_RTOL = 1e-4  # max abs difference relative to the feature map's max abs value
 LOGIT_ATOL = 1e-3
 TINY, TINY_2 = "sam2.1_hiera_tiny", "sam2_hiera_tiny"
-BASE_PLUS, BASE_PLUS_2 = "sam2.1_hiera_base_plus", "sam2_hiera_base_plus"
+BASE_PLUS = "sam2.1_hiera_base_plus"
 
 _PAIRS: dict[str, tuple[torch.nn.Module, Sam2]] = {}
 _PREDICTORS: dict[tuple[str, str], tuple[object, SamPredictor]] = {}
@@ -341,10 +341,11 @@ def test_predictor_fills_holes_as_official(monkeypatch) -> None:
 
 # --- parity with SAM2ImagePredictor -----------------------------------------------------------
 
-# SAM 2 and SAM 2.1 share the image path (2.1 only adds video weights): SAM 2.1 is checked on the three
-# images, SAM 2 on the photograph (its own weights through the same code), both in tiny and base+.
+# SAM 2 and SAM 2.1 share the image path (2.1 only adds video weights): SAM 2.1 tiny is checked on the three
+# images; base+ (other widths, depths and global-attention blocks) and SAM 2 tiny (its own config) on the
+# photograph. Each base+ case costs ~15 s on 2 cores, so the other base+ cases were left to the tiny model.
 _FAST = [(TINY, "photo"), (TINY, "grey_wide"), (TINY, "tiny")]
-_SLOW = [(BASE_PLUS, "photo"), (BASE_PLUS, "grey_wide"), (BASE_PLUS, "tiny"), (TINY_2, "photo"), (BASE_PLUS_2, "photo")]
+_SLOW = [(BASE_PLUS, "photo"), (TINY_2, "photo")]
 
 
 @pytest.mark.parametrize(
