@@ -1,6 +1,7 @@
 """Exporters, one module per format, chosen through one registry (:mod:`.registry`).
 
-Built in: ``onnx`` (:func:`export_onnx`). ``export_model(model, out, format=...)`` runs any registered
+Built in: ``onnx`` (:func:`export_onnx`), ``web`` (a static page that segments in the browser:
+:func:`mobilesam.export.web_export.export_web`). ``export_model(model, out, format=...)`` runs any registered
 one; ``register_export_format`` adds one. ``export_onnx`` writes the image encoder (pre-processing
 inside), the prompt decoder (SAM's official ONNX interface), optional int8 variants and a manifest;
 ``OnnxSamPredictor`` (``mobilesam.backends``) runs them with ``SamPredictor``'s interface. Needs the
@@ -41,6 +42,16 @@ register_export_format(
     description="ONNX: image encoder (pre-processing inside) + SAM's official ONNX decoder interface",
     options=("model_type", "quantize", "parts", "opset", "return_single_mask"),
     backends=("onnxruntime", "onnxruntime-int8"),
+    extra="onnx",
+)
+
+register_export_format(
+    "web",
+    ".web_export:export_web",
+    description="a static web page that segments in the browser, no server: onnxruntime-web (WebAssembly), "
+    "the ONNX image encoder and prompt decoder; COCO / YOLO / PNG labels written by the page",
+    options=("model_type", "quantize", "opset"),
+    backends=("onnxruntime", "onnxruntime-int8"),  # its model/ folder, as an onnx export
     extra="onnx",
 )
 

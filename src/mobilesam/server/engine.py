@@ -243,13 +243,16 @@ class Engine:
         labels: np.ndarray | None,
         box: np.ndarray | None,
         multimask: bool,
-    ) -> tuple[np.ndarray, float]:
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
         with self._decoder_lock:
             self._decoder.set_features(emb.features)
-            masks, scores, _ = self._decoder.predict(points, labels, box, multimask_output=multimask)
+            masks, scores, low_res = self._decoder.predict(
+                points, labels, box, mask_input=mask_input, multimask_output=multimask
+            )
             self._decoder.reset_image()
         best = int(np.argmax(scores))
-        return np.asarray(masks[best], dtype=bool), float(scores[best])
+        return np.asarray(masks[best], dtype=bool), float(scores[best]), np.asarray(low_res[best], np.float32)
 
     async def predict(
         self,
@@ -258,10 +261,14 @@ class Engine:
         labels: np.ndarray | None,
         box: np.ndarray | None,
         multimask: bool,
-    ) -> tuple[np.ndarray, float]:
-        """Best mask (H, W) bool and its predicted IoU for one object's prompts (original-image pixels)."""
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """Best mask (H, W) bool, its predicted IoU and its low-resolution logits (256, 256) for one
+        object's prompts (original-image pixels); ``mask_input`` (1, 256, 256): logits of an earlier mask."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoder_pool, self._decode, emb, points, labels, box, multimask)
+        return await loop.run_in_executor(
+            self._decoder_pool, self._decode, emb, points, labels, box, multimask, mask_input
+        )
 
     async def run_in_decoder_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Short CPU work (mask encoding) off the event loop, on the decoder side."""
