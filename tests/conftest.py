@@ -74,3 +74,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, vit_t_pair) -> Pat
     path = tmp_path_factory.mktemp("ckpt") / "my weights v2.bin"
     torch.save(vit_t_pair[0].state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def web_site(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """``mobilesam export --format web`` of the tiny checkpoint, once per session: the static page, and in
+    ``model/`` an ONNX export that ``mobilesam serve --backend onnxruntime`` runs (graphs not compared
+    with PyTorch here: tests/test_export.py does that)."""
+    from mobilesam.export import export_model
+
+    out = tmp_path_factory.mktemp("web") / "site"
+    export_model(str(tiny_checkpoint), out, format="web", check=False, progress=False)
+    return out

@@ -410,59 +410,133 @@ def test_folder_save_reload_and_keyboard_navigation(browser, shots: Path, tmp_pa
         page.close()
 
 
-def test_real_model_through_the_cli(browser, shots: Path, tmp_path: Path, tiny_checkpoint: Path):
-    """``mobilesam serve`` as a user starts it, with (random) SAM weights: the overlay is the API's mask."""
+def page_objects(page: Page) -> list[dict]:
+    """The page's objects: prompts, COCO RLE, score and (base64 float32) low-res logits."""
+    return json.loads(
+        page.evaluate(
+            """JSON.stringify(window.mobilesam.objects.map((o) => {
+            let low = null;
+            if (o.lowRes) {
+                const b = new Uint8Array(o.lowRes.buffer, o.lowRes.byteOffset, o.lowRes.byteLength);
+                let s = ""; for (let i = 0; i < b.length; i++) s += String.fromCharCode(b[i]);
+                low = btoa(s);
+            }
+            return {points: o.points, labels: o.labels, box: o.box, rle: o.rle, score: o.score, low_res: low};
+            }))"""
+        )
+    )
+
+
+def server_mask(url: str, image_id: str, obj: dict, mask_input: str | None = None) -> np.ndarray:
+    """The server's mask for a page object's prompts (and mask input), decoded by /predict."""
+    import httpx
+
+    body = {"points": obj["points"], "labels": obj["labels"], "box": obj["box"]}
+    if mask_input:
+        body["mask_input"] = mask_input
+    r = httpx.post(f"{url}/api/images/{image_id}/predict", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return decode_rle(r.json()["rle"])
+
+
+@pytest.mark.slow
+def test_browser_decoding_through_the_cli(browser, shots: Path, tmp_path: Path, web_site: Path):
+    """``mobilesam serve`` as a user starts it (random vit_t weights, exported): clicks, a negative point, a
+    box and a refinement from the previous mask are decoded in the page with no request to the server,
+    and give the server's masks; ``?decode=server`` (the fallback) gives the same masks; saved labels
+    reopen."""
     root = tmp_path / "images"
     root.mkdir()
     Image.fromarray(picture()).save(root / "shapes.png")
+    env = {**os.environ, "MOBILESAM_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "mobilesam", "serve", "--model", str(web_site / "model"), "--backend", "onnxruntime"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mobilesam",
-            "serve",
-            "--model",
-            str(tiny_checkpoint),
-            "--images",
-            str(root),
-            "--port",
-            "0",
-            "--cache-size",
-            "2",
-        ],
+        cmd + ["--images", str(root), "--port", "0", "--cache-size", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     try:
         line = proc.stdout.readline()
         m = re.match(r"mobilesam serve: (http://127\.0\.0\.1:\d+)", line)
         assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = m.group(1)
         page = browser.new_page()
-        page.goto(m.group(1))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(url)
         page.wait_for_selector("body[data-started='1']")
         page.select_option("#image-select", "shapes.png")
         page.wait_for_selector("body[data-ready]", timeout=60_000)
-        assert "encoder" in page.inner_text("#status") or "cached" in page.inner_text("#status")
-        union = np.zeros((H, W), bool)
-        for x, y in ((190, 210), (470, 200)):
-            with page.expect_response(re.compile(r"/predict$")) as resp:
-                click(page, x, y)
-            body = resp.value.json()
-            assert resp.value.status == 200 and body["embedding_cached"] is True
-            page.keyboard.press("n")  # hide the point markers: the overlay is then the tints alone
-            idle(page)
-            union |= decode_rle(body["rle"])
-            # Random weights give fine-grained masks, so compare where the browser draws them: the
-            # API mask scaled to the canvas (nearest pixel, as the page draws it) against the drawn alpha.
-            alpha = overlay(page)[..., 3]
-            expected = cv2.resize(union.astype(np.uint8), alpha.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT) > 0
-            drawn = alpha >= 50
-            Image.fromarray(np.concatenate([drawn, expected], 1)).save(shots / f"09_real_model_drawn_vs_api_{x}.png")
-            agree = (drawn == expected).mean()
-            print(f"overlay vs API mask agreement: {agree:.4f}")
-            assert agree > 0.995, agree
-        shoot(page, shots, "09_real_model")
+        page.wait_for_selector("body[data-decoder='browser']", state="attached")
+        assert "decoding in the browser" in page.inner_text("#status")
+        assert any(u.endswith("/embedding?dtype=float16") for u in requests)
+        image_id = page.evaluate("window.mobilesam.image.id")
+
+        click(page, 190, 210)  # a point
+        click(page, 440, 230, modifiers=["Shift"])  # a negative point refines it
+        drag_box(page, 60, 100, 320, 320)  # a box refines it too
+        page.keyboard.press("m")  # refine from the previous mask (the decoder's mask input)
+        before = page_objects(page)[0]["low_res"]
+        click(page, 250, 250)
+        objs = page_objects(page)
+        assert len(objs) == 1 and objs[0]["labels"] == [1, 0, 1] and objs[0]["box"] is not None
+        assert not [u for u in requests if "/predict" in u], "a click went to the server"
+        timings = page.evaluate("window.mobilesam.timings")
+        assert len(timings) == 4 and all(t["mode"] == "browser" and t["drawn"] >= t["click"] for t in timings)
+        mine = decode_rle(objs[0]["rle"])
+        theirs = server_mask(url, image_id, objs[0], mask_input=before)
+        print(f"browser vs server mask IoU (fp16 embedding, mask input): {iou(mine, theirs):.5f}")
+        assert iou(mine, theirs) >= 0.999 and mine.sum() > 100
+        # The comparison can fail: the first click alone gives another mask.
+        first = {"points": objs[0]["points"][:1], "labels": [1], "box": None}
+        assert iou(mine, server_mask(url, image_id, first)) < 0.999
+
+        # The drawn overlay is the mask (nearest pixel, as the page draws it).
+        page.keyboard.press("n")
+        idle(page)
+        alpha = overlay(page)[..., 3]
+        expected = cv2.resize(mine.astype(np.uint8), alpha.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT) > 0
+        assert ((alpha >= 50) == expected).mean() > 0.995
+        shoot(page, shots, "09_browser_decoding")
+
+        # A lone point, and the same prompts again in a page that decodes on the server.
+        click(page, 470, 200)
+        page.keyboard.press("n")
+        idle(page)
+        browser_objs = page_objects(page)
+        page.keyboard.press("Control+s")
+        wait_until(lambda: page.inner_text("#status").startswith("Saved"))
+        assert not errors, errors
+        page.close()
+
+        page = browser.new_page()
+        page.goto(url + "/?decode=server")
+        page.wait_for_selector("body[data-started='1']")
+        page.select_option("#image-select", "shapes.png")
+        page.wait_for_selector("body[data-ready]", timeout=60_000)
+        page.wait_for_selector("body[data-decoder='server']", state="attached")
+        assert len(page_objects(page)) == 2  # the labels saved from the browser-decoded page
+        page.keyboard.press("c")
+        click(page, 190, 210)
+        click(page, 440, 230, modifiers=["Shift"])
+        drag_box(page, 60, 100, 320, 320)
+        page.keyboard.press("m")
+        with page.expect_request(re.compile(r"/predict$")) as req:
+            click(page, 250, 250)
+        assert len(json.loads(req.value.post_data)["mask_input"]) == len(before)  # the server's own low-res mask
+        page.keyboard.press("n")
+        click(page, 470, 200)
+        page.keyboard.press("n")
+        idle(page)
+        fallback = page_objects(page)
+        for b, f in zip(browser_objs, fallback):
+            print(f"browser vs fallback mask IoU: {iou(decode_rle(b['rle']), decode_rle(f['rle'])):.5f}")
+            assert iou(decode_rle(b["rle"]), decode_rle(f["rle"])) >= 0.999
+        assert len(fallback) == 2
         page.close()
     finally:
         proc.terminate()

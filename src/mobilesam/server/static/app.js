@@ -187,11 +187,9 @@ async function predict(o, clicked = performance.now()) {
       o.tint = makeTintFromFill(maskCanvas(d.mask, image.height, image.width, ...displaySize()), o.color);
       [decoderMs, upscaleMs] = [d.decoderMs, d.upscaleMs];
     } else {
-      const body = { ...prompts };
-      if (S.refine) {
-        body.return_low_res = true;
-        if (maskInput) body.mask_input = floatsToBase64(maskInput);
-      }
+      // The low-res logits come back with every mask, so that refinement can start from any of them.
+      const body = { ...prompts, return_low_res: true };
+      if (maskInput) body.mask_input = floatsToBase64(maskInput);
       const r = await api("POST", `api/images/${S.image.id}/predict`, body);
       if (seq !== o.seq) return; // a newer prompt of this object was sent meanwhile
       Object.assign(o, { rle: r.rle, png: r.png, mask: null, score: r.score, area: r.area,
