@@ -541,3 +541,90 @@ def test_browser_decoding_through_the_cli(browser, shots: Path, tmp_path: Path, 
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+@pytest.mark.slow
+def test_static_export_in_a_plain_file_server(browser, shots: Path, tmp_path: Path, web_site: Path):
+    """The folder of ``mobilesam export --format web`` served by ``python -m http.server`` (nothing of
+    mobilesam behind it): an opened image is encoded in the page, clicks give masks, and the COCO, YOLO
+    and PNG files the page writes hold them."""
+    from mobilesam.formats.coco import bbox_xywh
+    from mobilesam.formats.yolo import parse_line
+    from mobilesam.masks import mask_to_segment, polygons_to_mask
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(web_site)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    img = tmp_path / "shapes.png"
+    Image.fromarray(picture()).save(img)
+    try:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        deadline = time.time() + 30
+        while True:
+            try:
+                page.goto(f"http://127.0.0.1:{port}/")
+                break
+            except Exception:  # noqa: BLE001 - the file server is still starting
+                assert time.time() < deadline and proc.poll() is None, proc.stderr.read()
+                time.sleep(0.2)
+        page.wait_for_selector("body[data-started='1']")
+        page.set_input_files("#file-input", str(img))
+        page.wait_for_selector("body[data-ready]", timeout=120_000)
+        idle(page)
+        status = page.inner_text("#status")
+        print(f"static page: {status}")
+        assert "encoder" in status and "decoding in the browser" in status
+        assert page.locator("#btn-everything").is_disabled() and page.locator("#btn-save").is_hidden()
+
+        click(page, 190, 210)
+        click(page, 440, 230, modifiers=["Shift"])
+        page.keyboard.press("n")
+        page.fill("#class-input", "roof")
+        page.locator("#class-input").press("Enter")
+        drag_box(page, 370, 310, 610, 450)
+        page.keyboard.press("n")
+        idle(page)
+        shoot(page, shots, "10_static_page")
+        objs = page_objects(page)
+        masks = [decode_rle(o["rle"]) for o in objs]
+        assert len(masks) == 2 and all(m.shape == (H, W) and m.sum() > 100 for m in masks)
+        alpha = overlay(page)[..., 3]
+        union = cv2.resize((masks[0] | masks[1]).astype(np.uint8), alpha.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        assert ((alpha >= 50) == (union > 0)).mean() > 0.995  # drawn as decoded
+
+        coco = json.loads(download(page, "#btn-export-coco", tmp_path).read_text())
+        assert [c["name"] for c in coco["categories"]] == ["object", "roof"]
+        assert coco["images"] == [{"id": 1, "file_name": "shapes.png", "width": W, "height": H}]
+        for a, m in zip(coco["annotations"], masks):
+            assert np.array_equal(decode_rle(a["segmentation"]), m)
+            assert a["area"] == m.sum() and a["bbox"] == bbox_xywh(m) and a["iscrowd"] == 0
+        with zipfile.ZipFile(download(page, "#btn-export-png", tmp_path)) as zf:
+            assert zf.namelist() == ["shapes_001_object.png", "shapes_002_roof.png"]
+            for name, m in zip(zf.namelist(), masks):
+                png = np.array(Image.open(io.BytesIO(zf.read(name))))
+                assert png.shape == (H, W) and np.array_equal(png > 0, m) and set(np.unique(png)) <= {0, 255}
+        # YOLO: one ring per object, filled it covers the mask as the server's ring does.
+        lines = download(page, "#btn-export-yolo", tmp_path).read_text().splitlines()
+        assert [line.split()[0] for line in lines] == ["0", "1"]
+        for line, m in zip(lines, masks):
+            ring = parse_line(line).xy * (W, H)
+            ours = polygons_to_mask([ring], (H, W))
+            server = polygons_to_mask([mask_to_segment(m, "all")], (H, W))
+            print(f"YOLO ring filled vs the server's ring: IoU {iou(ours, server):.4f}, vs the mask {iou(ours, m):.4f}")
+            assert iou(ours, server) > 0.97
+        assert all(u.startswith(f"http://127.0.0.1:{port}/") or u.startswith(("blob:", "data:")) for u in requests)
+        assert not errors, errors
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(15)
