@@ -126,10 +126,10 @@ def _from_export(folder: Path, manifest: dict[str, Any], precision: str, cache: 
 
     key = "decoder" if precision == "fp32" else f"decoder_{precision}"
     if key not in manifest.get("files", {}):
-        raise NoWebDecoder(
-            f"decoder: the export in '{folder}' has no {key} file"
-            + ("; re-export with --quantize int8" if precision == "int8" else "")
-        )
+        if precision != "fp32":  # asked for by name: an error, not a quiet fall back to the server
+            raise ValueError(f"decoder_precision: the export in '{folder}' has no {key} file; re-export it with "
+                             f"--quantize {precision}")
+        raise NoWebDecoder(f"decoder: the export in '{folder}' has no decoder file")
     checks = manifest.get("checks", {}).get(key, {})
     if precision == "int8":
         iou = checks.get("mask_iou_min")

@@ -1,0 +1,180 @@
+"""Decoding in the browser, without a browser: what ``mobilesam serve`` gives the page (the decoder cut,
+embeddings on the wire, onnxruntime-web, the headers for WebAssembly threads, mask inputs), how it picks
+the decode mode, and the folder ``mobilesam export --format web`` writes. (tests/test_browser.py runs
+the page itself.)"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from test_server import ColourRegionPredictor, scene, stub_app, upload
+
+from mobilesam.cli import main
+from mobilesam.export import ExportError, export_model, read_manifest
+from mobilesam.export.runtime import make_session
+from mobilesam.export.web_decoder import CUT_INPUTS, CUT_OUTPUTS, NoWebDecoder, web_decoder_for
+from mobilesam.server import create_app
+from mobilesam.server.app import ORT_DIR, ORT_WASM
+
+VERSION = json.loads((ORT_DIR / "VERSION.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def web_client(web_site: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``mobilesam serve --model SITE/model --backend onnxruntime`` (browser decoding, the default)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOBILESAM_HOME", str(tmp_path_factory.mktemp("home")))
+        with TestClient(create_app(str(web_site / "model"), backend="onnxruntime", cache_size=2)) as c:
+            yield c
+
+
+def test_the_page_gets_the_decoder_cut_before_its_upscaling(web_client, web_site: Path):
+    info = web_client.get("/api/info").json()
+    assert info["decode"] == "browser" and info["embedding_dtype"] == "float16"
+    assert info["onnxruntime_web"] == VERSION["version"]
+    dec = info["decoder"]
+    assert dec["embedding_shape"] == [1, 256, 64, 64] and dec["image_size"] == 1024 and dec["precision"] == "fp32"
+    r = web_client.get(dec["url"])
+    assert r.status_code == 200 and "immutable" in r.headers["cache-control"]
+    assert len(r.content) == dec["bytes"] and hashlib.sha256(r.content).hexdigest() == dec["sha256"]
+    assert web_client.get("/api/decoder/0123456789abcdef.onnx").status_code == 404
+
+    # The cut gives the full decoder's low-res logits and IoUs on prompts of its own (any number of points,
+    # a mask input), and has no output at the image size.
+    cut_path = web_site / "cut.onnx"
+    cut_path.write_bytes(r.content)
+    cut, full = make_session(cut_path), make_session(web_site / "model" / "vit_t_decoder.onnx")
+    assert [i.name for i in cut.get_inputs()] == CUT_INPUTS and [o.name for o in cut.get_outputs()] == CUT_OUTPUTS
+    rng = np.random.default_rng(3)
+    feeds = {
+        "image_embeddings": rng.normal(0, 1, (1, 256, 64, 64)).astype(np.float32),
+        "point_coords": rng.uniform(0, 1024, (1, 5, 2)).astype(np.float32),
+        "point_labels": np.array([[1, 0, 1, 2, 3]], np.float32),
+        "mask_input": rng.normal(0, 3, (1, 1, 256, 256)).astype(np.float32),
+        "has_mask_input": np.ones(1, np.float32),
+    }
+    iou, low = cut.run(CUT_OUTPUTS, feeds)
+    want = dict(zip([o.name for o in full.get_outputs()], full.run(None, {**feeds, "orig_im_size": np.array(
+        [600.0, 800.0], np.float32)})))
+    assert np.abs(low - want["low_res_masks"]).max() < 1e-5 and np.abs(iou - want["iou_predictions"]).max() < 1e-5
+
+
+def test_headers_for_webassembly_threads_and_the_runtime_sent_compressed(web_client):
+    page = web_client.get("/")
+    assert page.headers["cross-origin-opener-policy"] == "same-origin"
+    assert page.headers["cross-origin-embedder-policy"] == "require-corp"  # SharedArrayBuffer: threads
+    csp = page.headers["content-security-policy"]
+    assert "'wasm-unsafe-eval'" in csp and "worker-src 'self' blob:" in csp and "unsafe-eval'" not in csp.replace(
+        "'wasm-unsafe-eval'", ""
+    )
+    url = f"/static/ort/{ORT_WASM}"
+    gz = web_client.get(url, headers={"accept-encoding": "gzip"})
+    assert gz.headers["content-encoding"] == "gzip" and gz.headers["content-type"] == "application/wasm"
+    assert int(gz.headers["content-length"]) == (ORT_DIR / f"{ORT_WASM}.gz").stat().st_size  # 3.8 MB on the wire
+    plain = web_client.get(url, headers={"accept-encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content[:4] == b"\0asm"
+    for r in (gz, plain):  # the client undoes the gzip: both are the npm package's file
+        assert hashlib.sha256(r.content).hexdigest() == VERSION["files"][ORT_WASM]["sha256"]
+    mjs = web_client.get("/static/ort/ort.wasm.bundle.min.mjs")
+    assert hashlib.sha256(mjs.content).hexdigest() == VERSION["files"]["ort.wasm.bundle.min.mjs"]["sha256"]
+    assert "javascript" in mjs.headers["content-type"]
+    assert "MIT License" in (ORT_DIR / "LICENSE").read_text()
+
+
+def test_embedding_on_the_wire(web_client):
+    rgb = scene(90, 200)
+    img = upload(web_client, rgb)
+    r16 = web_client.get(f"/api/images/{img['id']}/embedding")
+    r32 = web_client.get(f"/api/images/{img['id']}/embedding?dtype=float32")
+    assert r16.status_code == r32.status_code == 200
+    assert len(r16.content) == 2 * 256 * 64 * 64 and len(r32.content) == 4 * 256 * 64 * 64
+    assert r16.headers["x-embedding-dtype"] == "float16" and r16.headers["x-embedding-shape"] == "1,256,64,64"
+    assert r16.headers["x-original-size"] == "90,200" and r16.headers["x-input-size"] == "461,1024"
+    assert r32.headers["x-embedding-cached"] == "1"
+    f32 = np.frombuffer(r32.content, "<f4")
+    assert np.array_equal(np.frombuffer(r16.content, "<f2"), f32.astype(np.float16)) and np.abs(f32).max() > 0
+    assert web_client.get(f"/api/images/{img['id']}/embedding?dtype=int8").status_code == 422
+    assert web_client.get("/api/images/" + "x" * 20 + "/embedding").status_code == 404
+
+
+def test_mask_input_round_trip_and_bad_mask_inputs(web_client):
+    img = upload(web_client, scene())
+    url = f"/api/images/{img['id']}/predict"
+    first = web_client.post(url, json={"points": [[40, 50]], "labels": [1], "return_low_res": True}).json()
+    low = np.frombuffer(base64.b64decode(first["low_res"]), "<f4")
+    assert low.shape == (256 * 256,) and np.isfinite(low).all()
+    body = {"points": [[40, 50], [100, 60]], "labels": [1, 0]}
+    plain = web_client.post(url, json=body).json()
+    refined = web_client.post(url, json={**body, "mask_input": first["low_res"]}).json()
+    assert "low_res" not in plain and refined["rle"] != plain["rle"]  # the mask input is used
+    nan = base64.b64encode(np.full(256 * 256, np.nan, "<f4").tobytes()).decode()
+    for bad, expect in (("not base64!", "base64"), (base64.b64encode(b"1234").decode(), "got 4"), (nan, "finite")):
+        r = web_client.post(url, json={**body, "mask_input": bad})
+        assert r.status_code == 422 and r.json()["detail"].startswith("mask_input:") and expect in r.json()["detail"]
+
+
+def test_decode_mode_is_chosen_and_refused_by_name(web_site: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("MOBILESAM_HOME", str(tmp_path))
+    with stub_app() as c:  # a stand-in predictor: no exported decoder, the server decodes
+        info = c.get("/api/info").json()
+        assert info["decode"] == "server" and info["decoder"] is None and "no model" in info["decode_reason"]
+        img = upload(c, scene())
+        r = c.get(f"/api/images/{img['id']}/embedding")
+        assert r.status_code == 409 and "/predict" in r.json()["detail"]
+    with stub_app(decode="server") as c:
+        assert c.get("/api/info").json()["decode_reason"] == "started with --decode server"
+    with pytest.raises(ValueError, match="^decode: cannot decode in the browser: .*no model"):
+        create_app(predictor_factory=ColourRegionPredictor, decode="browser")
+    for kw, name in (({"decode": "client"}, "decode"), ({"embedding_dtype": "bf16"}, "embedding_dtype"),
+                     ({"decoder_precision": "int4"}, "decoder_precision")):
+        with pytest.raises(ValueError, match=f"^{name}: expected one of"):
+            create_app(predictor_factory=ColourRegionPredictor, **kw)
+    # int8 asked for by name where the export has none: an error, not a quiet fall back.
+    with pytest.raises(ValueError, match="^decoder_precision: .* has no decoder_int8 file; re-export it with --quantize"):
+        web_decoder_for(str(web_site / "model"), "int8")
+    # A model family without an exported decoder (SAM 2's, or any other module) is decoded on the server.
+    with pytest.raises(NoWebDecoder, match="Linear model family has no exported prompt decoder"):
+        web_decoder_for(torch.nn.Linear(2, 2))
+    with pytest.raises(NoWebDecoder, match="not an export folder"):
+        web_decoder_for(str(tmp_path))
+
+
+def test_cli_options(web_site: Path, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setenv("MOBILESAM_HOME", str(tmp_path))
+    model = str(web_site / "model")
+    argv = ["serve", "--model", model, "--backend", "onnxruntime", "--port", "0", "--decoder-precision", "int8"]
+    assert main(argv) == 2
+    assert "error: --decoder-precision: the export in" in capsys.readouterr().err
+    assert main(["export", "--model", model, "--format", "web", "--parts", "decoder", "--out", str(tmp_path)]) == 2
+    assert "--parts: not an option of --format web" in capsys.readouterr().err
+
+
+def test_web_export_folder(web_site: Path, tmp_path: Path, tiny_checkpoint: Path):
+    manifest = json.loads((web_site / "manifest.json").read_text())
+    assert manifest["format"] == "mobilesam-web" and manifest["onnxruntime_web"] == VERSION["version"]
+    for key, entry in manifest["files"].items():
+        data = (web_site / entry["path"]).read_bytes()
+        assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"], key
+    assert (web_site / "static" / "ort" / ORT_WASM).read_bytes()[:4] == b"\0asm"  # uncompressed for any server
+    assert (web_site / "static" / "ort" / "LICENSE").is_file()
+    html = (web_site / "index.html").read_text()
+    assert '<meta name="mobilesam-mode" content="static">' in html and "http" not in html.replace("http-equiv", "")
+    assert manifest["decoder"]["url"] == manifest["files"]["decoder"]["path"]
+    assert manifest["encoder"]["url"] == "model/vit_t_encoder.onnx" and manifest["decoder"]["single_mask"] is False
+    # model/ is an ONNX export like any other (the onnxruntime backend and serve run it).
+    folder, onnx_manifest = read_manifest(web_site / "model")
+    assert {"encoder", "decoder"} <= set(onnx_manifest["files"])
+    # A folder holding other files is not written into (nothing could be replaced).
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "index.html").write_text("mine")
+    with pytest.raises(ExportError, match="is not empty and holds no earlier web export"):
+        export_model(str(tiny_checkpoint), busy, format="web", progress=False)
+    assert (busy / "index.html").read_text() == "mine" and sorted(p.name for p in busy.iterdir()) == ["index.html"]
