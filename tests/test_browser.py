@@ -485,6 +485,10 @@ def test_browser_decoding_through_the_cli(browser, shots: Path, tmp_path: Path, 
         objs = page_objects(page)
         assert len(objs) == 1 and objs[0]["labels"] == [1, 0, 1] and objs[0]["box"] is not None
         assert not [u for u in requests if "/predict" in u], "a click went to the server"
+        import httpx
+
+        cpu = httpx.get(f"{url}/api/info").json()["cpu_seconds"]
+        assert cpu["decoder"] == 0 and cpu["encoder"] > 0  # the server only encoded the image
         timings = page.evaluate("window.mobilesam.timings")
         assert len(timings) == 4 and all(t["mode"] == "browser" and t["drawn"] >= t["click"] for t in timings)
         mine = decode_rle(objs[0]["rle"])

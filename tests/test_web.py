@@ -111,7 +111,10 @@ def test_mask_input_round_trip_and_bad_mask_inputs(web_client):
     low = np.frombuffer(base64.b64decode(first["low_res"]), "<f4")
     assert low.shape == (256 * 256,) and np.isfinite(low).all()
     body = {"points": [[40, 50], [100, 60]], "labels": [1, 0]}
+    cpu = web_client.get("/api/info").json()["cpu_seconds"]
     plain = web_client.post(url, json=body).json()
+    after = web_client.get("/api/info").json()["cpu_seconds"]
+    assert after["decoder"] > cpu["decoder"] and after["encoder"] == cpu["encoder"]  # what /api/info reports
     refined = web_client.post(url, json={**body, "mask_input": first["low_res"]}).json()
     assert "low_res" not in plain and refined["rle"] != plain["rle"]  # the mask input is used
     nan = base64.b64encode(np.full(256 * 256, np.nan, "<f4").tobytes()).decode()

@@ -557,6 +557,8 @@ def create_app(
             "decoder": web.describe(decoder_url) if web else None,
             "embedding_dtype": embedding_dtype,
             "onnxruntime_web": ort_version,
+            "encoder_passes": engine.encoder_passes,
+            "cpu_seconds": {k: round(v, 3) for k, v in engine.cpu_seconds.items()},
         }
 
     @app.get("/api/images")

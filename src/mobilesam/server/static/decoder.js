@@ -7,7 +7,7 @@
 let ortPromise = null;
 
 // onnxruntime-web, loaded once from the files served beside this module (no CDN).
-// threads: 0 = one per core where the page is cross-origin isolated (SharedArrayBuffer), else 1.
+// threads: 0 = one per core (at most 4) where the page is cross-origin isolated (SharedArrayBuffer), else 1.
 export function loadOrt(threads = 0) {
   if (!ortPromise) {
     ortPromise = (async () => {
@@ -16,7 +16,7 @@ export function loadOrt(threads = 0) {
       }
       const ort = await import(new URL("ort/ort.wasm.bundle.min.mjs", import.meta.url).href);
       const isolated = self.crossOriginIsolated === true;
-      ort.env.wasm.numThreads = isolated ? (threads || Math.max(1, navigator.hardwareConcurrency || 1)) : 1;
+      ort.env.wasm.numThreads = isolated ? (threads || Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
       ort.env.logLevel = "error";
       return ort;
     })();
