@@ -181,7 +181,7 @@ async function predict(o, clicked = performance.now()) {
       const image = S.image;
       await S.embedding.promise;
       if (seq !== o.seq || image !== S.image) return;
-      const d = await S.decoder.decode({ ...prompts, maskInput });
+      const d = await S.decoder.decode({ ...prompts, maskInput }, image.id);
       if (seq !== o.seq || image !== S.image) return; // a newer prompt of this object was decoded meanwhile
       Object.assign(o, { mask: d.mask, rle: null, png: null, score: d.score, area: d.area, lowRes: d.lowRes });
       o.tint = makeTintFromFill(maskCanvas(d.mask, image.height, image.width, ...displaySize()), o.color);
@@ -216,7 +216,7 @@ function nextPaint() {
 }
 
 async function everything() {
-  if (!S.image) return;
+  if (!S.image || !S.info.everything) return;
   status("Segmenting everything…");
   setPending(+1);
   try {
@@ -293,6 +293,11 @@ async function showImageNow(r, saved) {
   img.src = STATIC ? URL.createObjectURL(S.local.get(r.id).file) : `api/images/${r.id}/image`;
   await img.decode();
   S.image = { ...r, element: img };
+  // The embedding is asked for at once, and clicks on this image wait for it (never for another's).
+  const t0 = performance.now();
+  const loading = S.decodeMode === "browser" ? loadEmbedding(r) : api("POST", `api/images/${r.id}/embed`);
+  S.embedding = { id: r.id, promise: loading };
+  if (STATIC) for (const [id, local] of S.local) if (id !== r.id) { local.bitmap.close(); S.local.delete(id); }
   S.objects = [];
   S.active = -1;
   S.undo = [];
@@ -312,9 +317,6 @@ async function showImageNow(r, saved) {
   refresh();
   document.title = `${r.name} · mobilesam ${STATIC ? "web" : "serve"}`;
   status(`${r.name} (${r.width}×${r.height}): computing the image embedding…`);
-  const t0 = performance.now();
-  const loading = S.decodeMode === "browser" ? loadEmbedding(r) : api("POST", `api/images/${r.id}/embed`);
-  S.embedding = { id: r.id, promise: loading };
   try {
     const e = await loading;
     if (S.image && S.image.id === r.id) {
@@ -334,8 +336,9 @@ async function loadEmbedding(r) {
   const decoder = await S.decoder;
   let emb, meta;
   if (STATIC) {
-    const encoder = await S.encoder;
-    emb = await encoder.encode(S.local.get(r.id).bitmap, r.height, r.width);
+    const local = S.local.get(r.id);
+    if (!local) return { cached: false }; // another image was opened meanwhile
+    emb = await S.encoder.encode(local.bitmap, r.height, r.width);
     meta = { encoder_ms: emb.encoderMs, cached: false, bytes: 0 };
   } else {
     const res = await api("GET", `api/images/${r.id}/embedding?dtype=${S.info.embedding_dtype}`, undefined, true);

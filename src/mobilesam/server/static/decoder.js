@@ -175,15 +175,16 @@ export class BrowserDecoder {
   // The server's choice for one object: {points: [[x, y]...], labels, box: [x1, y1, x2, y2] | null,
   // maskInput: Float32Array (lowLen^2 logits of an earlier mask) | null, multimask: bool | null}, in
   // image pixels -> {mask, area, score, lowRes, decoderMs, upscaleMs}.
-  decode(prompts) {
-    const run = this.queue.then(() => this.decodeNow(prompts));
+  // `key`: the image the prompts are for (as given to setImage).
+  decode(prompts, key) {
+    const run = this.queue.then(() => this.decodeNow(prompts, key));
     this.queue = run.catch(() => {});
     return run;
   }
 
-  async decodeNow({ points = [], labels = [], box = null, maskInput = null, multimask = null }) {
+  async decodeNow({ points = [], labels = [], box = null, maskInput = null, multimask = null }, key) {
     const im = this.image;
-    if (!im) throw new Error("decoder: no image embedding yet");
+    if (!im || im.key !== key) throw new Error("decoder: this image's embedding is not loaded");
     const sx = im.w / im.W, sy = im.h / im.H;
     const coords = [];
     const labs = [];
