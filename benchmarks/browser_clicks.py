@@ -13,7 +13,9 @@ architecture, not the weights, sets the cost; ``--model`` takes another) and a f
    run. The masks of the two modes are compared prompt by prompt (IoU).
 2. ``--clients`` pages (default 20, one browser), each clicking every ``--think`` seconds (a person
    labelling; bounded) for ``--seconds``, first with server decoding, then with browser decoding; the
-   server's CPU time is split by thread (encoder pool, decoder pool, the rest) from /proc.
+   server's CPU time: the whole process (/proc) and its encoder and decoder threads (``/api/info``).
+3. ``--web-images`` (default 3): the page of ``mobilesam export --format web`` served by
+   ``python -m http.server``: seconds to encode an image in the page, and click to mask drawn there.
 
 Every client runs on this machine, beside the server: with browser decoding their decoders share its
 cores, as they would not with one machine per annotator. Prints a Markdown report; ``--results FILE``
@@ -119,6 +121,43 @@ def active_rle(page) -> dict:
                          "return o.rle; })()")
 
 
+def static_page(ctx, model: str, tmp: Path, folder: Path, names: list[str], prompts: list) -> dict[str, list]:
+    """Export the web page, serve it with python -m http.server, encode ``names`` and click ``prompts`` there."""
+    import socket
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mobilesam", "export", "--model", model, "--format", "web", "--out",
+                    str(tmp / "site"), "--no-check"], check=True, capture_output=True)
+    out: dict = {"export_s": time.perf_counter() - t0, "encoder": [], "total": [], "decoder": []}
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+                            str(tmp / "site")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        page = ctx.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("body[data-started='1']")
+        for k, name in enumerate(names):
+            page.set_input_files("#file-input", str(folder / name))
+            while page.evaluate("window.mobilesam.embeddings.length") <= k:
+                time.sleep(0.2)
+            page.wait_for_selector("body[data-pending='0']", state="attached", timeout=600_000)
+        out["encoder"] = [e["encoder_ms"] / 1000 for e in page.evaluate("window.mobilesam.embeddings")]
+        for x, y, new in prompts:
+            click(page, x, y, new)
+            t = last_timing(page)
+            out["total"].append((t["drawn"] - t["click"]) / 1000)
+            out["decoder"].append(t["decoder_ms"] / 1000)
+        page.close()
+    finally:
+        srv.terminate()
+        srv.wait(10)
+    return out
+
+
 def fmt(values: list[float]) -> str:
     return f"p50 {pct(values, 50):.0f} ms, p90 {pct(values, 90):.0f} ms" if values else "n/a"
 
@@ -132,6 +171,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=20, help="pages clicking at once (default 20; 0 skips)")
     ap.add_argument("--seconds", type=float, default=30.0, help="duration of each many-client phase (default 30)")
     ap.add_argument("--think", type=float, default=2.0, help="seconds between a client's clicks (default 2)")
+    ap.add_argument("--web-images", type=int, default=3, help="images encoded in the static page (default 3; 0 skips)")
     ap.add_argument("--chromium", default=os.environ.get("MOBILESAM_CHROMIUM", "/usr/bin/chromium"))
     ap.add_argument("--results", type=Path, default=None, help=f"write the report as the '{SECTION}' section")
     args = ap.parse_args()
@@ -162,6 +202,7 @@ def main() -> int:
     prompts = [(rng.uniform(20, 620), rng.uniform(20, 460), k % 3 != 2) for k in range(args.clicks)]
     single: dict[str, dict[str, list]] = {m: {"total": [], "decoder": [], "rle": []} for m, _ in modes}
     many: dict[str, dict] = {}
+    web: dict[str, list] = {}
     with urllib.request.urlopen(f"{url}/api/info") as r:
         info = json.loads(r.read())
     try:
@@ -169,9 +210,14 @@ def main() -> int:
             browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
             ctx = browser.new_context(viewport={"width": 1280, "height": 820})
             pages = {m: open_page(ctx, url, names[0], q) for m, q in modes}
-            sizes = pages[modes[-1][0]].evaluate(
-                "performance.getEntriesByType('resource').filter(e => /decoder|ort|embedding/.test(e.name))"
-                ".filter(e => e.transferSize > 0).map(e => [e.name.split('/').pop(), e.transferSize, e.decodedBodySize])")
+            sizes: dict[str, tuple[int, int]] = {}  # largest transfer of each file over the browser-decoding pages
+            for m, _ in modes[1:]:
+                for name, sent, size in pages[m].evaluate(
+                    "performance.getEntriesByType('resource').filter(e => /decoder\\/|ort|embedding/.test(e.name))"
+                    ".map(e => [e.name.split('/').pop().split('?')[0], e.transferSize, e.decodedBodySize])"
+                ):
+                    if sent >= sizes.get(name, (0, 0))[0]:
+                        sizes[name] = (sent, size)
             for m, _ in modes:  # warm-up
                 for x, y, new in prompts[:5]:
                     click(pages[m], x, y, new)
@@ -206,6 +252,8 @@ def main() -> int:
                     many[m] = {"lat": lat, "wall": wall, "cpu": {k: cpu1[k] - cpu0[k] for k in cpu1}}
                     for page in clients:
                         page.close()
+            if args.web_images:
+                web = static_page(ctx, model, tmp, folder, names[: args.web_images], prompts[:20])
             browser.close()
     finally:
         proc.terminate()
@@ -237,9 +285,9 @@ def main() -> int:
         + (f": other jobs shared the {os.cpu_count()} CPUs, times are upper bounds)." if load[0] > (os.cpu_count() or 1)
            else ")."),
         "",
-        f"What the page downloads once: the decoder {info.get('decoder', {}).get('bytes', 0) / 1e6:.1f} MB, the "
-        "runtime and per image the embedding: "
-        + ", ".join(f"{n.split('?')[0]} {t / 1e6:.2f} MB on the wire ({d / 1e6:.2f} MB)" for n, t, d in sizes) + ".",
+        "What a browser-decoding page downloads (the decoder and the runtime once, then from the browser's cache; "
+        "the embedding per image), on the wire (uncompressed): "
+        + ", ".join(f"{n} {t / 1e6:.2f} MB ({d / 1e6:.2f} MB)" for n, (t, d) in sizes.items()) + ".",
         "",
         f"| one client, {args.clicks} prompts | click to mask drawn | decoder | mask IoU with the server's "
         "(min / mean) |",
@@ -256,6 +304,11 @@ def main() -> int:
             c = r["cpu"]
             lines.append(f"| {m} | {len(r['lat'])} in {r['wall']:.0f} s | {fmt(r['lat'])} | "
                          f"{c['process']:.1f} / {c['encoder']:.1f} ({c['passes']:.0f} passes) / {c['decoder']:.1f} |")
+    if web:
+        lines += ["", f"Static page (`mobilesam export --format web`, exported in {web['export_s']:.0f} s, served by "
+                  "`python -m http.server`: no COOP/COEP, one thread): encoding an image in the page "
+                  f"{fmt(web['encoder'])} ({len(web['encoder'])} images); click to mask drawn {fmt(web['total'])}, "
+                  f"decoder {fmt(web['decoder'])} ({len(web['total'])} prompts)."]
     lines.append("")
     report = "\n".join(lines)
     print(report)

@@ -507,13 +507,21 @@ def test_browser_decoding_through_the_cli(browser, shots: Path, tmp_path: Path, 
         assert ((alpha >= 50) == expected).mean() > 0.995
         shoot(page, shots, "09_browser_decoding")
 
-        # A lone point, and the same prompts again in a page that decodes on the server.
+        # A second object of another class (a lone point); undo and redo; save beside the image.
+        page.fill("#class-input", "ball")
+        page.locator("#class-input").press("Enter")
         click(page, 470, 200)
         page.keyboard.press("n")
+        page.keyboard.press("Control+z")
+        page.keyboard.press("Control+z")
+        assert objects(page) == 1
+        page.keyboard.press("Control+y")
+        page.keyboard.press("Control+y")
         idle(page)
         browser_objs = page_objects(page)
         page.keyboard.press("Control+s")
         wait_until(lambda: page.inner_text("#status").startswith("Saved"))
+        assert (root / "classes.txt").read_text() == "object\nball\n"
         assert not errors, errors
         page.close()
 
@@ -524,6 +532,10 @@ def test_browser_decoding_through_the_cli(browser, shots: Path, tmp_path: Path, 
         page.wait_for_selector("body[data-ready]", timeout=60_000)
         page.wait_for_selector("body[data-decoder='server']", state="attached")
         assert len(page_objects(page)) == 2  # the labels saved from the browser-decoded page
+        assert [page.locator("#object-list li").nth(i).locator("input").input_value() for i in range(2)] == [
+            "object",
+            "ball",
+        ]
         page.keyboard.press("c")
         click(page, 190, 210)
         click(page, 440, 230, modifiers=["Shift"])

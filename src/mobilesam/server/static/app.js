@@ -25,6 +25,7 @@ const S = {
   embedding: null, // {id, promise} of the image whose embedding is (being) loaded into the decoder
   refine: false, // pass an object's previous mask (low-res logits) to the decoder with its next prompt
   timings: [], // one per decoded prompt: {click, decoded, drawn, decoder_ms, upscale_ms, mode} (ms)
+  embeddings: [], // one per embedding loaded into the decoder: {encoder_ms, cached, bytes, ms} (ms: until ready)
   local: new Map(), // static page: image id -> {file, bitmap}
   image: null, // {id, name, width, height, folder}
   objects: [], // {class_name, points, labels, box, rle, png, mask, lowRes, score, area, color, tint, seq}
@@ -333,6 +334,7 @@ async function showImageNow(r, saved) {
 // Browser decoding: the image's embedding (downloaded, or computed here on the static page) goes into
 // the decoder. Resolves to {encoder_ms, cached, bytes}.
 async function loadEmbedding(r) {
+  const t0 = performance.now();
   const decoder = await S.decoder;
   let emb, meta;
   if (STATIC) {
@@ -347,6 +349,7 @@ async function loadEmbedding(r) {
       bytes: emb.bytes };
   }
   if (S.image && S.image.id === r.id) decoder.setImage(emb, r.id);
+  S.embeddings.push({ ...meta, ms: performance.now() - t0 });
   return meta;
 }
 
