@@ -261,7 +261,8 @@ async function openLocal(file) {
   } catch (e) {
     throw new Error(`image: '${file.name}' is not a readable image (${e.message || e})`);
   }
-  const id = `local-${S.local.size + 1}`;
+  S.opened = (S.opened || 0) + 1;
+  const id = `local-${S.opened}`;
   S.local.set(id, { file, bitmap });
   return { id, name: file.name, width: bitmap.width, height: bitmap.height, folder: false };
 }
