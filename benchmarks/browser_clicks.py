@@ -184,7 +184,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mobilesam-browser-"))
     folder = tmp / "images"
     folder.mkdir()
-    names = make_images(folder, 2 * max(1, args.clients))[::2]  # the 640x480 ones
+    names = make_images(folder, 2 * max(1, args.clients, args.web_images))[::2]  # the 640x480 ones
     model = args.model
     if model is None:
         from mobilesam.modeling import build_model
@@ -200,7 +200,8 @@ def main() -> int:
                                               for t in threads]
     rng = random.Random(0)
     prompts = [(rng.uniform(20, 620), rng.uniform(20, 460), k % 3 != 2) for k in range(args.clicks)]
-    single: dict[str, dict[str, list]] = {m: {"total": [], "decoder": [], "rle": []} for m, _ in modes}
+    single: dict[str, dict[str, list]] = {m: {"total": [], "decoder": [], "rest": [], "paint": [], "rle": []}
+                                          for m, _ in modes}
     many: dict[str, dict] = {}
     web: dict[str, list] = {}
     with urllib.request.urlopen(f"{url}/api/info") as r:
@@ -228,6 +229,8 @@ def main() -> int:
                         t = last_timing(pages[m])
                         single[m]["total"].append((t["drawn"] - t["click"]) / 1000)
                         single[m]["decoder"].append(t["decoder_ms"] / 1000)
+                        single[m]["rest"].append((t["decoded"] - t["click"] - t["decoder_ms"]) / 1000)
+                        single[m]["paint"].append((t["drawn"] - t["decoded"]) / 1000)
                         single[m]["rle"].append(active_rle(pages[m]))
             for page in pages.values():
                 page.close()
@@ -289,13 +292,15 @@ def main() -> int:
         "the embedding per image), on the wire (uncompressed): "
         + ", ".join(f"{n} {t / 1e6:.2f} MB ({d / 1e6:.2f} MB)" for n, (t, d) in sizes.items()) + ".",
         "",
-        f"| one client, {args.clicks} prompts | click to mask drawn | decoder | mask IoU with the server's "
-        "(min / mean) |",
-        "| --- | --- | --- | --- |",
+        f"| one client, {args.clicks} prompts | click to mask drawn | decoder | the rest until the mask is ready to "
+        "draw (request, upscaling, overlay) | drawing (to the next frame) | mask IoU with the server's (min / mean) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for m, _ in modes:
         iou_txt = "-" if m not in ious else f"{min(ious[m]):.4f} / {np.mean(ious[m]):.5f}"
-        lines.append(f"| {m} | {fmt(single[m]['total'])} | {fmt(single[m]['decoder'])} | {iou_txt} |")
+        r = single[m]
+        lines.append(f"| {m} | {fmt(r['total'])} | {fmt(r['decoder'])} | {fmt(r['rest'])} | {fmt(r['paint'])} | "
+                     f"{iou_txt} |")
     if many:
         lines += ["", f"| {args.clients} clients, one click every {args.think:g} s each | clicks | click to mask "
                   "drawn | server CPU s: whole process / encoder passes / decoding (mask encoding included) |",
