@@ -19,6 +19,7 @@ from test_server import ColourRegionPredictor, scene, stub_app, upload
 from mobilesam.cli import main
 from mobilesam.export import ExportError, export_model, read_manifest
 from mobilesam.export.runtime import make_session
+from mobilesam.export import web_decoder
 from mobilesam.export.web_decoder import CUT_INPUTS, CUT_OUTPUTS, NoWebDecoder, web_decoder_for
 from mobilesam.server import create_app
 from mobilesam.server.app import ORT_DIR, ORT_WASM
@@ -139,9 +140,23 @@ def test_decode_mode_is_chosen_and_refused_by_name(web_site: Path, tmp_path: Pat
                      ({"decoder_precision": "int4"}, "decoder_precision")):
         with pytest.raises(ValueError, match=f"^{name}: expected one of"):
             create_app(predictor_factory=ColourRegionPredictor, **kw)
-    # int8 asked for by name where the export has none: an error, not a quiet fall back.
-    with pytest.raises(ValueError, match="^decoder_precision: .* has no decoder_int8 file; re-export it with --quantize"):
+    # The int8 decoder is offered only within IoU 0.99 of fp32 as measured at export; refused by name.
+    measured = read_manifest(web_site / "model")[1]["checks"]["decoder_int8"]["mask_iou_min"]
+    monkeypatch.setattr(web_decoder, "INT8_MIN_MASK_IOU", measured - 1e-6)
+    int8 = web_decoder_for(str(web_site / "model"), "int8")
+    assert int8.precision == "int8" and int8.nbytes < web_decoder_for(str(web_site / "model")).nbytes / 2
+    monkeypatch.setattr(web_decoder, "INT8_MIN_MASK_IOU", measured + 1e-6)
+    with pytest.raises(ValueError, match=f"^decoder_precision: .* not within IoU .* \\(minimum mask IoU measured at export: {measured:.4f}"):
         web_decoder_for(str(web_site / "model"), "int8")
+    no_int8 = tmp_path / "no_int8"
+    no_int8.mkdir()
+    folder, m = read_manifest(web_site / "model")
+    for key in ("encoder", "decoder"):
+        (no_int8 / m["files"][key]["path"]).write_bytes((folder / m["files"][key]["path"]).read_bytes())
+    m["files"] = {k: v for k, v in m["files"].items() if k in ("encoder", "decoder")}
+    (no_int8 / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="^decoder_precision: .* has no decoder_int8 file; re-export it with --quantize"):
+        web_decoder_for(str(no_int8), "int8")
     # A model family without an exported decoder (SAM 2's, or any other module) is decoded on the server.
     with pytest.raises(NoWebDecoder, match="Linear model family has no exported prompt decoder"):
         web_decoder_for(torch.nn.Linear(2, 2))
@@ -151,15 +166,16 @@ def test_decode_mode_is_chosen_and_refused_by_name(web_site: Path, tmp_path: Pat
 
 def test_cli_options(web_site: Path, tmp_path: Path, capsys, monkeypatch):
     monkeypatch.setenv("MOBILESAM_HOME", str(tmp_path))
+    monkeypatch.setattr(web_decoder, "INT8_MIN_MASK_IOU", 1.01)
     model = str(web_site / "model")
     argv = ["serve", "--model", model, "--backend", "onnxruntime", "--port", "0", "--decoder-precision", "int8"]
     assert main(argv) == 2
-    assert "error: --decoder-precision: the export in" in capsys.readouterr().err
+    assert "error: --decoder-precision: the int8 decoder's masks are not within IoU 1.01" in capsys.readouterr().err
     assert main(["export", "--model", model, "--format", "web", "--parts", "decoder", "--out", str(tmp_path)]) == 2
     assert "--parts: not an option of --format web" in capsys.readouterr().err
 
 
-def test_web_export_folder(web_site: Path, tmp_path: Path, tiny_checkpoint: Path):
+def test_web_export_folder(web_site: Path, tmp_path: Path, vit_t_onnx_export):
     manifest = json.loads((web_site / "manifest.json").read_text())
     assert manifest["format"] == "mobilesam-web" and manifest["onnxruntime_web"] == VERSION["version"]
     for key, entry in manifest["files"].items():
@@ -171,13 +187,17 @@ def test_web_export_folder(web_site: Path, tmp_path: Path, tiny_checkpoint: Path
     assert '<meta name="mobilesam-mode" content="static">' in html and "http" not in html.replace("http-equiv", "")
     assert manifest["decoder"]["url"] == manifest["files"]["decoder"]["path"]
     assert manifest["encoder"]["url"] == "model/vit_t_encoder.onnx" and manifest["decoder"]["single_mask"] is False
-    # model/ is an ONNX export like any other (the onnxruntime backend and serve run it).
+    # model/ is the ONNX export it was made from, every file (the onnxruntime backends and serve run it).
     folder, onnx_manifest = read_manifest(web_site / "model")
-    assert {"encoder", "decoder"} <= set(onnx_manifest["files"])
+    assert onnx_manifest == read_manifest(vit_t_onnx_export[1])[1]
+    for entry in onnx_manifest["files"].values():
+        assert (folder / entry["path"]).read_bytes() == (vit_t_onnx_export[1] / entry["path"]).read_bytes()
+    with pytest.raises(ValueError, match="^model_type, opset: not options of a web export from an exported folder"):
+        export_model(str(vit_t_onnx_export[1]), tmp_path / "x", format="web", opset=18)
     # A folder holding other files is not written into (nothing could be replaced).
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "index.html").write_text("mine")
     with pytest.raises(ExportError, match="is not empty and holds no earlier web export"):
-        export_model(str(tiny_checkpoint), busy, format="web", progress=False)
+        export_model(str(vit_t_onnx_export[1]), busy, format="web", progress=False)
     assert (busy / "index.html").read_text() == "mine" and sorted(p.name for p in busy.iterdir()) == ["index.html"]

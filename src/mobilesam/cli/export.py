@@ -14,6 +14,7 @@ examples:
   mobilesam export --model sam_vit_b_01ec64.pth --format onnx --parts decoder
   mobilesam export --model mobile_sam.pt --format onnx --return-single-mask   for SAM's web demo and tools
   mobilesam export --model mobile_sam.pt --format web --out site     a static page: python -m http.server -d site
+  mobilesam export --model models/mobilesam --format web --out site  the same from an ONNX export folder
 
 Then: SAM("models/mobilesam") or OnnxSamPredictor("models/mobilesam", precision="int8").
 """

@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .manifest import ExportError, sha256_file, write_json_atomic
+from ..backends.registry import is_exported_model
+from .manifest import MANIFEST_NAME, ExportError, file_entry, read_manifest, sha256_file, write_json_atomic
 from .onnx_export import DEFAULT_OPSET, export_onnx
 from .web_decoder import INT8_MIN_MASK_IOU, cut_low_res
 
@@ -61,6 +62,23 @@ def _write_page(root: Path) -> dict[str, Any]:
     return files
 
 
+def _copy_export(folder: Any, dest: Path, quantize: str | None) -> dict[str, Any]:
+    """The files of an ONNX export folder (checksums verified) copied into ``dest``; returns its manifest."""
+    src, manifest = read_manifest(folder)
+    need = ["encoder", "decoder"] + (["encoder_int8"] if quantize == "int8" else [])
+    missing = [k for k in need if k not in manifest["files"]]
+    if missing:
+        raise ExportError(
+            f"export: the export in '{src}' has no {', '.join(missing)} file; export the model with both parts"
+            + (" and --quantize int8" if "encoder_int8" in missing else "")
+        )
+    dest.mkdir(parents=True)
+    for key in manifest["files"]:
+        shutil.copyfile(file_entry(manifest, src, key, verify=True), dest / manifest["files"][key]["path"])
+    shutil.copyfile(src / MANIFEST_NAME, dest / MANIFEST_NAME)
+    return manifest
+
+
 def _previous_format(folder: Path) -> str | None:
     try:
         return json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("format")
@@ -78,7 +96,8 @@ def export_web(
     check: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write the static labelling page for ``model`` (a ``Sam``, a checkpoint path or a weights name) into
+    """Write the static labelling page for ``model`` (a ``Sam``, a checkpoint path or a weights name, or a
+    folder written by ``mobilesam export --format onnx``, whose files are then used as they are) into
     ``out_dir``; returns the manifest it wrote as ``manifest.json``.
 
     ``quantize="int8"``: the page runs the int8 image encoder (about 2.4x smaller), and the int8 decoder
@@ -97,10 +116,16 @@ def export_web(
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        onnx_manifest = export_onnx(
-            model, tmp / "model", model_type=model_type, quantize=quantize, opset=opset, check=check, progress=progress
-        )
         models = tmp / "model"
+        if is_exported_model(model):
+            if model_type is not None or opset != DEFAULT_OPSET:
+                raise ValueError("model_type, opset: not options of a web export from an exported folder (its graphs "
+                                 "are used as they are)")
+            onnx_manifest = _copy_export(model, models, quantize)
+        else:
+            onnx_manifest = export_onnx(
+                model, models, model_type=model_type, quantize=quantize, opset=opset, check=check, progress=progress
+            )
         ofiles, checks = onnx_manifest["files"], onnx_manifest["checks"]
         int8_iou = checks.get("decoder_int8", {}).get("mask_iou_min")
         dec_key = "decoder_int8" if int8_iou is not None and int8_iou >= INT8_MIN_MASK_IOU else "decoder"

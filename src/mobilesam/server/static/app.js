@@ -207,7 +207,10 @@ async function predict(o, clicked = performance.now()) {
     await nextPaint();
     S.timings.push({ click: clicked, decoded, drawn: performance.now(), decoder_ms: decoderMs, upscale_ms: upscaleMs,
       mode: S.decodeMode });
-    if (o.mask && !o.rle && seq === o.seq) o.rle = encodeRLE(o.mask, S.image.height, S.image.width);
+    if (o.mask && !o.rle && seq === o.seq) {
+      o.rle = encodeRLE(o.mask, S.image.height, S.image.width);
+      if (!STATIC) o.mask = null; // the server keeps labels as RLE; the static page writes files from masks
+    }
   } catch (e) { fail(e); } finally { setPending(-1); }
 }
 
