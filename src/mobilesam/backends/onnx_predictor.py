@@ -26,6 +26,7 @@ logger = logging.getLogger("mobilesam")
 
 PRECISIONS = ("fp32", "int8")
 _ENCODER_IO = (["image"], ["image_embeddings"])
+_HWC_ENCODER_IO = (["input_image"], ["image_embeddings"])
 _DECODER_IO = (
     ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
     ["masks", "iou_predictions", "low_res_masks"],
@@ -34,6 +35,39 @@ _DECODER_IO = (
 
 def _key(part: str, precision: str) -> str:
     return part if precision == "fp32" else f"{part}_{precision}"
+
+
+def cached_export(
+    sam: torch.nn.Module, precision: str, cache: str | os.PathLike | None = None, decoder_precision: str | None = None
+) -> Path:
+    """The export of ``sam`` (any family: ``export_onnx`` picks its graphs) in a cache folder keyed by
+    its weights, made once (again only when int8 files are asked for and missing); returns the folder."""
+    from ..build import detect_model_type
+    from ..export.onnx_export import export_onnx
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    sd = sam.state_dict()
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
+    model_type = detect_model_type(sd) or "sam"
+    if cache is None:
+        from ..weights import cache_dir
+
+        cache = cache_dir() / "onnx"
+    folder = Path(cache) / f"{model_type}-{h.hexdigest()[:16]}"
+    int8 = "int8" in (precision, decoder_precision)
+    try:
+        _, manifest = read_manifest(folder)
+        ready = not int8 or {"encoder_int8", "decoder_int8"} <= set(manifest["files"])
+    except (FileNotFoundError, ExportError):
+        ready = False
+    if not ready:
+        logger.info("exporting the model to ONNX in %s (once)", folder)
+        export_onnx(sam, folder, quantize="int8" if int8 else None)
+    return folder
 
 
 class OnnxSamPredictor(PredictorBase):
@@ -71,10 +105,12 @@ class OnnxSamPredictor(PredictorBase):
         self.single_mask = bool(manifest.get("decoder_return_single_mask", False))
         files = manifest["files"]
         self.encoder = None
+        self.hwc_input = manifest.get("layout") == "anylabeling"
         if "encoder" in files or "encoder_int8" in files:  # a decoder-only export works from embeddings
             path = file_entry(manifest, folder, _key("encoder", precision), verify)
             self.encoder = make_session(path, threads, providers)
-            check_io(self.encoder, path, "image encoder", *_ENCODER_IO)
+            # The anylabeling layout (samexporter / X-AnyLabeling) takes input_image (h, w, 3).
+            check_io(self.encoder, path, "image encoder", *(_HWC_ENCODER_IO if self.hwc_input else _ENCODER_IO))
         path = file_entry(manifest, folder, _key("decoder", decoder_precision), verify)
         self.decoder = make_session(path, threads, providers)
         check_io(self.decoder, path, "prompt decoder", *_DECODER_IO)
@@ -89,31 +125,7 @@ class OnnxSamPredictor(PredictorBase):
         **kwargs: Any,
     ) -> OnnxSamPredictor:
         """Export ``sam`` once into a cache folder keyed by its weights (reused later), then load it."""
-        from ..build import detect_model_type
-        from ..export.onnx_export import export_onnx
-
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-        sd = sam.state_dict()
-        h = hashlib.sha256()
-        for k in sorted(sd):
-            h.update(k.encode())
-            h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-        model_type = detect_model_type(sd) or "sam"
-        if cache is None:
-            from ..weights import cache_dir
-
-            cache = cache_dir() / "onnx"
-        folder = Path(cache) / f"{model_type}-{h.hexdigest()[:16]}"
-        int8 = "int8" in (precision, kwargs.get("decoder_precision"))
-        try:
-            _, manifest = read_manifest(folder)
-            ready = not int8 or {"encoder_int8", "decoder_int8"} <= set(manifest["files"])
-        except (FileNotFoundError, ExportError):
-            ready = False
-        if not ready:
-            logger.info("exporting the model to ONNX in %s (once)", folder)
-            export_onnx(sam, folder, quantize="int8" if int8 else None)
+        folder = cached_export(sam, precision, cache, kwargs.get("decoder_precision"))
         return cls(folder, precision=precision, **kwargs)
 
     @property
@@ -131,7 +143,8 @@ class OnnxSamPredictor(PredictorBase):
                 "re-export with the encoder"
             )
         image = np.ascontiguousarray(transformed_image.detach().cpu().numpy(), dtype=np.float32)
-        return {"image_embeddings": torch.from_numpy(self.encoder.run(None, {"image": image})[0])}
+        feeds = {"input_image": np.ascontiguousarray(image[0].transpose(1, 2, 0))} if self.hwc_input else {"image": image}
+        return {"image_embeddings": torch.from_numpy(self.encoder.run(None, feeds)[0])}
 
     def _embedding_tensors(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
         features = torch.as_tensor(embedding).detach().cpu().float()

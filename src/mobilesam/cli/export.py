@@ -13,6 +13,9 @@ examples:
   mobilesam export --model mobile_sam.pt --format onnx --quantize int8 --out models/mobilesam
   mobilesam export --model sam_vit_b_01ec64.pth --format onnx --parts decoder
   mobilesam export --model mobile_sam.pt --format onnx --return-single-mask   for SAM's web demo and tools
+  mobilesam export --model mobile_sam.pt --format executorch --quantize int8   .pte for ExecuTorch (XNNPACK)
+  mobilesam export --model mobile_sam.pt --format tflite                      .tflite for LiteRT
+  mobilesam export --model mobile_sam.pt --format coreml --quantize fp16      .mlpackage for Core ML (macOS/iOS)
   mobilesam export --model mobile_sam.pt --format web --out site     a static page: python -m http.server -d site
   mobilesam export --model models/mobilesam --format web --out site  the same from an ONNX export folder
 
@@ -46,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # refuses it by name instead of ignoring it.
     p.add_argument(
         "--quantize",
-        choices=["int8"],
+        choices=["int8", "fp16"],
         default=None,
-        help="also write int8 variants (onnx: ONNX Runtime dynamic quantization of MatMul weights); e.g. --quantize int8",
+        help="also write int8 variants (onnx: ONNX Runtime dynamic quantization of MatMul weights; executorch: "
+        "XNNPACK dynamic int8; tflite: LiteRT quantizer dynamic int8) or fp16 ones (coreml); e.g. --quantize int8",
     )
     p.add_argument(
         "--out",
@@ -69,6 +73,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "e.g. --return-single-mask",
     )
     p.add_argument(
+        "--layout",
+        choices=("mobilesam", "anylabeling"),
+        default=None,
+        help="file layout: mobilesam (default), or anylabeling: the encoder input samexporter and X-AnyLabeling "
+        "use (input_image, H x W x 3), their file names and X-AnyLabeling's custom-model config; "
+        "e.g. --layout anylabeling",
+    )
+    p.add_argument(
+        "--max-points", type=int, default=None,
+        help="executorch, tflite, coreml: point slots of the decoder (a box takes 2; default: 10); e.g. --max-points 16",
+    )
+    p.add_argument(
         "--no-check",
         action="store_true",
         help="skip the comparison with PyTorch (onnx.checker still runs); e.g. --no-check",
@@ -77,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # CLI option -> exporter keyword, for the format options above.
-FORMAT_OPTIONS = {"quantize": "quantize", "parts": "parts", "opset": "opset", "return_single_mask": "return_single_mask"}
+FORMAT_OPTIONS = {"quantize": "quantize", "parts": "parts", "opset": "opset", "return_single_mask": "return_single_mask",
+                  "layout": "layout", "max_points": "max_points"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,13 +121,20 @@ def run(args: argparse.Namespace) -> int:
     detail = f" (opset {manifest['opset']})" if "opset" in manifest else ""
     print(f"exported {manifest.get('model_type', 'the model')} as {args.format} to {out}/{detail}:")
     for key, entry_ in manifest["files"].items():
-        check = manifest.get("checks", {}).get(key, {})
+        checks = manifest.get("checks", {})
+        check = checks.get(key) or checks.get(f"pipeline_{entry_.get('precision')}", {})
         note = ""
-        if "embedding_max_abs_diff" in check:
+        if "mask_iou_vs_fp32_mean" in check:
+            note = f"mask IoU vs fp32 {check['mask_iou_vs_fp32_mean']:.4f}"
+        elif "validated" in check:
+            note = "spec validated (run it on macOS)"
+        elif "embedding_max_abs_diff" in check:
             note = f"embedding max abs diff vs PyTorch {check['embedding_max_abs_diff']:.2g}"
         elif "low_res_max_abs_diff" in check:
             note = (f"logit max abs diff vs PyTorch {check['low_res_max_abs_diff']:.2g}, "
                     f"min mask IoU {check['mask_iou_min']:.4f}")
         print(f"  {entry_['path']:<28} {entry_.get('precision', ''):>5} {entry_['bytes'] / 1e6:8.1f} MB   {note}")
     print("  manifest.json")
+    if manifest.get("layout") == "anylabeling":
+        print("  anylabeling_config.yaml   (X-AnyLabeling: Load Custom Model -> this file)")
     return 0

@@ -92,6 +92,9 @@ def register(subparsers: Any) -> None:
         help="image embeddings sent to the page as float16 (default, 2 MB for SAM) or float32 (4 MB); "
         "e.g. --embedding-dtype float32",
     )
+    from .convert import add_simplify_argument
+
+    add_simplify_argument(p)  # the saved YOLO polygons
     p.set_defaults(func=run)
 
 
@@ -156,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             decode=args.decode,
             decoder_precision=args.decoder_precision,
             embedding_dtype=args.embedding_dtype,
+            simplify=args.simplify,
         )
     except ValueError as e:
         sock.close()

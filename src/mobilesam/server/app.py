@@ -344,6 +344,7 @@ def create_app(
     decode: str = "auto",
     decoder_precision: str = "fp32",
     embedding_dtype: str = "float16",
+    simplify: float | None = None,
 ) -> FastAPI:
     """The web app. ``model`` is a ``Sam``, a checkpoint (path or known name, built with ``build_sam``) or,
     for a backend that runs them, a folder written by ``mobilesam export``.
@@ -362,6 +363,8 @@ def create_app(
     the model has an exported decoder (SAM / MobileSAM, or an export folder), the server otherwise (and
     the page falls back to the server by itself where WebAssembly is missing). ``decoder_precision``:
     "fp32", or "int8" where its masks stay within IoU 0.99 of fp32 (measured at export).
+    ``simplify``: tolerance in pixels of the saved YOLO polygons (None: ``mobilesam.masks.DEFAULT_SIMPLIFY``;
+    0 keeps every contour point).
     """
     for name, value, least in (
         ("max_upload_bytes", max_upload_bytes, 1024),
@@ -372,6 +375,9 @@ def create_app(
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    from ..masks import DEFAULT_SIMPLIFY, check_simplify
+
+    simplify = DEFAULT_SIMPLIFY if simplify is None else check_simplify(simplify)
     get_backend(backend)  # an unknown name fails before a slow model load
     for name, value, allowed in (
         ("decode", decode, DECODE_MODES),
@@ -710,7 +716,7 @@ def create_app(
             doc = await run_in_threadpool(to_coco, objects, rec.name, rec.size, classes)
             data, media, fname = json.dumps(doc).encode(), "application/json", f"{stem}.json"
         elif format == "yolo":
-            text = await run_in_threadpool(to_yolo, objects, rec.size, classes)
+            text = await run_in_threadpool(to_yolo, objects, rec.size, classes, simplify)
             data, media, fname = text.encode(), "text/plain; charset=utf-8", f"{stem}.txt"
         else:
             data = await run_in_threadpool(to_png_zip, objects, stem)
