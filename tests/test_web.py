@@ -200,3 +200,18 @@ def test_web_export_folder(web_site: Path, tmp_path: Path, vit_t_onnx_export):
     with pytest.raises(ExportError, match="is not empty and holds no earlier web export"):
         export_model(str(vit_t_onnx_export[1]), busy, format="web", progress=False)
     assert (busy / "index.html").read_text() == "mine" and sorted(p.name for p in busy.iterdir()) == ["index.html"]
+    # Only SAM / MobileSAM graphs in this package's layout run in the page: SAM 2 exports and the
+    # X-AnyLabeling layout are refused by name (serve decodes SAM 2 on the server).
+    folder, m = read_manifest(web_site / "model")
+    for field, value, expect in (("family", "sam2", "of the sam2 family"), ("layout", "anylabeling", "anylabeling layout")):
+        other = tmp_path / value
+        other.mkdir()
+        (other / "manifest.json").write_text(json.dumps({**m, field: value}))
+        with pytest.raises(ExportError, match=f"^model: the export in .* {expect}"):
+            export_model(str(other), tmp_path / f"site_{value}", format="web", progress=False)
+        assert not (tmp_path / f"site_{value}").exists() or not any((tmp_path / f"site_{value}").iterdir())
+        if field == "family":
+            with pytest.raises(NoWebDecoder, match="sam2 family, whose prompt decoder the page does not run"):
+                web_decoder_for(str(other))
+    with pytest.raises(ExportError, match="^model: a Linear model; the web page runs SAM and MobileSAM"):
+        export_model(torch.nn.Linear(2, 2), tmp_path / "linear", format="web", progress=False)

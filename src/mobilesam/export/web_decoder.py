@@ -124,6 +124,10 @@ def cut_low_res(src: Path, dst: Path) -> None:
 def _from_export(folder: Path, manifest: dict[str, Any], precision: str, cache: Path) -> WebDecoder:
     from .manifest import file_entry, sha256_file
 
+    family = manifest.get("family", "sam")
+    if family != "sam":  # SAM 2's decoder takes the encoder's high-resolution features too: not this page's
+        raise NoWebDecoder(f"decoder: the export in '{folder}' is of the {family} family, whose prompt decoder the "
+                           "page does not run; the server decodes")
     key = "decoder" if precision == "fp32" else f"decoder_{precision}"
     if key not in manifest.get("files", {}):
         if precision != "fp32":  # asked for by name: an error, not a quiet fall back to the server

@@ -21,7 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..backends.registry import is_exported_model
+from ..modeling import Sam
 from .manifest import MANIFEST_NAME, ExportError, file_entry, read_manifest, sha256_file, write_json_atomic
 from .onnx_export import DEFAULT_OPSET, export_onnx
 from .web_decoder import INT8_MIN_MASK_IOU, cut_low_res
@@ -62,9 +65,22 @@ def _write_page(root: Path) -> dict[str, Any]:
     return files
 
 
+def check_web_model(manifest: dict[str, Any], what: str) -> None:
+    """An ExportError unless the ONNX export ``manifest`` is one the page runs: SAM / MobileSAM graphs in
+    this package's layout (the page feeds the encoder (1, 3, h, w) and runs SAM's decoder interface)."""
+    family, layout = manifest.get("family", "sam"), manifest.get("layout", "mobilesam")
+    if family != "sam":
+        raise ExportError(f"model: {what} is of the {family} family; the web page runs SAM and MobileSAM models "
+                          "only (serve it with mobilesam serve, which decodes it on the server)")
+    if layout != "mobilesam":
+        raise ExportError(f"model: {what} has the {layout} layout; the web page needs a plain "
+                          "mobilesam export --format onnx folder (re-export it without --layout)")
+
+
 def _copy_export(folder: Any, dest: Path, quantize: str | None) -> dict[str, Any]:
     """The files of an ONNX export folder (checksums verified) copied into ``dest``; returns its manifest."""
     src, manifest = read_manifest(folder)
+    check_web_model(manifest, f"the export in '{src}'")
     need = ["encoder", "decoder"] + (["encoder_int8"] if quantize == "int8" else [])
     missing = [k for k in need if k not in manifest["files"]]
     if missing:
@@ -123,9 +139,13 @@ def export_web(
                                  "are used as they are)")
             onnx_manifest = _copy_export(model, models, quantize)
         else:
+            if isinstance(model, torch.nn.Module) and not isinstance(model, Sam):  # before a slow export
+                raise ExportError(f"model: a {type(model).__name__} model; the web page runs SAM and MobileSAM "
+                                  "models only (serve it with mobilesam serve, which decodes it on the server)")
             onnx_manifest = export_onnx(
                 model, models, model_type=model_type, quantize=quantize, opset=opset, check=check, progress=progress
             )
+        check_web_model(onnx_manifest, "the model")  # a SAM 2 checkpoint is known once loaded
         ofiles, checks = onnx_manifest["files"], onnx_manifest["checks"]
         int8_iou = checks.get("decoder_int8", {}).get("mask_iou_min")
         dec_key = "decoder_int8" if int8_iou is not None and int8_iou >= INT8_MIN_MASK_IOU else "decoder"
