@@ -21,6 +21,7 @@ from mobilesam.export import ExportError, export_model, read_manifest
 from mobilesam.export.runtime import make_session
 from mobilesam.export import web_decoder
 from mobilesam.export.web_decoder import CUT_INPUTS, CUT_OUTPUTS, NoWebDecoder, web_decoder_for
+from mobilesam.masks import DEFAULT_SIMPLIFY
 from mobilesam.server import create_app
 from mobilesam.server.app import ORT_DIR, ORT_WASM
 
@@ -177,6 +178,7 @@ def test_cli_options(web_site: Path, tmp_path: Path, capsys, monkeypatch):
 def test_web_export_folder(web_site: Path, tmp_path: Path, vit_t_onnx_export):
     manifest = json.loads((web_site / "manifest.json").read_text())
     assert manifest["format"] == "mobilesam-web" and manifest["onnxruntime_web"] == VERSION["version"]
+    assert manifest["simplify"] == DEFAULT_SIMPLIFY  # the page writes YOLO polygons as the server does
     for key, entry in manifest["files"].items():
         data = (web_site / entry["path"]).read_bytes()
         assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"], key

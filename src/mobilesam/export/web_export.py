@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..backends.registry import is_exported_model
+from ..masks import DEFAULT_SIMPLIFY
 from ..modeling import Sam
 from .manifest import MANIFEST_NAME, ExportError, file_entry, read_manifest, sha256_file, write_json_atomic
 from .onnx_export import DEFAULT_OPSET, export_onnx
@@ -184,6 +185,7 @@ def export_web(
                 "precision": files["encoder"]["precision"],
                 "image_size": onnx_manifest["image_size"],
             },
+            "simplify": DEFAULT_SIMPLIFY,  # the YOLO polygons the page writes, as the server's
             "files": files,
             "checks": {**checks, "decoder_cut": {"of": ofiles[dec_key]["path"], "low_res_max_abs_diff_limit": 1e-5}},
         }

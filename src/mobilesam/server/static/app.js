@@ -411,7 +411,7 @@ async function exportHere(format) {
     return [new Blob([JSON.stringify(doc)], { type: "application/json" }), `${stem}.json`, JSON.stringify(classes)];
   }
   if (format === "yolo") {
-    return [new Blob([toYolo(objects, H, W, classes)], { type: "text/plain" }), `${stem}.txt`, JSON.stringify(classes)];
+    return [new Blob([toYolo(objects, H, W, classes, S.info.simplify ?? 0)], { type: "text/plain" }), `${stem}.txt`, JSON.stringify(classes)];
   }
   return [await toPngZip(objects, H, W, stem), `${stem}_masks.zip`, JSON.stringify(classes)];
 }

@@ -122,10 +122,13 @@ export function maskPolygons(mask, H, W) {
           if (mask[q] && !seen[q]) { seen[q] = 1; stack.push(q); }
         }
       }
-      found.push({ start: [x, y], poly: corners(traceBorder(mask, H, W, x, y)) });
+      const traced = corners(traceBorder(mask, H, W, x, y));
+      // OpenCV's direction from the same first corner: simplification depends on the point order.
+      found.push({ start: [x, y], poly: [traced[0], ...traced.slice(1).reverse()] });
     }
   }
-  const polys = found.filter((f) => f.poly.length >= 3).map((f) => ({ ...f, area: polygonArea(f.poly) }));
+  // OpenCV lists contours last found first; equal areas keep that order (the server sorts stably).
+  const polys = found.reverse().filter((f) => f.poly.length >= 3).map((f) => ({ ...f, area: polygonArea(f.poly) }));
   polys.sort((a, b) => b.area - a.area);
   return polys
     .filter((f) => !polys.some((g) => g !== f && g.area > f.area && insidePolygon(f.start[0], f.start[1], g.poly)))
@@ -186,11 +189,79 @@ export function joinPolygons(polys) {
   return out;
 }
 
-export function toYolo(objects, H, W, classes) {
+// A closed polygon with fewer points, none of the dropped ones further than `tolerance` pixels from the
+// kept outline: OpenCV's approxPolyDP for a closed curve (the server's simplify_polygon), step by step so
+// that both write the same points: Douglas-Peucker from two far-apart points, then points on almost
+// straight runs dropped.
+export function simplifyPolygon(poly, tolerance) {
+  const n = poly.length;
+  if (!(tolerance > 0) || n < 4) return poly;
+  const eps = tolerance * tolerance;
+  // 1. two far-apart points: the farthest from the farthest from the farthest from the first.
+  let pos = 0, far = 0, maxDist = 0;
+  for (let it = 0; it < 3; it++) {
+    pos = (pos + far) % n;
+    const [x0, y0] = poly[pos];
+    far = 0;
+    maxDist = 0;
+    for (let j = 1; j < n; j++) {
+      const [x, y] = poly[(pos + j) % n];
+      const d = (x - x0) ** 2 + (y - y0) ** 2;
+      if (d > maxDist) { maxDist = d; far = j; }
+    }
+  }
+  if (maxDist <= eps) return [poly[pos]];
+  const farIdx = (far + pos) % n;
+  // 2. Douglas-Peucker on the two arcs between them (a stack, so the kept points come out in order).
+  const out = [];
+  const stack = [[farIdx, pos], [pos, farIdx]];
+  while (stack.length) {
+    const [s, e] = stack.pop();
+    const [x0, y0] = poly[s], [x1, y1] = poly[e];
+    const dx = x1 - x0, dy = y1 - y0;
+    let split = -1, worst = 0;
+    for (let i = (s + 1) % n; i !== e; i = (i + 1) % n) {
+      const d = Math.abs((poly[i][1] - y0) * dx - (poly[i][0] - x0) * dy);
+      if (d > worst) { worst = d; split = i; }
+    }
+    if (split < 0 || worst * worst <= eps * (dx * dx + dy * dy)) out.push(poly[s]);
+    else stack.push([split, e], [s, split]);
+  }
+  // 3. drop points lying on an almost straight run between their neighbours, in place as OpenCV does it
+  // (it reads ahead of where it writes, and wraps around to read what it has already written).
+  const dst = out.slice(), count = dst.length;
+  let newCount = count, rpos = count - 1, wpos = 0;
+  const read = () => { const p = dst[rpos]; if (++rpos >= count) rpos = 0; return p; };
+  let start = read(), pt = read();
+  for (let i = 0; i < count && newCount > 2; i++) {
+    const end = read();
+    const dx = end[0] - start[0], dy = end[1] - start[1];
+    const dist = Math.abs((pt[0] - start[0]) * dy - (pt[1] - start[1]) * dx);
+    const inner = (pt[0] - start[0]) * (end[0] - pt[0]) + (pt[1] - start[1]) * (end[1] - pt[1]);
+    if (dist * dist <= 0.5 * eps * (dx * dx + dy * dy) && dx !== 0 && dy !== 0 && inner >= 0) {
+      newCount--;
+      dst[wpos] = end;
+      start = end;
+      if (++wpos >= count) wpos = 0;
+      pt = read();
+      i++;
+      continue;
+    }
+    dst[wpos] = pt;
+    start = pt;
+    if (++wpos >= count) wpos = 0;
+    pt = end;
+  }
+  return dst.slice(0, newCount);
+}
+
+// `simplify`: tolerance in pixels of each part's outline before joining (0: exact), as the server's
+// YOLO writer (mobilesam.masks.DEFAULT_SIMPLIFY; the web export's manifest says which).
+export function toYolo(objects, H, W, classes, simplify = 0) {
   const ids = new Map(classes.map((c, i) => [c, i]));
   const lines = [];
   for (const o of objects) {
-    const polys = maskPolygons(o.mask, H, W);
+    const polys = maskPolygons(o.mask, H, W).map((p) => simplifyPolygon(p, simplify)).filter((p) => p.length >= 3);
     if (!polys.length) continue; // an empty mask has no line (COCO keeps it)
     const ring = joinPolygons(polys);
     const xy = ring.flatMap(([x, y]) => [Math.min(1, Math.max(0, x / W)), Math.min(1, Math.max(0, y / H))]);
