@@ -1,6 +1,7 @@
 """MobileSAM: Segment Anything with a 5.7M-parameter TinyViT image encoder.
 
 High level (Ultralytics-style): ``SAM``, ``Results``, ``auto_annotate``.
+Labelled data: ``val`` (box / click mIoU, NoC, mask AP), ``finetune`` (mask decoder, prompt encoder, LoRA).
 Low level (official API): ``build_sam``, ``sam_model_registry``, ``SamPredictor``.
 Backends: ``create_predictor``, ``register_backend``, ``available_backends``.
 Process set-up for CPU inference: ``tune_allocator``.
@@ -31,6 +32,8 @@ _LAZY_NAMES = {
     "create_predictor": "backends",
     "register_backend": "backends",
     "tune_allocator": "allocator",
+    "val": "validation",
+    "finetune": "train",
 }
 
 __all__ = [*_LAZY_NAMES, "__version__"]
@@ -46,4 +49,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from
     from .modeling import MODEL_CONFIGS, Sam
     from .predictor import SamPredictor
     from .results import Results
+    from .train import finetune
+    from .validation import val
     from .weights import WEIGHTS, CheckpointError

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -314,16 +313,6 @@ class CallableDetector(Detector):
 # Existing box labels
 
 
-def _int_class(value: str, where: str) -> int:
-    try:
-        f = float(value)
-    except ValueError:
-        raise AnnotationInputError(f"{where}: class id must be a number, got {value!r}") from None
-    if f < 0 or not f.is_integer():
-        raise AnnotationInputError(f"{where}: class id must be a non-negative integer, got {value!r}")
-    return int(f)
-
-
 class YoloLabelsDetector(Detector):
     """Boxes from a folder of YOLO detection labels: ``LABELS/<image path relative to data>.txt`` (or
     ``LABELS/<stem>.txt``), lines ``class cx cy w h [conf]`` normalised to [0, 1]. Segmentation lines
@@ -356,50 +345,23 @@ class YoloLabelsDetector(Detector):
         return None
 
     def detect(self, image: np.ndarray, name: str) -> Detections:
+        from .datasets import AnnotationError
+        from .datasets.yolo import label_instances
+
         path = self.label_file(name)
         if path is None:
             self.missing += 1
             return Detections.empty()
         h, w = image.shape[:2]
-        boxes, cls, scores = [], [], []
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise AnnotationInputError(f"box labels: cannot read '{path}' ({type(e).__name__}: {e})") from None
-        for lineno, line in enumerate(text.splitlines(), 1):
-            parts = line.split()
-            if not parts:
-                continue
-            where = f"box labels '{path}' line {lineno}"
-            if len(parts) not in (5, 6) and (len(parts) < 7 or len(parts) % 2 == 0):
-                raise AnnotationInputError(
-                    f"{where}: expected 'class cx cy w h [conf]' or a segment 'class x1 y1 x2 y2 x3 y3 ...', "
-                    f"got {len(parts)} values"
-                )
-            try:
-                vals = np.array([float(v) for v in parts[1:]], np.float64)
-            except ValueError:
-                raise AnnotationInputError(f"{where}: expected numbers, got {line.strip()!r}") from None
-            if not np.isfinite(vals).all():
-                raise AnnotationInputError(f"{where}: values must be finite, got {line.strip()!r}")
-            coords = vals[:4] if len(parts) in (5, 6) else vals
-            if (coords < -0.01).any() or (coords > 1.01).any():
-                raise AnnotationInputError(
-                    f"{where}: YOLO coordinates must be normalised to [0, 1] by the image size, got {line.strip()!r}"
-                )
-            cls.append(_int_class(parts[0], where))
-            if len(parts) in (5, 6):
-                cx, cy, bw, bh = vals[:4]
-                boxes.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
-                scores.append(vals[4] if len(parts) == 6 else 1.0)
-            else:
-                xy = vals.reshape(-1, 2) * (w, h)
-                boxes.append([*xy.min(0), *xy.max(0)])
-                scores.append(1.0)
-        if not boxes:
+            instances = label_instances(path)  # the dataset loader's reader: boxes, or segments' extents
+        except AnnotationError as e:
+            raise AnnotationInputError(f"box {e}") from None
+        if not instances:
             return Detections.empty()
-        b = np.clip(np.asarray(boxes), 0, [w, h, w, h])
-        return Detections(b, np.asarray(cls), np.asarray(scores))
+        b = np.clip(np.stack([i.xyxy(h, w) for i in instances]), 0, [w, h, w, h])
+        scores = [1.0 if i.score is None else i.score for i in instances]
+        return Detections(b, np.array([i.category for i in instances]), np.asarray(scores))
 
     def report(self) -> str | None:
         if self.missing:
@@ -414,7 +376,9 @@ class YoloLabelsDetector(Detector):
 
 
 class CocoBoxesDetector(Detector):
-    """Boxes from a COCO detection JSON (``images``, ``annotations`` with ``bbox`` [x, y, w, h], ``categories``).
+    """Boxes from a COCO detection JSON (``images``, ``annotations`` with ``bbox`` [x, y, w, h], ``categories``),
+    read by the dataset loader (:func:`mobilesam.datasets.load_coco`): a malformed file or annotation is an
+    error naming the file and line, before any image is labelled.
 
     Images are matched by ``file_name`` (path relative to the data folder, else base name). Category ids,
     sorted, become class indices 0..K-1 (the order of ``classes.txt``); the COCO output keeps the
@@ -425,44 +389,23 @@ class CocoBoxesDetector(Detector):
     is_model = False
 
     def __init__(self, json_path: str | os.PathLike) -> None:
+        from .datasets import AnnotationError, load_coco
+
         super().__init__()
         self.json_path = Path(json_path)
+        if not self.json_path.is_file():
+            raise FileNotFoundError(f"det_model: COCO box JSON '{self.json_path}' not found")
         try:
-            data = json.loads(self.json_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"det_model: COCO box JSON '{self.json_path}' not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"det_model: '{self.json_path}' is not valid JSON ({e})") from None
-        if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
-        ):
-            raise ValueError(
-                f"det_model: '{self.json_path}' is not a COCO detection file: expected a JSON object with "
-                "'images', 'annotations' and 'categories' lists"
-            )
-        try:
-            cat_ids = sorted({int(c["id"]) for c in data["categories"]})
-            cat_names = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
-            self._images = {int(im["id"]): im for im in data["images"]}
-            by_file: dict[str, int] = {}
-            by_base: dict[str, list[int]] = {}
-            for im in data["images"]:
-                fn = Path(str(im["file_name"])).as_posix()
-                by_file[fn] = int(im["id"])
-                by_base.setdefault(Path(fn).name, []).append(int(im["id"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(
-                f"det_model: '{self.json_path}': malformed images or categories ({type(e).__name__}: {e})"
-            ) from None
-        self._cls_of_cat = {c: i for i, c in enumerate(cat_ids)}
-        self._cat_of_cls = dict(enumerate(cat_ids))
-        self.names = {i: cat_names[c] for i, c in enumerate(cat_ids)}
-        self._by_file = by_file
+            self.dataset = load_coco(self.json_path, check_images=False)
+        except AnnotationError as e:
+            raise ValueError(f"det_model: {e}") from None
+        self.names = dict(self.dataset.names)
+        self._entries = {e.image_id: e for e in self.dataset.images}
+        by_base: dict[str, list[int]] = {}
+        for e in self.dataset.images:
+            by_base.setdefault(Path(e.file).name, []).append(e.image_id)
+        self._by_file = {e.file: e.image_id for e in self.dataset.images}
         self._by_base = {k: v[0] for k, v in by_base.items() if len(v) == 1}
-        self._anns: dict[int, list[dict[str, Any]]] = {}
-        for a in data["annotations"]:
-            if isinstance(a, dict) and "image_id" in a:
-                self._anns.setdefault(int(a["image_id"]), []).append(a)
         self.missing = 0
         self.crowd = 0
 
@@ -470,7 +413,7 @@ class CocoBoxesDetector(Detector):
         return self._by_file.get(name, self._by_base.get(Path(name).name))
 
     def category_id(self, cls: int) -> int:
-        return self._cat_of_cls.get(int(cls), int(cls) + 1)
+        return self.dataset.category_ids.get(int(cls), int(cls) + 1)
 
     def detect(self, image: np.ndarray, name: str) -> Detections:
         img_id = self.image_id(name)
@@ -478,31 +421,22 @@ class CocoBoxesDetector(Detector):
             self.missing += 1
             return Detections.empty()
         h, w = image.shape[:2]
-        entry = self._images[img_id]
-        jw, jh = entry.get("width"), entry.get("height")
-        if jw is not None and jh is not None and (int(jw), int(jh)) != (w, h):
+        entry = self._entries[img_id]
+        if entry.width is not None and entry.height is not None and (entry.width, entry.height) != (w, h):
             raise AnnotationInputError(
-                f"box labels: '{self.json_path}' gives {name} a size of {jw}x{jh}, but the image is {w}x{h} "
-                "(EXIF rotation or a different file?); its boxes would land in the wrong place"
+                f"box labels: '{self.json_path}' gives {name} a size of {entry.width}x{entry.height}, but the image "
+                f"is {w}x{h} (EXIF rotation or a different file?); its boxes would land in the wrong place"
             )
         boxes, cls, scores = [], [], []
-        for a in self._anns.get(img_id, []):
-            if a.get("iscrowd", 0):
+        for inst in entry.instances:
+            if inst.iscrowd:
                 self.crowd += 1
                 continue
-            where = f"box labels '{self.json_path}' annotation {a.get('id', '?')}"
-            try:
-                x, y, bw, bh = (float(v) for v in a["bbox"])
-                cat = int(a["category_id"])
-            except (KeyError, TypeError, ValueError):
-                raise AnnotationInputError(f"{where}: expected 'bbox' [x, y, w, h] and 'category_id'") from None
-            if cat not in self._cls_of_cat:
-                raise AnnotationInputError(f"{where}: category_id {cat} is not in 'categories'")
-            if not np.isfinite([x, y, bw, bh]).all() or bw < 0 or bh < 0:
-                raise AnnotationInputError(f"{where}: bbox must be finite with w, h >= 0, got {a['bbox']}")
-            boxes.append([x, y, x + bw, y + bh])
-            cls.append(self._cls_of_cat[cat])
-            scores.append(float(a.get("score", 1.0)))
+            if inst.box is None:
+                raise AnnotationInputError(f"box labels {inst.where}: expected a 'bbox' [x, y, w, h]")
+            boxes.append(inst.xyxy(h, w))
+            cls.append(inst.category)
+            scores.append(1.0 if inst.score is None else inst.score)
         if not boxes:
             return Detections.empty()
         b = np.clip(np.asarray(boxes), 0, [w, h, w, h])

@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "train",
     "assemble",
     "val",
+    "finetune",
     "serve",
 ]
 

@@ -36,6 +36,7 @@ import torch
 from ..modeling import Sam
 from .graphs import DecoderGraph, EncoderGraph
 from .manifest import ExportError, sha256_file, write_json_atomic
+from .signal_stack import keeps_signal_stack
 
 logger = logging.getLogger("mobilesam")
 
@@ -175,6 +176,7 @@ def pad_square(image: np.ndarray, img_size: int, pixel_mean: Sequence[float]) ->
     return out
 
 
+@keeps_signal_stack
 def compile_model(path: str | os.PathLike | Any, precision: str = "f32", threads: int | None = None) -> Any:
     """A CPU ``CompiledModel`` with the inference precision always explicit (OpenVINO picks bf16 on AMX CPUs
     unless told) and ``threads`` inference threads (None: torch's thread count, as the torch backend uses)."""
@@ -201,11 +203,13 @@ class InferRunner:
     """A compiled model behind ONNX Runtime's ``run(None, feeds) -> [arrays]`` call, so the decoder feeding
     of the ONNX backend drives it unchanged."""
 
+    @keeps_signal_stack
     def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
         self._request = compiled.create_infer_request()
         self._outputs = list(compiled.outputs)
 
+    @keeps_signal_stack
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         # share_outputs=False: the next inference reuses the output buffers; the caller keeps the arrays.
         result = self._request.infer(feeds, share_inputs=False, share_outputs=False)
@@ -246,6 +250,7 @@ def _check_decoder(run: Callable, refs: list, name: str) -> dict[str, float]:
     return {"low_res_max_abs_diff": worst_logit, "iou_max_abs_diff": worst_iou}
 
 
+@keeps_signal_stack
 def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True, progress: bool = True) -> dict:
     """Convert ``sam`` to f32 OpenVINO IR in ``out_dir``: ``{model_type}_encoder.xml/.bin`` (images (B, 3, S, S),
     see the module doc -> embeddings (B, 256, 64, 64)), ``{model_type}_decoder.xml/.bin`` (the official SAM
@@ -380,6 +385,7 @@ def describe_calibration(info: dict[str, Any] | None) -> str:
     return f"{where} ({info['images']} images)"
 
 
+@keeps_signal_stack
 def quantize_openvino_int8(
     folder: str | os.PathLike,
     calibration: str | os.PathLike | None = None,

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from ..io import atomic_write_text
-from ..masks import decode_rle, encode_rle, mask_area
+from ..masks import decode_rle, encode_rle, mask_area, rle_counts_total
 
 SCORE_DECIMALS = 5
 
@@ -116,15 +117,92 @@ def annotation_mask(ann: Mapping[str, Any]) -> np.ndarray:
     return decode_rle(ann["segmentation"])
 
 
+def _number_list(value: Any, what: str) -> list[float]:
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"{what}: expected a list of numbers")
+    if not np.isfinite(np.asarray(value, np.float64)).all():
+        raise ValueError(f"{what}: holds NaN or inf")
+    return [float(v) for v in value]
+
+
+def check_segmentation(segmentation: Any, height: int, width: int) -> list[list[float]] | dict[str, Any]:
+    """A COCO ``segmentation`` checked for an image of ``height`` x ``width``: the polygons that have an
+    area (3 points or more), or the RLE in pycocotools' form. Raises ValueError saying what is wrong.
+
+    Accepted: polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixels, an uncompressed RLE
+    ``{"size": [h, w], "counts": [run, ...]}`` (crowd annotations) or a compressed one (``counts`` a str).
+    """
+    if isinstance(segmentation, list):
+        polygons = []
+        for k, poly in enumerate(segmentation):
+            coords = _number_list(poly, f"segmentation[{k}]")
+            if len(coords) % 2:
+                raise ValueError(f"segmentation[{k}]: expected x, y pairs, got an odd count of {len(coords)} numbers")
+            if len(coords) >= 6:  # pycocotools reads a list of exactly 4 numbers as a box, not a polygon
+                polygons.append(coords)
+        return polygons
+    if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
+        raise ValueError("segmentation: expected a list of polygons or an RLE {'size': [h, w], 'counts': ...}")
+    size = segmentation["size"]
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or list(size) != [height, width]:
+        raise ValueError(f"segmentation: RLE size {size!r} differs from the image's [height, width] [{height}, {width}]")
+    counts = segmentation["counts"]
+    if isinstance(counts, list):
+        runs = _number_list(counts, "segmentation counts")
+        if any(r < 0 or r != int(r) for r in runs):
+            raise ValueError("segmentation counts: expected non-negative integer runs")
+        if sum(runs) != height * width:
+            raise ValueError(f"segmentation counts: runs cover {int(sum(runs))} pixels, expected {height} x {width}")
+        return mask_utils.frPyObjects({"size": [height, width], "counts": [int(r) for r in runs]}, height, width)
+    if isinstance(counts, (str, bytes)):
+        text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
+        try:
+            total = rle_counts_total(text)
+        except ValueError as e:
+            raise ValueError(f"segmentation counts: not a compressed RLE ({e})") from None
+        if total != height * width:
+            raise ValueError(f"segmentation counts: runs cover {total} pixels, expected {height} x {width}")
+        return {"size": [height, width], "counts": text.encode("ascii")}
+    raise ValueError(f"segmentation counts: expected a str or a list of runs, got {type(counts).__name__}")
+
+
+def segmentation_rle(segmentation: Any, height: int, width: int) -> dict[str, Any] | None:
+    """The compressed RLE (pycocotools' own, ``counts`` as bytes) of a COCO ``segmentation`` on an image
+    of ``height`` x ``width`` (see :func:`check_segmentation`); None for polygons covering no area.
+
+    Polygons are rasterised as pycocotools does, which is what ``COCOeval`` scores.
+    """
+    checked = check_segmentation(segmentation, height, width)
+    if isinstance(checked, dict):
+        return checked
+    if not checked:
+        return None
+    return mask_utils.merge(mask_utils.frPyObjects(checked, height, width))
+
+
+def segmentation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """The boolean (H, W) mask of a COCO ``segmentation`` (see :func:`segmentation_rle`; all False when
+    no polygon covers any area)."""
+    rle = segmentation_rle(segmentation, height, width)
+    if rle is None:
+        return np.zeros((height, width), bool)
+    return mask_utils.decode(rle).astype(bool)
+
+
 __all__ = [
     "SCORE_DECIMALS",
     "annotation",
     "annotation_mask",
     "bbox_xywh",
+    "check_segmentation",
     "category_records",
     "document",
     "dumps",
     "image_record",
     "read_coco",
+    "segmentation_mask",
+    "segmentation_rle",
     "write_coco",
 ]

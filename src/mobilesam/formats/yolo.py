@@ -92,6 +92,77 @@ def parse_line(line: str, where: str = "line") -> YoloSegment:
     return YoloSegment(int(cls_value), values.reshape(-1, 2), conf)
 
 
+@dataclass
+class YoloLabel:
+    """One line of a YOLO detection or segmentation label file, normalised to [0, 1].
+
+    ``box`` (4,) XYXY (from ``cx cy w h``, or the polygon's extent); ``polygon`` (K, 2) for a
+    segmentation line, None for a box line; ``conf`` if the line carries one.
+    """
+
+    cls: int
+    box: np.ndarray
+    polygon: np.ndarray | None = None
+    conf: float | None = None
+
+
+# Normalised coordinates a little outside [0, 1] are rounding; beyond this they are another convention.
+NORMALISED_SLACK = 0.01
+
+
+def parse_label_line(line: str, where: str = "line") -> YoloLabel:
+    """Read a box line ``class cx cy w h [conf]`` or a segment line ``class x1 y1 ... xK yK [conf]``
+    (K >= 3). ``where`` names the line in errors (e.g. ``"'labels/a.txt' line 3"``)."""
+    parts = line.split()
+    n = len(parts)
+    if n not in (5, 6) and n < 7:
+        raise ValueError(
+            f"{where}: expected 'class cx cy w h [conf]' or a segment 'class x1 y1 x2 y2 x3 y3 ... [conf]', "
+            f"got {n} values"
+        )
+    try:
+        cls_value = float(parts[0])
+        values = np.array([float(v) for v in parts[1:]], np.float64)
+    except ValueError:
+        raise ValueError(f"{where}: expected numbers, got {line.strip()!r}") from None
+    if not np.isfinite(values).all():
+        raise ValueError(f"{where}: values must be finite, got {line.strip()!r}")
+    if cls_value < 0 or not cls_value.is_integer():
+        raise ValueError(f"{where}: class id must be a non-negative integer, got {parts[0]!r}")
+    conf = None
+    if n in (5, 6):
+        if n == 6:
+            conf, values = float(values[-1]), values[:-1]
+        coords = values
+    else:
+        if len(values) % 2:
+            conf, values = float(values[-1]), values[:-1]
+        coords = values
+    if (coords < -NORMALISED_SLACK).any() or (coords > 1 + NORMALISED_SLACK).any():
+        raise ValueError(f"{where}: YOLO coordinates must be normalised to [0, 1] by the image size, got {line.strip()!r}")
+    if n in (5, 6):
+        cx, cy, w, h = coords
+        if w < 0 or h < 0:
+            raise ValueError(f"{where}: box width and height must be >= 0, got {line.strip()!r}")
+        return YoloLabel(int(cls_value), np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), None, conf)
+    xy = coords.reshape(-1, 2)
+    return YoloLabel(int(cls_value), np.concatenate([xy.min(0), xy.max(0)]), xy, conf)
+
+
+def read_label_file(path: str | os.PathLike) -> list[tuple[int, YoloLabel]]:
+    """``(line number, label)`` for every non-blank line of a detection or segmentation label file.
+
+    Raises ValueError naming the file and line of the first malformed line, or the file if it is not
+    UTF-8 text."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"labels: '{p}' is not UTF-8 text ({e})") from None
+    return [(i, parse_label_line(line, f"labels '{p}' line {i}"))
+            for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
 def read_labels(path: str | os.PathLike) -> list[YoloSegment]:
     """Every object of a label file, in line order (blank lines are skipped)."""
     p = Path(path)
@@ -101,12 +172,16 @@ def read_labels(path: str | os.PathLike) -> list[YoloSegment]:
 
 __all__ = [
     "DECIMALS",
+    "NORMALISED_SLACK",
+    "YoloLabel",
     "YoloSegment",
     "format_line",
     "labels_text",
     "mask_line",
     "mask_to_segment",
+    "parse_label_line",
     "parse_line",
+    "read_label_file",
     "read_labels",
     "write_labels",
 ]

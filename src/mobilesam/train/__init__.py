@@ -5,10 +5,14 @@
 3. :func:`assemble` puts the student encoder and the teacher's prompt encoder and mask decoder
    into one checkpoint in the official flat format;
 4. :func:`validate` compares student and teacher masks on the same seeded prompts (mIoU).
+
+Fine-tuning on labelled masks (:func:`finetune`, ``mobilesam finetune``) shares the training loop,
+checkpoints, logs and torchrun handling (:mod:`.loop`).
 """
 
 from .assemble import assemble
 from .data import DistillDataset, StepSampler, flip_pair
+from .finetuner import FinetuneConfig, finetune
 from .models import build_distill_sam, build_encoder
 from .store import EmbeddingStore, embed_folder, list_images
 from .trainer import TrainConfig, lr_factor, train
@@ -17,12 +21,14 @@ from .val import sample_prompts, validate
 __all__ = [
     "DistillDataset",
     "EmbeddingStore",
+    "FinetuneConfig",
     "StepSampler",
     "TrainConfig",
     "assemble",
     "build_distill_sam",
     "build_encoder",
     "embed_folder",
+    "finetune",
     "flip_pair",
     "list_images",
     "lr_factor",

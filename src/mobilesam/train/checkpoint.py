@@ -51,10 +51,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
-    """Write ``checkpoint`` (see the module docstring) through a temporary file and ``os.replace``."""
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], fmt: str = FORMAT) -> Path:
+    """Write ``checkpoint`` (see the module docstring) through a temporary file and ``os.replace``;
+    ``fmt`` tells the runs apart (``mobilesam-distill``, ``mobilesam-finetune``)."""
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, buf)
+    torch.save({"format": fmt, "version": VERSION, **checkpoint}, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -68,13 +69,16 @@ def resolve_resume(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint safely (weights_only) and check its format."""
+def load_checkpoint(path: str | os.PathLike, fmt: str = FORMAT, command: str = "train") -> dict[str, Any]:
+    """Read a training checkpoint safely (weights_only) and check its format (``fmt``, written by
+    ``mobilesam COMMAND``)."""
     p = Path(path).expanduser()
     obj = load_any_checkpoint(p)
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        other = obj.get("format") if isinstance(obj, dict) else None
+        hint = f" (it is a {other} checkpoint)" if isinstance(other, str) and other.startswith("mobilesam-") else ""
         raise CheckpointError(
-            f"resume: '{p}' is not a mobilesam training checkpoint (written by 'mobilesam train' as last.pt)"
+            f"resume: '{p}' is not a checkpoint of 'mobilesam {command}' (its last.pt){hint}"
         )
     if obj.get("version") != VERSION:
         raise CheckpointError(f"resume: '{p}' has checkpoint version {obj.get('version')}, this code reads {VERSION}")

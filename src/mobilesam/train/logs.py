@@ -1,4 +1,5 @@
-"""Run logs: a CSV of loss, learning rate and throughput, and a loss-curve PNG drawn with PIL."""
+"""Run logs: a CSV of loss, learning rate, throughput (and, for fine-tuning, validation mIoU), and PNG
+curves drawn with :mod:`mobilesam.plots`."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import csv
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
-
 from ..io import atomic_write_bytes
+from ..plots import line_chart, save_png, stacked
 
 COLUMNS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
 
 
-def read_log(path: str | os.PathLike) -> list[dict[str, float]]:
-    """Rows of a log CSV as floats; a malformed row (a crash mid-write) is skipped."""
+def read_log(path: str | os.PathLike, columns: Sequence[str] = COLUMNS) -> list[dict[str, float]]:
+    """Rows of a log CSV as floats (an empty cell is NaN); a malformed row (a crash mid-write) is skipped."""
     p = Path(path)
     if not p.is_file():
         return []
@@ -24,45 +25,42 @@ def read_log(path: str | os.PathLike) -> list[dict[str, float]]:
     with open(p, newline="") as f:
         for row in csv.DictReader(f):
             try:
-                rows.append({k: float(row[k]) for k in COLUMNS})
+                rows.append({k: float(row[k]) if row[k] != "" else math.nan for k in columns})
             except (KeyError, TypeError, ValueError):
                 continue
     return rows
 
 
 class CSVLog:
-    """Appends rows to ``log.csv``. On resume, rows after the resumed step are dropped first."""
+    """Appends rows to ``log.csv``. On resume, rows after the resumed step are dropped first.
 
-    def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
+    ``columns``: the CSV's columns, ``step`` first; a value not given in :meth:`write` is left empty.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None,
+                 columns: Sequence[str] = COLUMNS) -> None:
         self.path = Path(path)
-        rows = read_log(self.path) if resume_step is not None else []
+        self.columns = tuple(columns)
+        rows = read_log(self.path, self.columns) if resume_step is not None else []
         rows = [r for r in rows if r["step"] <= (resume_step or 0)]
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(COLUMNS)
+        writer.writerow(self.columns)
         for r in rows:
-            writer.writerow([_fmt(k, r[k]) for k in COLUMNS])
+            writer.writerow([_fmt(k, r[k]) for k in self.columns])
         atomic_write_bytes(self.path, buf.getvalue().encode())
 
     def write(self, **row: float) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([_fmt(k, row[k]) for k in COLUMNS])
+            csv.writer(f).writerow([_fmt(k, row.get(k, math.nan)) for k in self.columns])
 
 
 def _fmt(key: str, value: float) -> str:
+    if value != value:  # NaN: not measured at this step
+        return ""
     if key in ("step", "epoch"):
         return str(int(value))
     return f"{value:.8g}"
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        hi = lo + 1.0
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step) + 1)]
 
 
 def plot_loss(log_path: str | os.PathLike, out_path: str | os.PathLike, title: str = "distillation loss (MSE)") -> Path | None:
@@ -70,40 +68,27 @@ def plot_loss(log_path: str | os.PathLike, out_path: str | os.PathLike, title: s
     rows = read_log(log_path)
     if not rows:
         return None
-    steps = [r["step"] for r in rows]
-    losses = [max(r["loss"], 1e-12) for r in rows]
-    log_y = max(losses) / min(losses) > 10
-    ys = [math.log10(v) for v in losses] if log_y else losses
-    w, h, left, right, top, bottom = 800, 480, 80, 20, 40, 50
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    x0, x1 = min(steps), max(max(steps), min(steps) + 1)
-    y0, y1 = min(ys), max(ys)
-    pad = (y1 - y0) * 0.05 or 0.5
-    y0, y1 = y0 - pad, y1 + pad
+    chart = line_chart([("loss", [r["step"] for r in rows], [max(r["loss"], 1e-12) for r in rows])],
+                       title=title, xlabel="step", log_y=None)
+    return save_png(chart, out_path)
 
-    def px(s: float, v: float) -> tuple[float, float]:
-        return (left + (s - x0) / (x1 - x0) * (w - left - right), top + (y1 - v) / (y1 - y0) * (h - top - bottom))
 
-    for t in _nice_ticks(y0, y1):
-        _, y = px(x0, t)
-        d.line([left, y, w - right, y], fill=(225, 225, 225))
-        label = f"{10 ** t:.3g}" if log_y else f"{t:.3g}"
-        d.text((left - 6, y), label, fill="black", font=font, anchor="rm")
-    for t in _nice_ticks(x0, x1):
-        x, _ = px(t, y0)
-        d.line([x, top, x, h - bottom], fill=(235, 235, 235))
-        d.text((x, h - bottom + 6), f"{int(t)}", fill="black", font=font, anchor="mt")
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    pts = [px(s, v) for s, v in zip(steps, ys)]
-    if len(pts) > 1:
-        d.line(pts, fill=(31, 119, 180), width=2)
-    else:
-        x, y = pts[0]
-        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(31, 119, 180))
-    d.text((w / 2, 12), title + (" (log scale)" if log_y else ""), fill="black", font=font, anchor="mt")
-    d.text((w / 2, h - 12), "step", fill="black", font=font, anchor="mb")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return atomic_write_bytes(out_path, buf.getvalue())
+def plot_curves(log_path: str | os.PathLike, out_path: str | os.PathLike, columns: Sequence[str],
+                panels: Sequence[tuple[str, Sequence[str], tuple[float, float] | None]]) -> Path | None:
+    """Several panels of ``log.csv`` columns against step, stacked: each panel is (title, columns,
+    y range or None), e.g. ``("validation mIoU", ["val_box_miou", "val_point_miou"], (0, 1))``."""
+    rows = read_log(log_path, columns)
+    if not rows:
+        return None
+    charts = []
+    for title, names, y_range in panels:
+        series = []
+        for name in names:
+            pts = [(r["step"], r[name]) for r in rows if r[name] == r[name]]
+            series.append((name, [p[0] for p in pts], [p[1] for p in pts]))
+        if not any(s[1] for s in series):
+            continue
+        few = max(len(s[1]) for s in series) <= 60
+        charts.append(line_chart(series, title=title, xlabel="step", size=(800, 360), y_range=y_range,
+                                 log_y=None if y_range is None else False, markers=few))
+    return save_png(stacked(charts), out_path) if charts else None

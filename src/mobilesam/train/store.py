@@ -74,6 +74,18 @@ def list_images(root: str | os.PathLike) -> list[str]:
     return found
 
 
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """SHA-256 of an image encoder's weights (names, dtypes, shapes and bytes of its state_dict, in order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, t in encoder.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def embedding_shape(img_size: int) -> tuple[int, int, int]:
     return (PROMPT_EMBED_DIM, img_size // PATCH, img_size // PATCH)
 
@@ -108,8 +120,13 @@ class EmbeddingStore:
         return cls(root, meta)
 
     @classmethod
-    def create(cls, root: str | os.PathLike, teacher: str, model_type: str, img_size: int) -> EmbeddingStore:
-        """Open ``root`` for writing, creating meta.json; an existing folder must hold the same teacher setup."""
+    def create(cls, root: str | os.PathLike, teacher: str, model_type: str, img_size: int,
+               encoder_sha256: str | None = None) -> EmbeddingStore:
+        """Open ``root`` for writing, creating meta.json; an existing folder must hold the same teacher setup.
+
+        ``encoder_sha256``: :func:`encoder_fingerprint` of the encoder that writes the embeddings, kept in
+        meta.json so that a user of the store (``finetune``) can tell whether its own encoder wrote them.
+        """
         meta = {
             "format": FORMAT,
             "version": VERSION,
@@ -119,11 +136,15 @@ class EmbeddingStore:
             "shape": list(embedding_shape(img_size)),
             "dtype": "float16",
         }
+        if encoder_sha256 is not None:
+            meta["encoder_sha256"] = encoder_sha256
         base = Path(root).expanduser()
         if (base / META).is_file():
             old = cls.open(base).meta
             diff = [f"{k}: {old.get(k)!r} there, {meta[k]!r} now" for k in ("model_type", "img_size", "shape")
                     if old.get(k) != meta[k]]
+            if old.get("encoder_sha256") not in (None, encoder_sha256) and encoder_sha256 is not None:
+                diff.append("encoder_sha256: another encoder's weights")
             if diff:
                 raise ValueError(
                     f"embeddings: '{root}' already holds embeddings of another teacher setup ({'; '.join(diff)}); "
@@ -256,6 +277,7 @@ def embed_folder(
     overwrite: bool = False,
     teacher_name: str | None = None,
     progress: bool = True,
+    images: list[str] | None = None,
 ) -> dict[str, Any]:
     """Compute and store the teacher embedding of every image under ``data`` that ``out`` does not hold yet.
 
@@ -267,7 +289,7 @@ def embed_folder(
     An image that cannot be read is logged (``embed: skipped 'NAME': why``) and counted in ``failed``,
     with ``failed_files`` listing ``(NAME, why)``; the others are embedded. A stored file that is
     damaged (see :meth:`EmbeddingStore.damaged`) is recomputed. ``images_per_s`` is None when this
-    process computed nothing.
+    process computed nothing. ``images``: only these paths relative to ``data`` (e.g. a dataset's images).
     """
     check_img_size(img_size)
     if batch_size < 1:
@@ -278,7 +300,7 @@ def embed_folder(
         raise ValueError(f"workers: expected 0 or more, got {workers}")
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {precision!r}")
-    rels = list_images(data)
+    rels = list_images(data) if images is None else sorted(set(images))
     info = _dist.setup(device)
     sam = load_teacher(teacher, img_size).to(info.device)
     enc_sd = {"image_encoder." + k: v for k, v in sam.image_encoder.state_dict().items()}
@@ -287,7 +309,8 @@ def embed_folder(
     if overwrite and info.is_main and (Path(out) / META).is_file():
         (Path(out) / META).unlink()
     _dist.barrier(info)
-    store = EmbeddingStore.create(out, name, model_type, img_size) if info.is_main else None
+    store = EmbeddingStore.create(out, name, model_type, img_size, encoder_fingerprint(sam.image_encoder)) \
+        if info.is_main else None
     _dist.barrier(info)
     if store is None:
         store = EmbeddingStore.open(out)

@@ -7,35 +7,47 @@ curve do not depend on how many processes run it. Only rank 0 writes.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
-import random
-import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..io import atomic_write_bytes
 from . import dist as _dist
-from .checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
-from .data import DistillDataset, StepSampler, apply_flips, collate
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .data import DistillDataset, apply_flips, collate
 from .logs import CSVLog, plot_loss
+from .loop import (
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    autocast,
+    build_optimizer,
+    build_scheduler,
+    check_optim,
+    check_positive,
+    check_resume,
+    config_dict,
+    lr_factor,
+    optimize,
+    resolve_precision,
+    restore,
+    resumed_settings,
+    rng_states,
+    seed_all,
+    step_loader,
+    unwrap,
+)
 from .models import ENCODER_PREFIX, build_distill_sam
 from .store import DamagedEmbeddingError, EmbeddingStore, list_images, preprocess_batch
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")
+__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainConfig", "lr_factor", "train"]
 
 # Settings that define the optimisation: a resumed run must keep them to continue the same run.
 _RUN_DEFINING = (
@@ -96,123 +108,13 @@ class TrainConfig:
         """
         path = resolve_resume(resume)
         saved = load_checkpoint(path)["config"]
-        names = [f.name for f in fields(cls) if f.init]
-        unknown = sorted(set(given) - set(names))
-        if unknown:
-            raise TypeError(f"TrainConfig.resumed: unknown option {unknown[0]!r} (options: {', '.join(names)})")
-        kept = {k: saved[k] for k in names if k in saved and k not in _PER_CALL_OWN}
-        if "betas" in kept:
-            kept["betas"] = tuple(kept["betas"])
-        for name, value in given.items():
-            if name in _PER_CALL_INHERITED or name in _PER_CALL_OWN or name not in kept:
-                continue
-            if (tuple(value) if name == "betas" else value) != kept[name]:
-                raise ValueError(
-                    f"{name}: {value!r} differs from the run's {kept[name]!r} (saved in '{path}'); drop it to resume "
-                    "the run with its own settings, or start a new run with another --out"
-                )
-        return cls(**{**kept, **given})
+        return resumed_settings(cls, saved, path, given, _PER_CALL_INHERITED, _PER_CALL_OWN)
 
 
 def _check(cfg: TrainConfig) -> None:
-    def positive(name: str, value: Any, allow_zero: bool = False) -> None:
-        ok = isinstance(value, (int, float)) and (value >= 0 if allow_zero else value > 0)
-        if not ok:
-            raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
-
-    for name in ("epochs", "batch_size", "accumulate", "save_every", "log_every", "lr"):
-        positive(name, getattr(cfg, name))
-    for name in ("weight_decay", "clip_grad", "workers", "min_lr_ratio", "seed", "hflip", "vflip"):
-        positive(name, getattr(cfg, name), allow_zero=True)
-    if cfg.steps is not None:
-        positive("steps", cfg.steps)
-    if cfg.stop_after is not None:
-        positive("stop_after", cfg.stop_after)
-    if cfg.warmup_steps is not None:
-        positive("warmup_steps", cfg.warmup_steps, allow_zero=True)
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {cfg.optimizer!r}")
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {cfg.schedule!r}")
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {cfg.precision!r}")
-    if cfg.min_lr_ratio > 1:
-        raise ValueError(f"min_lr_ratio: expected a fraction of --lr in [0, 1], got {cfg.min_lr_ratio}")
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Learning-rate multiplier for optimizer step ``step`` (0-based): linear warmup, then decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-    return min_ratio + (1.0 - min_ratio) * decay
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms and position/attention biases (1-D or position tables)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.endswith(("attention_biases", "pos_embed", "rel_pos_h", "rel_pos_w"))
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type != "cuda":
-        raise ValueError(f"precision: bf16 autocast needs a CUDA device, this run uses {device}; use fp32 or auto")
-    return precision
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    d = asdict(cfg)
-    d["betas"] = list(cfg.betas)
-    return d
-
-
-def _check_resume(cfg: TrainConfig, saved: dict[str, Any], path: Path) -> None:
-    now = _config_dict(cfg)
-    diff = [f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now" for k in _RUN_DEFINING if saved.get(k) != now[k]]
-    if diff:
-        raise ValueError(
-            f"resume: '{path}' was trained with other settings ({'; '.join(diff)}); a resumed run continues the "
-            "same run, so pass the options it was started with (or start a new run with --init)"
-        )
-
-
-class _Unwrap:
-    """The encoder inside DistributedDataParallel, or the encoder itself."""
-
-    @staticmethod
-    def module(model: nn.Module) -> nn.Module:
-        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    check_optim(cfg)
+    for name in ("hflip", "vflip"):
+        check_positive(name, getattr(cfg, name), allow_zero=True)
 
 
 def train(cfg: TrainConfig | None = None, resume: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -236,7 +138,7 @@ def train(cfg: TrainConfig | None = None, resume: str | os.PathLike | None = Non
 
 def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | None) -> dict[str, Any]:
     device = info.device
-    precision = _resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device)
     store = EmbeddingStore.open(cfg.embeddings)
     img_size = int(store.meta["img_size"])
     rels = list_images(cfg.data)
@@ -270,7 +172,7 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
     if resume is not None:
         path = resolve_resume(resume)
         ckpt = load_checkpoint(path)
-        _check_resume(cfg, ckpt["config"], path)
+        check_resume(cfg, ckpt["config"], path, _RUN_DEFINING)
         if ckpt.get("precision", precision) != precision:  # --device is free, but "auto" follows it
             raise ValueError(
                 f"device: the run '{path}' trained in {ckpt['precision']}, this call on {device} would use "
@@ -287,7 +189,7 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
             f"out: '{out}' already holds a run (last.pt); pass --resume {out} to continue it, or choose another --out"
         )
 
-    _seed_all(cfg.seed + info.rank)
+    seed_all(cfg.seed + info.rank)
     sam = build_distill_sam(cfg.student, img_size, None if ckpt else cfg.init)
     if sam.image_encoder.img_size != img_size or tuple(store.shape[1:]) != (img_size // 16, img_size // 16):
         raise ValueError(f"embeddings: shape {store.shape} does not fit a {cfg.student} student at {img_size} px")
@@ -306,21 +208,12 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
     encoder.train()
 
     optimizer = build_optimizer(encoder, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.total_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
-    )
+    scheduler = build_scheduler(optimizer, cfg)
     step = 0
     if ckpt is not None:
         weights = {k[len(ENCODER_PREFIX):]: v for k, v in ckpt["model"].items()}
         encoder.load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step = int(ckpt["step"])
-        states = ckpt.get("rng") or []
-        if len(states) == info.world_size:
-            set_rng_state(states[info.rank])
-        else:
-            _seed_all(cfg.seed + info.rank + step)
+        step = restore(ckpt, optimizer, scheduler, info, cfg.seed)
 
     model: nn.Module = encoder
     if info.distributed:
@@ -333,17 +226,12 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
 
     dataset = DistillDataset(cfg.data, rels, store, img_size, cfg.hflip, cfg.vflip, cfg.seed)
     end = cfg.total_steps if cfg.stop_after is None else min(cfg.total_steps, step + cfg.stop_after)
-    sampler = StepSampler(len(rels), cfg.batch_size, cfg.accumulate, info.world_size, info.rank,
-                          cfg.seed, step, end)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
+    loader = step_loader(dataset, len(rels), cfg, info, step, end, collate)
 
     log = None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.json", (json.dumps({**_config_dict(cfg), "img_size": img_size,
+        atomic_write_bytes(out / "config.json", (json.dumps({**config_dict(cfg), "img_size": img_size,
                            "world_size": info.world_size, "teacher": store.meta}, indent=2) + "\n").encode())
         log = CSVLog(out / "log.csv", resume_step=step if ckpt else None)
         micro = cfg.batch_size // per_step
@@ -354,20 +242,16 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
         )
 
     def save(at_step: int, last_loss: float) -> None:
-        states = [None] * info.world_size
-        if info.distributed:
-            dist.all_gather_object(states, rng_state())
-        else:
-            states = [rng_state()]
+        states = rng_states(info)
         if info.is_main:
             save_checkpoint(out / "last.pt", {
-                "model": {ENCODER_PREFIX + k: v for k, v in _Unwrap.module(model).state_dict().items()},
+                "model": {ENCODER_PREFIX + k: v for k, v in unwrap(model).state_dict().items()},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "step": at_step,
                 "epoch": at_step // steps_per_epoch,
                 "loss": last_loss,
-                "config": _config_dict(cfg),
+                "config": config_dict(cfg),
                 "img_size": img_size,
                 "student": cfg.student,
                 "rng": states,
@@ -377,62 +261,24 @@ def _train(cfg: TrainConfig, info: _dist.DistInfo, resume: str | os.PathLike | N
             })
             plot_loss(out / "log.csv", out / "loss.png")
 
-    bar = tqdm(total=cfg.total_steps, initial=step, desc="train", unit="step",
-               disable=not (cfg.progress and info.is_main))
-    interval_loss = torch.zeros((), device=device)
-    interval_steps, interval_start, run_start = 0, time.perf_counter(), time.perf_counter()
-    last_loss = float(ckpt["loss"]) if ckpt is not None else float("nan")  # a finished run's, if no step runs
-    first_loss = None
-    batches = iter(loader)
-    images_seen = 0
-    try:
-        while step < end:
-            step_loss = torch.zeros((), device=device)
-            for k in range(cfg.accumulate):
-                batch = next(batches)
-                if "error" in batch:
-                    raise ValueError(batch["error"])
-                x = preprocess_batch(sam, batch["images"], device)
-                y = batch["targets"].to(device, non_blocking=True).float()
-                x, y = apply_flips(x, y, batch)
-                # DDP all-reduces gradients only on the last micro-step of an accumulation.
-                sync = k == cfg.accumulate - 1 or not info.distributed
-                with contextlib.nullcontext() if sync else model.no_sync():
-                    with _autocast(device, precision):
-                        pred = model(x)
-                    loss = F.mse_loss(pred.float(), y) / cfg.accumulate
-                    loss.backward()
-                step_loss += loss.detach()
-            if cfg.clip_grad > 0:
-                nn.utils.clip_grad_norm_(encoder.parameters(), cfg.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            interval_loss += step_loss
-            interval_steps += 1
-            images_seen += cfg.batch_size
-            if step % cfg.log_every == 0 or step == end:
-                if info.distributed:
-                    dist.all_reduce(interval_loss)
-                    interval_loss /= info.world_size
-                last_loss = float(interval_loss) / interval_steps
-                first_loss = last_loss if first_loss is None else first_loss
-                now = time.perf_counter()
-                speed = interval_steps * cfg.batch_size / max(now - interval_start, 1e-9)
-                lr = scheduler.get_last_lr()[0]
-                if log is not None:
-                    log.write(step=step, epoch=(step - 1) // steps_per_epoch, loss=last_loss, lr=lr,
-                              images_per_s=speed, elapsed_s=now - run_start)
-                bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.2e}", img_s=f"{speed:.3g}")
-                interval_loss.zero_()
-                interval_steps, interval_start = 0, now
-            bar.update(1)
-            if step % cfg.save_every == 0 or step == end:
-                save(step, last_loss)
-    finally:
-        bar.close()  # before an error's line, so that it does not land inside the bar
-    seconds = time.perf_counter() - run_start
+    def micro_loss(batch: dict, k: int) -> torch.Tensor:
+        x = preprocess_batch(sam, batch["images"], device)
+        y = batch["targets"].to(device, non_blocking=True).float()
+        x, y = apply_flips(x, y, batch)
+        with autocast(device, precision):
+            pred = model(x)
+        return F.mse_loss(pred.float(), y)
+
+    done = optimize(
+        info=info, model=model, clip_params=encoder.parameters, optimizer=optimizer, scheduler=scheduler,
+        batches=iter(loader), micro_loss=micro_loss, step=step, end=end, total_steps=cfg.total_steps,
+        accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, batch_size=cfg.batch_size,
+        steps_per_epoch=steps_per_epoch, log_every=cfg.log_every, save_every=cfg.save_every, log=log, save=save,
+        # a finished run's loss, if no step runs
+        last_loss=float(ckpt["loss"]) if ckpt is not None else float("nan"), progress=cfg.progress,
+    )
+    step, last_loss, first_loss, images_seen, seconds = (done.step, done.last_loss, done.first_loss,
+                                                        done.images_seen, done.seconds)
     summary = {
         "step": step,
         "total_steps": cfg.total_steps,
