@@ -90,6 +90,20 @@ def test_headers_for_webassembly_threads_and_the_runtime_sent_compressed(web_cli
     assert "MIT License" in (ORT_DIR / "LICENSE").read_text()
 
 
+def test_the_page_and_runtime_ship_in_the_wheel():
+    """Every file the page needs (onnxruntime-web included) is package data: an installed wheel serves them
+    as a clone does (``pip install -e .``)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mobilesam"]
+    package = root / "src" / "mobilesam"
+    static = sorted(p.relative_to(package).as_posix() for p in (package / "server" / "static").rglob("*") if p.is_file())
+    assert f"server/static/ort/{ORT_WASM}.gz" in static and "server/static/ort/LICENSE" in static
+    assert [f for f in static if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)] == []
+
+
 def test_embedding_on_the_wire(web_client):
     img = upload(web_client, scene())  # the image of the next test too: one encoder pass for both
     r16 = web_client.get(f"/api/images/{img['id']}/embedding")
