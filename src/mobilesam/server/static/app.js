@@ -27,6 +27,7 @@ const S = {
   timings: [], // one per decoded prompt: {click, decoded, drawn, decoder_ms, upscale_ms, mode} (ms)
   embeddings: [], // one per embedding loaded into the decoder: {encoder_ms, cached, bytes, ms} (ms: until ready)
   local: new Map(), // static page: image id -> {file, bitmap}
+  opened: 0, // static page: images opened so far (their ids)
   image: null, // {id, name, width, height, folder}
   objects: [], // {class_name, points, labels, box, rle, png, mask, lowRes, score, area, color, tint, seq}
   active: -1,
@@ -264,8 +265,7 @@ async function openLocal(file) {
   } catch (e) {
     throw new Error(`image: '${file.name}' is not a readable image (${e.message || e})`);
   }
-  S.opened = (S.opened || 0) + 1;
-  const id = `local-${S.opened}`;
+  const id = `local-${++S.opened}`;
   S.local.set(id, { file, bitmap });
   return { id, name: file.name, width: bitmap.width, height: bitmap.height, folder: false };
 }
@@ -339,7 +339,7 @@ async function showImageNow(r, saved) {
 // the decoder. Resolves to {encoder_ms, cached, bytes}.
 async function loadEmbedding(r) {
   const t0 = performance.now();
-  const decoder = await S.decoder;
+  const decoder = S.decoder; // loaded: showImageNow waits for S.decoderReady
   let emb, meta;
   if (STATIC) {
     const local = S.local.get(r.id);
