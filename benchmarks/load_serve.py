@@ -332,10 +332,10 @@ def main() -> int:
     return 1 if errors else 0
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the '## Serve' section of a Markdown file, keeping the others; atomic."""
+def write_section(path: Path, section: str, title: str = "Serve") -> None:
+    """Replace (or append) the '## {title}' section of a Markdown file, keeping the others; atomic."""
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(r"^## Serve\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)

@@ -74,3 +74,38 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, vit_t_pair) -> Pat
     path = tmp_path_factory.mktemp("ckpt") / "my weights v2.bin"
     torch.save(vit_t_pair[0].state_dict(), path)
     return path
+
+
+def trained_like(model_type: str, seed: int) -> Sam:
+    """A random model with non-trivial BatchNorm statistics and biases, as a trained model has."""
+    torch.manual_seed(seed)
+    sam = build_model(model_type)
+    with torch.no_grad():
+        for name, t in sam.state_dict().items():
+            if t.is_floating_point() and ("running_var" in name):
+                t.copy_(torch.rand_like(t) + 0.5)
+            elif t.is_floating_point() and ("bias" in name or "running_mean" in name or "attention_biases" in name):
+                t.copy_(torch.randn_like(t) * 0.1)
+    return sam
+
+
+@pytest.fixture(scope="session")
+def vit_t_onnx_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Sam, Path, dict]:
+    """``trained_like("vit_t", 0)`` exported to ONNX with its int8 variants (checked against PyTorch), once
+    per session: (model, folder, manifest). The export tests and the web page tests share it."""
+    from mobilesam.export import export_onnx
+
+    sam = trained_like("vit_t", 0)
+    out = tmp_path_factory.mktemp("onnx") / "vit_t"
+    return sam, out, export_onnx(sam, out, quantize="int8", progress=False)
+
+
+@pytest.fixture(scope="session")
+def web_site(tmp_path_factory: pytest.TempPathFactory, vit_t_onnx_export) -> Path:
+    """``mobilesam export --format web`` of that ONNX export, once per session: the static page, and in
+    ``model/`` the ONNX folder, which ``mobilesam serve --backend onnxruntime`` runs."""
+    from mobilesam.export import export_model
+
+    out = tmp_path_factory.mktemp("web") / "site"
+    export_model(str(vit_t_onnx_export[1]), out, format="web", progress=False)
+    return out

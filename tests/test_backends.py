@@ -168,7 +168,7 @@ def test_server_runs_through_the_backend(counting, vit_t_pair) -> None:
 
     buf = io.BytesIO()
     Image.fromarray(scene()).save(buf, format="PNG")
-    with TestClient(create_app(vit_t_pair[1], backend="counting")) as c:
+    with TestClient(create_app(vit_t_pair[1], backend="counting", decode="server")) as c:
         r = c.post("/api/images/upload", files={"file": ("s.png", buf.getvalue(), "image/png")})
         assert r.status_code == 200, r.text
         image_id = r.json()["id"]

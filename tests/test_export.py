@@ -14,36 +14,24 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
+from conftest import trained_like  # noqa: E402
 
 from mobilesam.export import ExportError, OnnxSamPredictor, export_onnx  # noqa: E402
 from mobilesam.export.graphs import DecoderGraph  # noqa: E402
 from mobilesam.export.manifest import MANIFEST_NAME, sha256_file  # noqa: E402
 from mobilesam.export.runtime import import_onnxruntime, make_session  # noqa: E402
-from mobilesam.modeling import build_model  # noqa: E402
 from mobilesam.predictor import SamPredictor  # noqa: E402
 
 EMB_RTOL = 1e-4
 LOGIT_ATOL = 1e-3
 
 
-def _model(model_type: str, seed: int):
-    torch.manual_seed(seed)
-    sam = build_model(model_type)
-    with torch.no_grad():  # non-trivial BatchNorm statistics and biases, as a trained model has
-        for name, t in sam.state_dict().items():
-            if t.is_floating_point() and ("running_var" in name):
-                t.copy_(torch.rand_like(t) + 0.5)
-            elif t.is_floating_point() and ("bias" in name or "running_mean" in name or "attention_biases" in name):
-                t.copy_(torch.randn_like(t) * 0.1)
-    return sam
+_model = trained_like  # non-trivial BatchNorm statistics and biases, as a trained model has
 
 
 @pytest.fixture(scope="module")
-def vit_t_export(tmp_path_factory):
-    sam = _model("vit_t", 0)
-    out = tmp_path_factory.mktemp("onnx") / "vit_t"
-    manifest = export_onnx(sam, out, quantize="int8", progress=False)
-    return sam, out, manifest
+def vit_t_export(vit_t_onnx_export):
+    return vit_t_onnx_export  # (model, folder, manifest), exported once per session (conftest)
 
 
 @pytest.fixture(scope="module")

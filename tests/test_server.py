@@ -166,14 +166,15 @@ def test_page_static_files_and_security_headers():
     with stub_app() as c:
         page = c.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-        assert '<script src="/static/app.js"' in page.text and 'href="/static/style.css"' in page.text
-        for path in ("/static/app.js", "/static/style.css"):
-            r = c.get(path)
+        assert '<script type="module" src="static/app.js"' in page.text and 'href="static/style.css"' in page.text
+        for path in ("app.js", "decoder.js", "masks.js", "labels.js", "style.css", "ort/ort.wasm.bundle.min.mjs"):
+            r = c.get(f"/static/{path}")
             assert r.status_code == 200 and len(r.text) > 500
-            # No CDN: everything the page needs is served by the app itself.
-            assert "http://" not in r.text and "https://" not in r.text
+            # No CDN: everything the page needs is served by the app itself (onnxruntime-web's one URL is
+            # in an error message).
+            assert "http://" not in r.text and r.text.count("https://") <= path.startswith("ort/")
         assert "http" not in page.text.replace("http-equiv", "")
-        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert "script-src 'self' 'wasm-unsafe-eval'" in page.headers["content-security-policy"]
         assert page.headers["x-content-type-options"] == "nosniff"
         assert c.get("/static/../app.py").status_code == 404
         info = c.get("/api/info").json()
@@ -185,7 +186,7 @@ def test_page_static_files_and_security_headers():
 
 @pytest.fixture(scope="module")
 def real_client(tiny_checkpoint: Path):
-    with TestClient(create_app(str(tiny_checkpoint), cache_size=4)) as c:
+    with TestClient(create_app(str(tiny_checkpoint), cache_size=4, decode="server")) as c:
         yield c
 
 

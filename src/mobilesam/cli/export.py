@@ -16,6 +16,8 @@ examples:
   mobilesam export --model mobile_sam.pt --format executorch --quantize int8   .pte for ExecuTorch (XNNPACK)
   mobilesam export --model mobile_sam.pt --format tflite                      .tflite for LiteRT
   mobilesam export --model mobile_sam.pt --format coreml --quantize fp16      .mlpackage for Core ML (macOS/iOS)
+  mobilesam export --model mobile_sam.pt --format web --out site     a static page: python -m http.server -d site
+  mobilesam export --model models/mobilesam --format web --out site  the same from an ONNX export folder
 
 Then: SAM("models/mobilesam") or OnnxSamPredictor("models/mobilesam", precision="int8").
 """

@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   mobilesam serve --images data/images               label the images of a folder (labels saved beside them)
   mobilesam serve --model mobile_sam.pt --port 8080  upload images from the browser
   mobilesam serve --host 0.0.0.0 --images data       reachable from other machines (no authentication!)
+  mobilesam serve --images data --decode server      every click decoded on the server (no WebAssembly needed)
 """
 
 
@@ -67,6 +68,29 @@ def register(subparsers: Any) -> None:
         default=8,
         help="images opened or uploaded and still waiting for the image encoder; more are refused with HTTP 503 "
         "until it catches up (default: %(default)s; e.g. --max-queue 32)",
+    )
+    p.add_argument(
+        "--decode",
+        choices=["auto", "browser", "server"],
+        default="auto",
+        help="where clicks are decoded: 'browser' (the page runs the prompt decoder with onnxruntime-web on an "
+        "embedding it downloads once per image; the server only encodes images), 'server' (one request per "
+        "click), 'auto' (default: the browser where the model has an exported decoder, SAM and MobileSAM; "
+        "the page itself falls back to the server without WebAssembly); e.g. --decode server",
+    )
+    p.add_argument(
+        "--decoder-precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="the decoder the page runs: fp32 (default, the server's masks) or int8 (4x smaller download; "
+        "refused unless its masks stay within IoU 0.99 of fp32, measured at export); e.g. --decoder-precision int8",
+    )
+    p.add_argument(
+        "--embedding-dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="image embeddings sent to the page as float16 (default, 2 MB for SAM) or float32 (4 MB); "
+        "e.g. --embedding-dtype float32",
     )
     from .convert import add_simplify_argument
 
@@ -132,8 +156,18 @@ def run(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             # Against DNS rebinding: on loopback only local host names are accepted.
             allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]", args.host] if loopback else None,
+            decode=args.decode,
+            decoder_precision=args.decoder_precision,
+            embedding_dtype=args.embedding_dtype,
             simplify=args.simplify,
         )
+    except ValueError as e:
+        sock.close()
+        msg = str(e)
+        for name in ("decode", "decoder_precision", "embedding_dtype"):
+            if msg.startswith(f"{name}:"):
+                raise CLIError("--" + name.replace("_", "-") + msg[len(name) :], 2) from None
+        raise
     except BaseException:
         sock.close()
         raise

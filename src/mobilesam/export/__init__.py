@@ -1,7 +1,8 @@
 """Exporters, one module per format, chosen through one registry (:mod:`.registry`).
 
 Built in: ``onnx`` (:func:`export_onnx`); for phones and edge boards ``executorch``, ``tflite`` and
-``coreml`` (:func:`export_executorch`, :func:`export_tflite`, :func:`export_coreml`). ``export_model(model, out, format=...)`` runs any registered
+``coreml`` (:func:`export_executorch`, :func:`export_tflite`, :func:`export_coreml`); ``web`` (a static page
+that segments in the browser: :func:`mobilesam.export.web_export.export_web`). ``export_model(model, out, format=...)`` runs any registered
 one; ``register_export_format`` adds one. ``export_onnx`` writes the image encoder (pre-processing
 inside), the prompt decoder (SAM's official ONNX interface), optional int8 variants and a manifest;
 ``OnnxSamPredictor`` (``mobilesam.backends``) runs them with ``SamPredictor``'s interface. Needs the
@@ -72,6 +73,16 @@ register_export_format(
     options=_EDGE_OPTIONS,
     backends=(),
     extra="coreml",
+)
+
+register_export_format(
+    "web",
+    ".web_export:export_web",
+    description="a static web page that segments in the browser, no server: onnxruntime-web (WebAssembly), "
+    "the ONNX image encoder and prompt decoder; COCO / YOLO / PNG labels written by the page",
+    options=("model_type", "quantize", "opset"),
+    backends=("onnxruntime", "onnxruntime-int8"),  # its model/ folder, as an onnx export
+    extra="onnx",
 )
 
 __all__ = sorted(

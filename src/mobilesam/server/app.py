@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
 import importlib.util
 import json
+import logging
 import os
 import re
 import secrets
@@ -50,8 +54,15 @@ from .labels import (
     to_png_zip,
     to_yolo,
 )
+from ..export.web_decoder import NoWebDecoder, WebDecoder, web_decoder_for
 
 STATIC_DIR = Path(__file__).parent / "static"
+ORT_DIR = STATIC_DIR / "ort"  # onnxruntime-web, vendored (scripts/vendor_onnxruntime_web.py)
+ORT_WASM = "ort-wasm-simd-threaded.wasm"
+DECODE_MODES = ("auto", "browser", "server")
+EMBEDDING_DTYPES = ("float16", "float32")
+LOW_RES = 256  # side of the decoder's low-resolution logits (mask input and output)
+logger = logging.getLogger("mobilesam")
 MAX_POINTS = 64
 MAX_OBJECTS = 2000
 MAX_EVERYTHING_MASKS = 512
@@ -72,6 +83,10 @@ class Prompts(BaseModel):
 
 class PredictBody(Prompts):
     multimask: bool | None = None  # None: three candidates for a lone point (ambiguous), else one
+    # Logits of an earlier mask of this object (refinement): base64 of LOW_RES x LOW_RES little-endian
+    # float32, as returned in "low_res" when ``return_low_res`` is set.
+    mask_input: str | None = Field(default=None, max_length=4 * LOW_RES * LOW_RES * 4 // 3 + 8)
+    return_low_res: bool = False
 
 
 class ObjectBody(Prompts):
@@ -144,9 +159,14 @@ class GuardMiddleware:
         (b"x-frame-options", b"DENY"),
         (
             b"content-security-policy",
-            b"default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
+            b"default-src 'self'; img-src 'self' data: blob:; script-src 'self' 'wasm-unsafe-eval'; "
+            b"worker-src 'self' blob:; style-src 'self'; "
             b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
         ),
+        # Cross-origin isolation: SharedArrayBuffer, so onnxruntime-web decodes with several threads.
+        (b"cross-origin-opener-policy", b"same-origin"),
+        (b"cross-origin-embedder-policy", b"require-corp"),
+        (b"cross-origin-resource-policy", b"same-origin"),
     ]
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
@@ -257,6 +277,23 @@ def check_prompts(
     return np.array(p.points, np.float64), np.array(p.labels, np.int64), box
 
 
+def _mask_input(text: str) -> np.ndarray:
+    """The ``mask_input`` of a predict body: (1, LOW_RES, LOW_RES) float32 logits; HTTP 422 otherwise."""
+    want = LOW_RES * LOW_RES * 4
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, "mask_input: expected base64 of little-endian float32 logits") from None
+    if len(raw) != want:
+        raise HTTPException(
+            422, f"mask_input: expected {want} bytes ({LOW_RES}x{LOW_RES} float32 logits), got {len(raw)}"
+        )
+    arr = np.frombuffer(raw, "<f4").reshape(1, LOW_RES, LOW_RES).astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise HTTPException(422, "mask_input: expected finite logits, got NaN or infinity")
+    return arr
+
+
 def _prompts_dict(p: Prompts) -> dict[str, Any]:
     return {"points": [list(xy) for xy in p.points], "labels": list(p.labels), "box": list(p.box) if p.box else None}
 
@@ -304,6 +341,9 @@ def create_app(
     max_images: int = 64,
     max_queue: int = 8,
     allowed_hosts: list[str] | None = None,
+    decode: str = "auto",
+    decoder_precision: str = "fp32",
+    embedding_dtype: str = "float16",
     simplify: float | None = None,
 ) -> FastAPI:
     """The web app. ``model`` is a ``Sam``, a checkpoint (path or known name, built with ``build_sam``) or,
@@ -317,6 +357,12 @@ def create_app(
     ``max_queue``: images opened or uploaded whose encoder pass has not ended; more get HTTP 503 with
     Retry-After (each holds its file's bytes, not its pixels, until the encoder needs them).
     ``allowed_hosts``: Host header values accepted (against DNS rebinding); None accepts any.
+    ``decode``: where clicks are decoded. "browser": the page runs the prompt decoder with
+    onnxruntime-web on embeddings it downloads once per image (``embedding_dtype`` on the wire), and the
+    server only encodes images; "server": every click is a request; "auto" (default): the browser where
+    the model has an exported decoder (SAM / MobileSAM, or an export folder), the server otherwise (and
+    the page falls back to the server by itself where WebAssembly is missing). ``decoder_precision``:
+    "fp32", or "int8" where its masks stay within IoU 0.99 of fp32 (measured at export).
     ``simplify``: tolerance in pixels of the saved YOLO polygons (None: ``mobilesam.masks.DEFAULT_SIMPLIFY``;
     0 keeps every contour point).
     """
@@ -333,6 +379,13 @@ def create_app(
 
     simplify = DEFAULT_SIMPLIFY if simplify is None else check_simplify(simplify)
     get_backend(backend)  # an unknown name fails before a slow model load
+    for name, value, allowed in (
+        ("decode", decode, DECODE_MODES),
+        ("decoder_precision", decoder_precision, ("fp32", "int8")),
+        ("embedding_dtype", embedding_dtype, EMBEDDING_DTYPES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
     folder = ImageFolder(images_dir) if images_dir is not None else None  # checked before a slow model load
     if model is not None and not hasattr(model, "image_encoder") and not is_exported_model(model):
         from ..build import build_sam
@@ -345,6 +398,21 @@ def create_app(
 
         def predictor_factory() -> PredictorLike:
             return create_predictor(model, backend)
+
+    web: WebDecoder | None = None
+    decode_reason = "started with --decode server" if decode == "server" else ""
+    if decode != "server":
+        try:
+            if model is None:
+                raise NoWebDecoder("decoder: no model was given (a predictor factory only), so the server decodes")
+            web = web_decoder_for(model, decoder_precision)
+        except NoWebDecoder as e:
+            if decode == "browser":
+                raise ValueError(f"decode: cannot decode in the browser: {e}") from None
+            decode_reason = str(e)
+            logger.info("mobilesam serve: clicks are decoded on the server: %s", e)
+    decoder_url = f"/api/decoder/{web.sha256[:16]}.onnx" if web else None
+    ort_version = json.loads((ORT_DIR / "VERSION.json").read_text())["version"]
 
     store = LabelStore(folder.root) if folder else None
     engine = Engine(
@@ -451,6 +519,27 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
 
+    wasm_gz: list[bytes] = []  # read once, on first request
+
+    @app.get(f"/static/ort/{ORT_WASM}", include_in_schema=False)
+    async def ort_wasm(request: Request) -> Response:
+        # Stored gzip-compressed (3.8 MB instead of 14.8): sent as it is to browsers that take gzip.
+        if not wasm_gz:
+            wasm_gz.append(await run_in_threadpool((ORT_DIR / f"{ORT_WASM}.gz").read_bytes))
+        headers = {"cache-control": "public, max-age=86400", "vary": "accept-encoding"}
+        if "gzip" in request.headers.get("accept-encoding", "").lower():
+            return Response(wasm_gz[0], media_type="application/wasm", headers={**headers, "content-encoding": "gzip"})
+        return Response(await run_in_threadpool(gzip.decompress, wasm_gz[0]), media_type="application/wasm",
+                        headers=headers)
+
+    @app.get("/api/decoder/{name}", include_in_schema=False)
+    async def decoder_file(name: str) -> FileResponse:
+        if web is None or decoder_url != f"/api/decoder/{name}":
+            raise HTTPException(404, f"decoder: no decoder {name[:80]!r} here (see /api/info for this server's)")
+        return FileResponse(
+            web.path, media_type="application/octet-stream", headers={"cache-control": "public, max-age=31536000, immutable"}
+        )
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # -- images --------------------------------------------------------------------------------------------
@@ -469,6 +558,13 @@ def create_app(
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
             "max_queue": max_queue,
+            "decode": "browser" if web else "server",
+            "decode_reason": decode_reason,
+            "decoder": web.describe(decoder_url) if web else None,
+            "embedding_dtype": embedding_dtype,
+            "onnxruntime_web": ort_version,
+            "encoder_passes": engine.encoder_passes,
+            "cpu_seconds": {k: round(v, 3) for k, v in engine.cpu_seconds.items()},
         }
 
     @app.get("/api/images")
@@ -545,6 +641,37 @@ def create_app(
             "wait_ms": round((time.perf_counter() - t0) * 1000, 1),
         }
 
+    @app.get("/api/images/{image_id}/embedding")
+    async def embedding(image_id: str, dtype: Literal["float16", "float32"] | None = Query(None)) -> Response:
+        """The image embedding as raw little-endian floats, for the page's decoder (computed if needed)."""
+        if web is None:
+            raise HTTPException(409, f"embedding: this server decodes clicks itself ({decode_reason}); use /predict")
+        rec = registry.get(image_id)
+        t0 = time.perf_counter()
+        emb, cached = await engine.embedding(rec.key, loader(rec))
+        tensors = emb.features.tensors
+        wire = dtype or embedding_dtype
+        arr = next(iter(tensors.values())).detach().cpu().numpy()
+        if len(tensors) != 1 or tuple(arr.shape) != web.embedding_shape:
+            got = {k: tuple(v.shape) for k, v in tensors.items()}
+            raise HTTPException(500, f"embedding: the encoder gave {got}, the decoder takes {web.embedding_shape}")
+        data = await run_in_threadpool(lambda: arr.astype("<f2" if wire == "float16" else "<f4").tobytes())
+        (h, w), (ih, iw) = emb.features.original_size, emb.features.input_size
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={
+                "cache-control": "private, max-age=3600",
+                "x-embedding-dtype": wire,
+                "x-embedding-shape": ",".join(str(d) for d in arr.shape),
+                "x-original-size": f"{h},{w}",
+                "x-input-size": f"{ih},{iw}",
+                "x-embedding-cached": "1" if cached else "0",
+                "x-encoder-ms": f"{emb.seconds * 1000:.1f}",
+                "x-wait-ms": f"{(time.perf_counter() - t0) * 1000:.1f}",
+            },
+        )
+
     # -- prompts -------------------------------------------------------------------------------------------
 
     @app.post("/api/images/{image_id}/predict")
@@ -552,11 +679,14 @@ def create_app(
         rec = registry.get(image_id)
         points, labels, box = check_prompts(body, rec.size)
         multimask = body.multimask if body.multimask is not None else (box is None and len(body.points) == 1)
+        mask_input = _mask_input(body.mask_input) if body.mask_input is not None else None
         emb, cached = await engine.embedding(rec.key, loader(rec))
         t0 = time.perf_counter()
-        mask, score = await engine.predict(emb, points, labels, box, multimask)
+        mask, score, low_res = await engine.predict(emb, points, labels, box, multimask, mask_input)
         decode_ms = (time.perf_counter() - t0) * 1000
         payload = await engine.run_in_decoder_pool(mask_payload, mask, score)
+        if body.return_low_res:
+            payload["low_res"] = base64.b64encode(low_res.astype("<f4").tobytes()).decode("ascii")
         return {**payload, "decode_ms": round(decode_ms, 1), "embedding_cached": cached}
 
     @app.post("/api/images/{image_id}/everything")

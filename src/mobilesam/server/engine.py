@@ -139,6 +139,10 @@ class Engine:
         # does not queue behind it.
         self._everything_pool = ThreadPoolExecutor(1, thread_name_prefix="mobilesam-everything")
         self.encoder_passes = 0
+        # CPU seconds spent by the threads of each kind of work (time.thread_time), for /api/info: with
+        # clicks decoded in the browser, the decoder's stays at zero.
+        self.cpu_seconds = {"encoder": 0.0, "decoder": 0.0, "everything": 0.0}
+        self._cpu_lock = threading.Lock()
 
     # -- embeddings ---------------------------------------------------------------------------------------
 
@@ -216,7 +220,12 @@ class Engine:
             pred = self._local.predictor = self._factory()
         return pred
 
+    def _count_cpu(self, kind: str, since: float) -> None:
+        with self._cpu_lock:
+            self.cpu_seconds[kind] += time.thread_time() - since
+
     def _encode(self, key: str, load_rgb: Callable[[], np.ndarray], slot: Slot) -> Embedding:
+        cpu = time.thread_time()
         try:
             rgb = load_rgb()
             pred = self._encoder_predictor()
@@ -233,6 +242,7 @@ class Engine:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
             slot.release()
+            self._count_cpu("encoder", cpu)
 
     # -- prompts ------------------------------------------------------------------------------------------
 
@@ -243,13 +253,19 @@ class Engine:
         labels: np.ndarray | None,
         box: np.ndarray | None,
         multimask: bool,
-    ) -> tuple[np.ndarray, float]:
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        cpu = time.thread_time()
         with self._decoder_lock:
             self._decoder.set_features(emb.features)
-            masks, scores, _ = self._decoder.predict(points, labels, box, multimask_output=multimask)
+            masks, scores, low_res = self._decoder.predict(
+                points, labels, box, mask_input=mask_input, multimask_output=multimask
+            )
             self._decoder.reset_image()
         best = int(np.argmax(scores))
-        return np.asarray(masks[best], dtype=bool), float(scores[best])
+        out = np.asarray(masks[best], dtype=bool), float(scores[best]), np.asarray(low_res[best], np.float32)
+        self._count_cpu("decoder", cpu)
+        return out
 
     async def predict(
         self,
@@ -258,18 +274,31 @@ class Engine:
         labels: np.ndarray | None,
         box: np.ndarray | None,
         multimask: bool,
-    ) -> tuple[np.ndarray, float]:
-        """Best mask (H, W) bool and its predicted IoU for one object's prompts (original-image pixels)."""
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """Best mask (H, W) bool, its predicted IoU and its low-resolution logits (256, 256) for one
+        object's prompts (original-image pixels); ``mask_input`` (1, 256, 256): logits of an earlier mask."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoder_pool, self._decode, emb, points, labels, box, multimask)
+        return await loop.run_in_executor(
+            self._decoder_pool, self._decode, emb, points, labels, box, multimask, mask_input
+        )
 
     async def run_in_decoder_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Short CPU work (mask encoding) off the event loop, on the decoder side."""
-        return await asyncio.get_running_loop().run_in_executor(self._decoder_pool, fn, *args)
+        """Short CPU work (mask encoding) off the event loop, on the decoder side (counted as decoder CPU)."""
+
+        def counted() -> Any:
+            cpu = time.thread_time()
+            try:
+                return fn(*args)
+            finally:
+                self._count_cpu("decoder", cpu)
+
+        return await asyncio.get_running_loop().run_in_executor(self._decoder_pool, counted)
 
     # -- segment everything -------------------------------------------------------------------------------
 
     def _everything(self, load_rgb: Callable[[], np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        cpu = time.thread_time()
         with self._generator_lock:
             if self._generator is None:
                 self._generator = self._generator_factory(self.model)
@@ -279,6 +308,7 @@ class Engine:
             seg = r["segmentation"]
             mask = decode_rle(seg) if isinstance(seg, dict) else np.asarray(seg, dtype=bool)
             out.append((mask, float(r.get("predicted_iou", 0.0))))
+        self._count_cpu("everything", cpu)
         return out
 
     async def everything(self, load_rgb: Callable[[], np.ndarray]) -> list[tuple[np.ndarray, float]]:
