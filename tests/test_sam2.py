@@ -8,6 +8,7 @@ each (model, image) pair is encoded once per session by each side and the predic
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from pathlib import Path
 
@@ -343,13 +344,18 @@ def test_predictor_fills_holes_as_official(monkeypatch) -> None:
 
 # SAM 2 and SAM 2.1 share the image path (2.1 only adds video weights): SAM 2.1 tiny is checked on the three
 # images; base+ (other widths, depths and global-attention blocks) and SAM 2 tiny (its own config) on the
-# photograph. Each base+ case costs ~15 s on 2 cores, so the other base+ cases were left to the tiny model.
+# photograph. Each base+ case costs ~15 s on 2 cores: the other base+ cases run with MOBILESAM_FULL_PARITY=1.
 _FAST = [(TINY, "photo"), (TINY, "grey_wide"), (TINY, "tiny")]
 _SLOW = [(BASE_PLUS, "photo"), (TINY_2, "photo")]
+_FULL = [(BASE_PLUS, "grey_wide"), (BASE_PLUS, "tiny"), ("sam2_hiera_base_plus", "photo")]
+_FULL_MARKS = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("MOBILESAM_FULL_PARITY") != "1",
+                                                    reason="the full base+ set: MOBILESAM_FULL_PARITY=1")]
 
 
 @pytest.mark.parametrize(
-    "model_type, image_name", _FAST + [pytest.param(*case, marks=pytest.mark.slow) for case in _SLOW]
+    "model_type, image_name",
+    _FAST + [pytest.param(*case, marks=pytest.mark.slow) for case in _SLOW]
+    + [pytest.param(*case, marks=_FULL_MARKS) for case in _FULL],
 )
 def test_predictor_parity(model_type: str, image_name: str, record_property) -> None:
     failures, worst = compare(*predictors(model_type, image_name))
