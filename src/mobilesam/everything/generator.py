@@ -21,6 +21,7 @@ from ..io import ImageLike, load_image
 from ..masks import encode_rle, masks_to_boxes
 from .amg import (
     area_from_rle,
+    box_iou,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
     calculate_stability_score,
@@ -34,6 +35,7 @@ from .amg import (
     uncrop_masks,
     uncrop_points,
 )
+from .fast_trace import FastTrace
 
 logger = logging.getLogger("mobilesam")
 
@@ -386,6 +388,8 @@ class SamAutomaticMaskGenerator:
             self.predictor = model
         else:
             self.predictor = create_predictor(model, backend)
+        # A FastTrace here records fast mode's decisions for the next generate() call (for analysis).
+        self.trace: FastTrace | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -546,8 +550,13 @@ class SamAutomaticMaskGenerator:
         remaining = list(coarse_to_fine_order(points / np.array([crop_w, crop_h])))
         scale = lh = lw = 0
         counts = self.counts
+        trace = self.trace
+        if trace is not None:
+            trace.start_crop(crop_box, points)
+        sources: list[tuple[int, int]] = []  # (point, output) of each candidate row, for the trace
         while remaining:
             take: list[int] = []
+            skipped: list[int] = []
             before = len(remaining)
             while remaining and len(take) < self.points_per_batch:
                 i = remaining.pop(0)
@@ -555,8 +564,11 @@ class SamAutomaticMaskGenerator:
                     cx = min(int(in_points[i, 0] / scale), lw - 1)
                     cy = min(int(in_points[i, 1] / scale), lh - 1)
                     if covered[cy, cx]:
+                        skipped.append(i)
                         continue  # inside a mask already accepted as some point's finest mask
                 take.append(i)
+            if trace is not None:
+                trace.crop.skipped.extend(skipped)
             bar.update(before - len(remaining))  # the skipped points are done too
             if not take:
                 break
@@ -587,6 +599,10 @@ class SamAutomaticMaskGenerator:
                 counts.add_stability(stab[unstable], torch.zeros_like(stab[unstable], dtype=torch.bool))
                 keep &= ~unstable
                 strict &= stab >= self.stability_score_thresh
+            if trace is not None:
+                trace.batch(take, iou, stab, iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0
+                            else torch.ones_like(keep), keep)
+            sources += [(take[r // nm], r % nm) for r in keep.nonzero().flatten().tolist()]
             # Each point's finest confident mask; once two points give the same one, the points inside
             # it are taken as answered (the model has shown it returns that mask wherever it is clicked).
             areas = (inner > thr).sum((-1, -2))
@@ -612,7 +628,8 @@ class SamAutomaticMaskGenerator:
             [cells[:, 0] * sx, cells[:, 1] * sy, (cells[:, 2] + 1) * sx - 1, (cells[:, 3] + 1) * sy - 1], dim=1
         )
         boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([crop_w - 1, crop_h - 1] * 2))
-        candidates = (~is_box_near_crop_edge(boxes, crop_box, crop_frame)).nonzero().flatten()
+        near_edge_low = is_box_near_crop_edge(boxes, crop_box, crop_frame)
+        candidates = (~near_edge_low).nonzero().flatten()
         counts.near_crop_edge += len(low) - len(candidates)
         # Exact mode filters at full resolution and then runs NMS; here NMS runs first, on the cheap
         # low-resolution boxes, and only its winners are upsampled and checked. A winner that fails
@@ -621,6 +638,7 @@ class SamAutomaticMaskGenerator:
         iou_preds = data["iou_preds"]
         checked: dict[int, tuple[torch.Tensor, float]] = {}  # candidate -> (full mask, stability)
         rejected = torch.zeros(len(low), dtype=torch.bool, device=low.device)
+        rejected_why: dict[int, str] = {}
         while True:
             alive = candidates[~rejected[candidates]]
             winners = alive[nms(boxes[alive], iou_preds[alive], self.box_nms_thresh)].tolist()
@@ -643,8 +661,19 @@ class SamAutomaticMaskGenerator:
                 for k, i in enumerate(chunk):
                     if not ok[k]:
                         rejected[i] = True
+                        rejected_why[i] = "edge_full" if near_edge[k] else "stability_full"
                     else:
                         checked[i] = (masks[k], float(stability[k]))
+        if trace is not None:
+            fates, by = dict(rejected_why), {}
+            fates.update({j: "edge_low" for j in near_edge_low.nonzero().flatten().tolist()})
+            order = sorted(winners, key=lambda i: -float(iou_preds[i]))
+            for j in set(candidates.tolist()) - set(winners) - set(rejected_why):
+                over = (box_iou(torch.cat([boxes[j : j + 1], boxes[order]]))[0, 1:] > self.box_nms_thresh).nonzero()
+                fates[j] = "suppressed"
+                if len(over):
+                    by[j] = sources[order[int(over[0])]]
+            trace.resolve(sources, fates, by)
         if not winners:
             return MaskData()
         data.filter(torch.as_tensor(winners, dtype=torch.long))
