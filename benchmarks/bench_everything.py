@@ -206,6 +206,9 @@ def markdown(report: dict) -> str:
             f"| {r['gt_recall']} | {found if found is not None else '-'} | {r['peak_rss_mb']} "
             f"({r['peak_minus_baseline_mb']}) |"
         )
+    if s.get("reused"):
+        lines += ["", f"Reused from an earlier run of the same command on the same scenes: {', '.join(s['reused'])} "
+                  "(their times, hence the speed-ups, come from that run)."]
     reproduced = report["table"].get("exact", {}).get("official_masks_reproduced")
     if reproduced is not None:
         lines += ["", f"Exact mode reproduced {reproduced:.1%} of the official masks with IoU >= 0.99."]
@@ -268,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(HERE / "RESULTS.md"), help="markdown file to update")
     ap.add_argument("--max-minutes", type=float, default=0, help="skip the methods left after this long (0: no limit)")
     ap.add_argument("--from-json", default=None, help="only rewrite the markdown section from an earlier JSON")
+    ap.add_argument("--workers-dir", default=None,
+                    help="keep each method's raw output (times and masks) here as METHOD.json, to reuse")
+    ap.add_argument("--reuse", default="",
+                    help="comma-separated methods to load from --workers-dir instead of running (e.g. the slow "
+                    "official generator, measured once); their times come from that earlier run")
     ap.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -308,14 +316,28 @@ def main(argv: list[str] | None = None) -> int:
         "proxy_generator_recall": meta.get("generator_recall"),
     }
     command = "python benchmarks/bench_everything.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    reuse = [m for m in args.reuse.split(",") if m]
+    if reuse and not args.workers_dir:
+        ap.error("--reuse: needs --workers-dir, the folder an earlier run kept its methods' outputs in")
     results: dict[str, dict] = {}
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
+        keep = Path(args.workers_dir) if args.workers_dir else Path(tmp)
+        keep.mkdir(parents=True, exist_ok=True)
         for m in methods:
+            out = keep / f"{m}.json"
+            if m in reuse:
+                if not out.is_file():
+                    ap.error(f"--reuse: no earlier output {out} for {m}")
+                results[m] = json.loads(out.read_text())
+                if len(results[m]["seconds"]) != args.scenes:
+                    ap.error(f"--reuse: {out} holds {len(results[m]['seconds'])} scenes, not --scenes {args.scenes}")
+                settings.setdefault("reused", []).append(m)
+                print(f"{m}: reused {out} ({np.mean(results[m]['seconds']):.2f} s/image then)", flush=True)
+                continue
             if args.max_minutes and time.time() - start > 60 * args.max_minutes:
                 print(f"{m}: skipped, over --max-minutes {args.max_minutes}", flush=True)
                 continue
-            out = Path(tmp) / f"{m}.json"
             cmd = [sys.executable, __file__, "--worker", m, "--worker-out", str(out), "--checkpoint", str(ckpt),
                    "--scenes", str(args.scenes), "--points-per-side", str(args.points_per_side),
                    "--threads", str(args.threads), "--device", args.device, "--scene-set", args.scene_set]
