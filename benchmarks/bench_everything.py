@@ -17,6 +17,11 @@ earlier commit), in the same run, for before/after tables.
     python benchmarks/bench_everything.py --scene-set hard --scenes 16 --methods official,fast,fast_before \
         --before-src /tmp/before/src
     python benchmarks/bench_everything.py --from-json results.json    # only rewrite RESULTS.md
+
+Each worker records wall and CPU seconds per scene (CPU seconds of a one-thread worker measure its work
+whatever else a shared machine runs) and writes its output after every scene; ``--workers-dir`` keeps
+those outputs and ``--reuse`` evaluates them without re-running (the table then covers the scenes every
+method finished). ``--long-side 320,480`` makes the hard scenes smaller, for a quick run.
 """
 
 from __future__ import annotations
@@ -51,16 +56,26 @@ SECTIONS = {"proxy": "## Segment everything", "hard": "## Segment everything on 
 SCENE_SEED = 555_000_000
 
 
-def make_scene(scene_set: str, k: int):
-    """Held-out scene ``k`` of ``scene_set``: the proxy's own kind, or a hard one."""
+def make_scene(scene_set: str, k: int, long_side: tuple[int, int] = hard_scenes.LONG_SIDE):
+    """Held-out scene ``k`` of ``scene_set``: the proxy's own kind, or a hard one (``long_side`` px)."""
     if scene_set == "hard":
-        return hard_scenes.hard_scene(hard_scenes.held_out_seeds(1, k)[0])
+        return hard_scenes.hard_scene(hard_scenes.held_out_seeds(1, k)[0], long_side=long_side)
     return proxy.make_scene(SCENE_SEED + k)
 
 
-def make_scenes(scene_set: str, n: int) -> list:
+def make_scenes(scene_set: str, n: int, long_side: tuple[int, int] = hard_scenes.LONG_SIDE) -> list:
     """The first ``n`` held-out scenes of ``scene_set``."""
-    return [make_scene(scene_set, k) for k in range(n)]
+    return [make_scene(scene_set, k, long_side) for k in range(n)]
+
+
+def _long_side(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH pixels (e.g. 640,1280), got {text!r}") from None
+    if not 64 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 64 <= LOW <= HIGH, got {text!r}")
+    return lo, hi
 
 
 def _rss_mb() -> float:
@@ -107,11 +122,11 @@ def run_worker(args: argparse.Namespace) -> None:
         gen = SamAutomaticMaskGenerator(model, mode=mode, progress=False, **kw)
         small = SamAutomaticMaskGenerator(model, mode=mode, points_per_side=4, progress=False)
     # Scenes made one at a time (a 1280 px hard scene takes a while): a worker stopped early keeps its first ones.
-    small.generate(make_scenes(args.scene_set, 1)[0].image)  # warm-up: first-call allocations and kernel selection
+    small.generate(make_scene(args.scene_set, 0, args.long_side).image)  # warm-up: first-call allocations and kernel selection
     base = _rss_mb()
     out = {"method": args.worker, "seconds": [], "cpu_seconds": [], "masks": [], "baseline_rss_mb": round(base, 1)}
     for k in range(args.scenes):
-        sc = make_scene(args.scene_set, k)
+        sc = make_scene(args.scene_set, k, args.long_side)
         t, c = time.perf_counter(), time.process_time()
         recs = gen.generate(sc.image)
         if args.device.startswith("cuda"):
@@ -289,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before-src", default=None,
                     help="the src folder of another tree (e.g. a git worktree of an earlier commit), for fast_before")
     ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--long-side", type=_long_side, default=hard_scenes.LONG_SIDE,
+                    help="hard scenes' long side range in px, LOW,HIGH; default: %(default)s (smaller: a quick run "
+                    "on a busy machine; the official generator's upsampling, hence fast mode's gain, shrinks with it)")
     ap.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 2)), help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", default="fast,exact,official,fast_noskip",
@@ -327,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if "fast_before" in methods and not (args.before_src and (Path(args.before_src) / "mobilesam").is_dir()):
         ap.error(f"--before-src: fast_before needs the src folder of another tree (holding mobilesam/), "
                  f"got {args.before_src!r}")
-    scenes = make_scenes(args.scene_set, args.scenes)
+    scenes = make_scenes(args.scene_set, args.scenes, args.long_side)
     settings = {
         "scene_set": args.scene_set,
         "sizes": [f"{s.image.shape[1]}x{s.image.shape[0]}" for s in scenes],
@@ -369,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cmd = [sys.executable, __file__, "--worker", m, "--worker-out", str(out), "--checkpoint", str(ckpt),
                    "--scenes", str(args.scenes), "--points-per-side", str(args.points_per_side),
-                   "--threads", str(args.threads), "--device", args.device, "--scene-set", args.scene_set]
+                   "--threads", str(args.threads), "--device", args.device, "--scene-set", args.scene_set,
+                   "--long-side", ",".join(map(str, args.long_side))]
             env = dict(os.environ)
             if m == "fast_before":
                 env["MOBILESAM_BENCH_SRC"] = str(Path(args.before_src).resolve())

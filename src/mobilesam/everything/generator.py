@@ -54,6 +54,10 @@ FAST_AGREE_IOU = 0.9
 FAST_COVER_ERODE = 1
 # False: fast mode decodes every grid point (to measure what the skipping saves and costs).
 FAST_SKIP = True
+# True: neighbours agree when their *accepted* masks agree (and a point lies inside their smallest accepted
+# mask), so rejected outputs that differ do not force a decode: fewer points decoded, more risk of a
+# miss. False (default): all three outputs must agree, so a skipped point would have given the same
+# candidates.
 FAST_ACCEPTED_ONLY = False
 # Seconds before the progress bar over the grid points appears: a small image is done before that.
 PROGRESS_DELAY = 1.0
