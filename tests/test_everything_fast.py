@@ -186,6 +186,7 @@ def test_lattice_side_recognises_the_official_grid_only():
     assert lattice_side(build_point_grid(8)[:63]) is None
 
 
+@pytest.mark.slow
 def test_decode_low_res_above_scores_first_and_upscales_only_kept_prompts(vit_t_pair, images):
     """The torch backend's split decode: same IoUs and same masks for the prompts it keeps, none for the
     others; the predictor interface's default decodes every mask."""
