@@ -19,7 +19,7 @@ HEAVY = ("torch", "cv2", "pycocotools", "tqdm", "fastapi", "onnx", "onnxruntime"
 PUBLIC = {
     "SAM", "Results", "auto_annotate", "build_sam", "detect_model_type", "sam_model_registry", "MODEL_CONFIGS",
     "Sam", "SamPredictor", "WEIGHTS", "CheckpointError", "__version__", "tune_allocator", "register_backend",
-    "available_backends", "create_predictor",
+    "available_backends", "create_predictor", "SamAutomaticMaskGenerator",
     "val", "finetune",  # issue 19: labelled validation and fine-tuning
 }
 
@@ -63,6 +63,10 @@ def test_public_names_resolve_lazily_and_are_listed() -> None:
     from mobilesam.predictor import SamPredictor
 
     assert mobilesam.create_predictor is create_predictor and mobilesam.SamPredictor is SamPredictor
+    # As in the official package: ``from mobile_sam import SamAutomaticMaskGenerator, SamPredictor``.
+    from mobilesam.everything import SamAutomaticMaskGenerator
+
+    assert mobilesam.SamAutomaticMaskGenerator is SamAutomaticMaskGenerator
     # Submodules stay reachable as attributes, as when __init__ imported them all.
     assert mobilesam.predictor.SamPredictor is SamPredictor
     with pytest.raises(AttributeError, match="no_such_name"):

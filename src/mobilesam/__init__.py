@@ -2,7 +2,7 @@
 
 High level (Ultralytics-style): ``SAM``, ``Results``, ``auto_annotate``.
 Labelled data: ``val`` (box / click mIoU, NoC, mask AP), ``finetune`` (mask decoder, prompt encoder, LoRA).
-Low level (official API): ``build_sam``, ``sam_model_registry``, ``SamPredictor``.
+Low level (official API): ``build_sam``, ``sam_model_registry``, ``SamPredictor``, ``SamAutomaticMaskGenerator``.
 Backends: ``create_predictor``, ``register_backend``, ``available_backends``.
 Process set-up for CPU inference: ``tune_allocator``.
 
@@ -24,6 +24,7 @@ _LAZY_NAMES = {
     "Results": "results",
     "SAM": "model",
     "SamPredictor": "predictor",
+    "SamAutomaticMaskGenerator": "everything",
     "auto_annotate": "annotate",
     "build_sam": "build",
     "detect_model_type": "build",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from
     from .annotate import auto_annotate
     from .backends import available_backends, create_predictor, register_backend
     from .build import build_sam, detect_model_type, sam_model_registry
+    from .everything import SamAutomaticMaskGenerator
     from .model import SAM
     from .modeling import MODEL_CONFIGS, Sam
     from .predictor import SamPredictor

@@ -152,6 +152,17 @@ class PredictorBase(ABC):
     def postprocess_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         """Low-resolution logits (B, C, 256, 256) -> logits at the current image's size (B, C, H, W)."""
 
+    def decode_low_res_above(
+        self, point_coords: torch.Tensor, point_labels: torch.Tensor, multimask_output: bool, min_iou: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``decode_low_res`` of point prompts, where only the prompts with a predicted IoU above
+        ``min_iou`` (any output) need their masks: low-resolution logits (B, C, 256, 256), predicted IoUs
+        (B, C) and which rows hold masks (B,) bool; the other rows are -inf (an empty mask). Segment
+        everything drops those outputs before looking at their masks. This default decodes every mask;
+        a backend that can score prompts before upscaling their masks overrides it."""
+        low, iou = self.decode_low_res(point_coords, point_labels, None, None, multimask_output)
+        return low, iou, torch.ones(len(iou), dtype=torch.bool, device=iou.device)
+
     def _check_features(self, features: ImageFeatures) -> None:
         """Refuse features this backend cannot decode (override to check the layout)."""
 

@@ -77,6 +77,21 @@ def is_box_near_crop_edge(
     return (near_crop & ~near_image).any(dim=1)
 
 
+def erode_masks(masks: torch.Tensor, reach: int) -> torch.Tensor:
+    """Binary erosion of bool masks (..., H, W) by a (2 * reach + 1) square, the image border counting as
+    inside (a cell at the border stays if its in-image neighbours do). Separable boolean ANDs of shifted
+    views: much cheaper than a min-pool over float masks."""
+    out = masks.bool()
+    for dim in (-2, -1):
+        src = out
+        out = src.clone()
+        n = src.shape[dim]
+        for d in range(1, min(reach, n - 1) + 1):
+            out.narrow(dim, 0, n - d).logical_and_(src.narrow(dim, d, n - d))
+            out.narrow(dim, d, n - d).logical_and_(src.narrow(dim, 0, n - d))
+    return out
+
+
 def box_xyxy_to_xywh(box: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     out = box.clone() if isinstance(box, torch.Tensor) else np.array(box, copy=True)
     out[..., 2] = out[..., 2] - out[..., 0]

@@ -21,6 +21,7 @@ from ..io import ImageLike, load_image
 from ..masks import encode_rle, masks_to_boxes
 from .amg import (
     area_from_rle,
+    box_iou,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
     calculate_stability_score,
@@ -34,6 +35,9 @@ from .amg import (
     uncrop_masks,
     uncrop_points,
 )
+from .box_bounds import box_iou_bounds, low_res_box_bounds
+from .fast_trace import FastTrace
+from .grid_refinement import Answers, GridRefinement, lattice_side
 
 logger = logging.getLogger("mobilesam")
 
@@ -42,11 +46,19 @@ MODES = ("exact", "fast")
 # Fast mode keeps masks whose low-resolution stability is this close below the threshold, then decides
 # at full resolution: low- and full-resolution stability scores differ by up to about this much.
 FAST_STABILITY_MARGIN = 0.03
-# Fast mode skips a grid point only inside a mask eroded by this many low-resolution cells (4 pixels
-# each at 1024): points near an edge, where a neighbouring or nested object may start, are decoded.
+# Fast mode skips a grid point only when the points around it gave the same three masks (IoU at 1/4
+# resolution of at least this, see grid_refinement.Answers) ...
+FAST_AGREE_IOU = 0.9
+# ... and it lies inside their smallest mask eroded by this many low-resolution cells (4 pixels each at
+# 1024): a point near an edge, where a neighbouring or nested object may start, is decoded.
 FAST_COVER_ERODE = 1
-# ... and only once two decoded points have given the same finest mask (IoU at 1/4 resolution).
-FAST_CONFIRM_IOU = 0.9
+# False: fast mode decodes every grid point (to measure what the skipping saves and costs).
+FAST_SKIP = True
+# True: neighbours agree when their *accepted* masks agree (and a point lies inside their smallest accepted
+# mask), so rejected outputs that differ do not force a decode: fewer points decoded, more risk of a
+# miss. False (default): all three outputs must agree, so a skipped point would have given the same
+# candidates.
+FAST_ACCEPTED_ONLY = False
 # Seconds before the progress bar over the grid points appears: a small image is done before that.
 PROGRESS_DELAY = 1.0
 
@@ -91,62 +103,6 @@ class FilterCounts:
             parts.append(f"{self.near_crop_edge} touching a crop edge")
         hint = f"; lower {' or '.join(lower)}" if lower else ""
         return f"0 masks: {', '.join(parts)}{hint}"
-
-
-def _erode(mask: torch.Tensor, cells: int) -> torch.Tensor:
-    """Binary erosion of a (H, W) mask by a (2*cells+1) square: points near a mask's edge stay undecided."""
-    if cells <= 0:
-        return mask
-    k = 2 * cells + 1
-    return -F.max_pool2d(-mask[None, None].float(), k, stride=1, padding=cells)[0, 0] > 0.5
-
-
-class _FinestMasks:
-    """Fast mode's record of each decoded point's finest accepted mask, compared at 1/4 resolution."""
-
-    def __init__(self) -> None:
-        self.bank: torch.Tensor | None = None  # (capacity, cells) float 0/1
-        self.n = 0
-        self.pending: dict[int, torch.Tensor] = {}  # full masks not yet matched by another point's
-
-    def add(self, mask: torch.Tensor, covered: torch.Tensor) -> None:
-        """Record ``mask`` (H, W bool). If it matches (IoU >= FAST_CONFIRM_IOU) an earlier point's finest
-        mask, mark both as covered (eroded), in place in ``covered``."""
-        small = (F.avg_pool2d(mask[None, None].float(), 4, ceil_mode=True) > 0.5).flatten().float()
-        if self.bank is None:
-            self.bank = small.new_zeros(64, small.numel())
-        match: list[int] = []
-        if self.n:
-            prev = self.bank[: self.n]
-            inter = prev @ small
-            iou = inter / (prev.sum(1) + small.sum() - inter).clamp(min=1)
-            match = (iou >= FAST_CONFIRM_IOU).nonzero().flatten().tolist()
-        if self.n == len(self.bank):
-            self.bank = torch.cat([self.bank, torch.zeros_like(self.bank)])
-        self.bank[self.n] = small
-        self.n += 1
-        if not match:
-            self.pending[self.n - 1] = mask
-            return
-        covered |= _erode(mask, FAST_COVER_ERODE)
-        for j in match:
-            earlier = self.pending.pop(j, None)
-            if earlier is not None:
-                covered |= _erode(earlier, FAST_COVER_ERODE)
-
-
-def coarse_to_fine_order(points: np.ndarray) -> np.ndarray:
-    """Farthest-point order of (N, 2) points: a coarse cover of the image first, then finer and finer."""
-    n = len(points)
-    order = np.empty(n, dtype=np.int64)
-    dist = np.full(n, np.inf)
-    cur = int(np.argmin(((points - points.mean(0)) ** 2).sum(1)))
-    for k in range(n):
-        order[k] = cur
-        dist = np.minimum(dist, ((points - points[cur]) ** 2).sum(1))
-        dist[cur] = -1.0
-        cur = int(np.argmax(dist))
-    return order
 
 
 class MaskData:
@@ -333,20 +289,30 @@ class SamAutomaticMaskGenerator:
 
     - ``"exact"`` (default): the official algorithm. Every grid point is decoded, each of the 3
       multimask outputs is upsampled to the image size, filtered, and de-duplicated by box NMS.
-    - ``"fast"``: the same filters, applied where they are cheap. Grid points are decoded
-      coarse-to-fine (farthest-point order: a sparse cover of the image first) and a point is skipped
-      when it lies inside (one low-resolution cell away from the edge of) a mask that two earlier
-      points both returned as their finest accepted mask; predicted-IoU and stability filters, boxes and NMS run on
-      the 256x256 low-resolution logits; only the masks that survive NMS are upsampled to the image
-      size, where their stability score and box are recomputed and the thresholds applied again (a
-      survivor that fails is dropped and NMS re-run, so a duplicate it suppressed can take its place).
+    - ``"fast"``: the same filters and the same NMS, on fewer grid points and cheaper masks.
 
-    What ``"fast"`` may miss, compared to ``"exact"``: masks that only clicks inside an already
-    confirmed mask would give -- a part nested in it, or on smooth gradients and textures, where the
-    returned region depends on where the click lands, the variants of that region; duplicates whose
-    box IoU is within a few pixels of ``box_nms_thresh`` (NMS runs on boxes of the 4x coarser masks);
-    masks of a few pixels that exist only at full resolution; and, where several points give
-    near-identical masks, another representative may be kept (other ``point_coords`` and scores).
+      * Grid points are decoded coarse to fine on nested sub-lattices of the grid (about 5 x 5 points
+        first, then every 4th, 2nd and every point): a point is skipped only when the 2 or 4 points
+        around it on the coarser lattice gave the same three masks with the same filter decisions and it
+        lies inside (one low-resolution cell away from the edge of) their smallest mask; its answer is
+        then taken to be theirs (``grid_refinement``). Where answers change from point to point -- object
+        edges, textures, nested parts, small objects -- every point is decoded.
+      * The decoder scores a point before upscaling its masks: a point whose three predicted IoUs all
+        fail ``pred_iou_thresh`` costs the transformer only (about 60% of a decode on CPU), where the
+        backend supports it (``decode_low_res_above``; the torch backend does).
+      * The stability filter runs on the 256x256 low-resolution logits with a margin
+        (``FAST_STABILITY_MARGIN``); the exact filter is applied at full resolution.
+      * NMS decides as exact mode's, in its order (predicted IoU, then grid order), on boxes bounded from
+        the low-resolution masks (``box_bounds``): a candidate is upsampled to the image size only when it
+        would be kept or when the bounds cannot tell whether a kept mask suppresses it, and one that fails
+        the full-resolution stability or crop-edge filter suppresses nothing, as in exact mode.
+
+      With skipping off (``generator.FAST_SKIP = False``) fast mode keeps exactly exact mode's masks
+      (tested), unless a mask's stability is more than the margin lower at low resolution than at full.
+      What skipping may still miss: the answer of a point whose neighbours all agree but which differs
+      itself (a detail smaller than the grid spacing inside a region whose mask covers it); where several
+      points give near-identical masks, another representative may be kept (other ``point_coords`` and
+      scores). ``trace = FastTrace()`` records every decision for one image (``fast_trace``).
     """
 
     def __init__(
@@ -386,6 +352,8 @@ class SamAutomaticMaskGenerator:
             self.predictor = model
         else:
             self.predictor = create_predictor(model, backend)
+        # A FastTrace here records fast mode's decisions for the next generate() call (for analysis).
+        self.trace: FastTrace | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -534,136 +502,186 @@ class SamAutomaticMaskGenerator:
         self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int], orig_size: tuple[int, ...],
         bar: tqdm,
     ) -> MaskData:
-        """Fast mode on one crop: coarse-to-fine points skipping covered ones, filters and NMS on the
-        low-resolution logits, then full resolution for the NMS survivors only."""
+        """Fast mode on one crop: the grid decoded coarse to fine, skipping the points whose neighbours
+        all gave the same answer; filters at low resolution; NMS deciding as the official one does, with
+        full resolution computed only where the low-resolution bounds leave a decision open."""
+        cand = self._fast_candidates(points, im_size, crop_box, bar)
+        if cand is None:
+            return MaskData()
+        return self._fast_nms(cand, points, im_size, crop_box, orig_size)
+
+    def _fast_candidates(
+        self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int], bar: tqdm
+    ) -> dict[str, Any] | None:
+        """Decode the crop's grid points coarse to fine (``GridRefinement``), skipping a point when its
+        neighbours agree (``Answers.agreed``); every output that passes the predicted-IoU filter and the
+        low-resolution stability filter (less ``FAST_STABILITY_MARGIN``) is a candidate. Returns the
+        candidates' low-resolution logits (M, lh + 1, lw + 1), predicted IoUs, low-resolution stability,
+        (point, output) sources and the low-resolution frame, or None when no point was decoded."""
         pred = self.predictor
         thr = pred.mask_threshold
         crop_h, crop_w = im_size
         in_h, in_w = pred.input_size
         in_points = pred.transform.apply_coords(points, im_size)
-        cand_low, cand_iou, cand_pts, cand_stab = [], [], [], []
-        covered: torch.Tensor | None = None
-        remaining = list(coarse_to_fine_order(points / np.array([crop_w, crop_h])))
-        scale = lh = lw = 0
+        n = lattice_side(points / np.array([crop_w, crop_h])) if FAST_SKIP else None
+        if n is not None:
+            refinement = GridRefinement(n)
+            levels = refinement.levels()
+        else:  # explicit point grids, or skipping switched off: every point, in order
+            refinement, levels = None, [list(range(len(points)))]
+        trace = self.trace
+        if trace is not None:
+            trace.start_crop(crop_box, points)
+        answers = Answers(len(points), FAST_AGREE_IOU, FAST_COVER_ERODE, FAST_ACCEPTED_ONLY)
         counts = self.counts
-        while remaining:
-            take: list[int] = []
-            before = len(remaining)
-            while remaining and len(take) < self.points_per_batch:
-                i = remaining.pop(0)
-                if covered is not None:
-                    cx = min(int(in_points[i, 0] / scale), lw - 1)
-                    cy = min(int(in_points[i, 1] / scale), lh - 1)
-                    if covered[cy, cx]:
-                        continue  # inside a mask already accepted as some point's finest mask
-                take.append(i)
-            bar.update(before - len(remaining))  # the skipped points are done too
-            if not take:
-                break
-            counts.points += len(take)
-            coords = torch.as_tensor(in_points[take], dtype=torch.float, device=pred.device)[:, None, :]
-            low, iou = self._decode_low(coords)
-            if covered is None:
-                scale = pred.transform.target_length / low.shape[-1]
-                lh, lw = int(np.ceil(in_h / scale)), int(np.ceil(in_w / scale))
-                covered = torch.zeros(lh, lw, dtype=torch.bool, device=low.device)
-                finest = _FinestMasks()
-            nb, nm = iou.shape
-            # One extra row and column: bilinear upsampling reads them at the image's bottom/right edge.
-            low = low[:, :, : lh + 1, : lw + 1].flatten(0, 1)
-            iou = iou.flatten()
-            pt_idx = torch.arange(nb, device=low.device).repeat_interleave(nm)
-            inner = low[:, :lh, :lw]
-            # Scored with the extra row and column: upsampled, they reach into the image's last pixels.
-            stab = calculate_stability_score(low, thr, self.stability_score_offset)
-            keep = torch.ones_like(iou, dtype=torch.bool)
-            if self.pred_iou_thresh > 0.0:
-                keep &= iou > self.pred_iou_thresh
-            counts.add_iou(iou, keep)
-            strict = keep.clone()
-            if self.stability_score_thresh > 0.0:
-                # A margin at low resolution; the exact threshold is applied at full resolution.
-                unstable = keep & ~(stab >= self.stability_score_thresh - FAST_STABILITY_MARGIN)  # NaN too
-                counts.add_stability(stab[unstable], torch.zeros_like(stab[unstable], dtype=torch.bool))
-                keep &= ~unstable
-                strict &= stab >= self.stability_score_thresh
-            # Each point's finest confident mask; once two points give the same one, the points inside
-            # it are taken as answered (the model has shown it returns that mask wherever it is clicked).
-            areas = (inner > thr).sum((-1, -2))
-            big = torch.iinfo(areas.dtype).max
-            for p in range(nb):
-                rows = (pt_idx == p) & strict
-                if rows.any():
-                    finest.add(inner[torch.where(rows, areas, areas.new_tensor(big)).argmin()] > thr, covered)
-            cand_low.append(low[keep])
-            cand_iou.append(iou[keep])
-            cand_stab.append(stab[keep])
-            cand_pts.append(torch.as_tensor(points[take], dtype=torch.float64)[pt_idx[keep].cpu()])
-        if not cand_low:
-            return MaskData()
-        low = torch.cat(cand_low)
-        data = MaskData(iou_preds=torch.cat(cand_iou), points=torch.cat(cand_pts), stability_score=torch.cat(cand_stab))
+        lows, ious, stabs, sources = [], [], [], []
+        scale = lh = lw = 0
+        cells = None
+        for level in levels:
+            todo = []
+            for i in level:
+                src = answers.agreed(i, refinement.corners(i)) if refinement is not None else None
+                if src is None:
+                    todo.append(i)
+                else:
+                    answers.source[i] = src
+                    if trace is not None:
+                        trace.crop.skipped.append(i)
+            bar.update(len(level) - len(todo))  # the skipped points are done too
+            for start in range(0, len(todo), self.points_per_batch):
+                take = todo[start : start + self.points_per_batch]
+                counts.points += len(take)
+                coords = torch.as_tensor(in_points[take], dtype=torch.float, device=pred.device)[:, None, :]
+                low, iou = self._decode_low(coords)
+                if cells is None:
+                    scale = pred.transform.target_length / low.shape[-1]
+                    lh, lw = int(np.ceil(in_h / scale)), int(np.ceil(in_w / scale))
+                    cells = np.minimum((in_points[:, ::-1] / scale).astype(np.int64), [lh - 1, lw - 1])
+                nb, nm = iou.shape
+                # One extra row and column: bilinear upsampling reads them at the image's bottom/right edge.
+                low = low[:, :, : lh + 1, : lw + 1]
+                # Scored with the extra row and column: upsampled, they reach into the image's last pixels.
+                stab = calculate_stability_score(low, thr, self.stability_score_offset)
+                keep = torch.ones_like(iou, dtype=torch.bool)
+                if self.pred_iou_thresh > 0.0:
+                    keep &= iou > self.pred_iou_thresh
+                counts.add_iou(iou.flatten(), keep.flatten())
+                passed_iou = keep.clone()
+                strict = keep.clone()
+                if self.stability_score_thresh > 0.0:
+                    # A margin at low resolution; the exact threshold is applied at full resolution.
+                    unstable = keep & ~(stab >= self.stability_score_thresh - FAST_STABILITY_MARGIN)  # NaN too
+                    counts.add_stability(stab[unstable], torch.zeros_like(stab[unstable], dtype=torch.bool))
+                    keep &= ~unstable
+                    strict &= stab >= self.stability_score_thresh
+                answers.record(take, low[:, :, :lh, :lw] > thr, strict, cells)
+                if trace is not None:
+                    trace.batch(take, iou, stab, passed_iou, keep)
+                rows = keep.flatten().nonzero().flatten()
+                lows.append(low.flatten(0, 1)[rows])
+                ious.append(iou.flatten()[rows])
+                stabs.append(stab.flatten()[rows])
+                sources += [(take[r // nm], r % nm) for r in rows.tolist()]
+                bar.update(len(take))
+        if not lows:
+            return None
+        return dict(low=torch.cat(lows), iou=torch.cat(ious), stability=torch.cat(stabs), sources=sources,
+                    scale=scale)
+
+    def _fast_nms(
+        self, cand: dict[str, Any], points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int],
+        orig_size: tuple[int, ...],
+    ) -> MaskData:
+        """Exact mode's greedy NMS over the candidates, decided on low-resolution box bounds where they
+        settle it.
+
+        Exact mode upsamples every candidate, drops those that fail the stability or crop-edge filter at
+        full resolution, and runs NMS on the boxes of the rest. Here each candidate's full-resolution box
+        is bounded from its low-resolution mask (``low_res_box_bounds``); candidates are visited in
+        exact mode's order (predicted IoU, then grid order), and one is upsampled only when it would be
+        kept or when the bounds cannot tell whether a kept mask suppresses it. A candidate that fails at
+        full resolution suppresses nothing, as in exact mode."""
+        pred = self.predictor
+        thr = pred.mask_threshold
+        low, iou_preds, sources, scale = cand["low"], cand["iou"], cand["sources"], cand["scale"]
+        crop_h, crop_w = im_size
+        in_h, in_w = pred.input_size
         orig_h, orig_w = orig_size
         crop_frame = [0, 0, orig_w, orig_h]
-        # Boxes from the low-resolution masks, in crop pixels, for the edge filter and NMS.
-        cells = masks_to_boxes(low > thr).float()
-        sx, sy = scale * crop_w / in_w, scale * crop_h / in_h
-        boxes = torch.stack(
-            [cells[:, 0] * sx, cells[:, 1] * sy, (cells[:, 2] + 1) * sx - 1, (cells[:, 3] + 1) * sy - 1], dim=1
-        )
-        boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([crop_w - 1, crop_h - 1] * 2))
-        candidates = (~is_box_near_crop_edge(boxes, crop_box, crop_frame)).nonzero().flatten()
-        counts.near_crop_edge += len(low) - len(candidates)
-        # Exact mode filters at full resolution and then runs NMS; here NMS runs first, on the cheap
-        # low-resolution boxes, and only its winners are upsampled and checked. A winner that fails
-        # the full-resolution check leaves the candidates and NMS is re-run, so a duplicate it had
-        # suppressed can take its place, as it would have in exact mode.
-        iou_preds = data["iou_preds"]
-        checked: dict[int, tuple[torch.Tensor, float]] = {}  # candidate -> (full mask, stability)
-        rejected = torch.zeros(len(low), dtype=torch.bool, device=low.device)
-        while True:
-            alive = candidates[~rejected[candidates]]
-            winners = alive[nms(boxes[alive], iou_preds[alive], self.box_nms_thresh)].tolist()
-            new = [i for i in winners if i not in checked]
-            if not new:
-                break
-            for start in range(0, len(new), self.points_per_batch):
-                chunk = new[start : start + self.points_per_batch]
-                logits = self._upsample_low(low[chunk], scale, im_size)
-                stability = calculate_stability_score(logits, thr, self.stability_score_offset)
-                masks = logits > thr
-                near_edge = is_box_near_crop_edge(masks_to_boxes(masks), crop_box, crop_frame)
+        outer, inner = low_res_box_bounds(low > thr, scale * crop_w / in_w, scale * crop_h / in_h, crop_w, crop_h)
+        # Exact mode's NMS order: predicted IoU, ties in grid order (its candidates come point by point).
+        src = torch.as_tensor(sources, dtype=torch.float64).reshape(-1, 2)
+        order = np.lexsort((src[:, 1].numpy(), src[:, 0].numpy(), -iou_preds.double().cpu().numpy()))
+        t = self.box_nms_thresh
+        counts = self.counts
+        kept: list[int] = []
+        kept_boxes = torch.zeros(0, 4)
+        masks: list[torch.Tensor] = []
+        stability: list[float] = []
+        fates: dict[int, str] = {}
+        by: dict[int, int] = {}
+        for j in order.tolist():
+            clear = True
+            if kept:
+                lo, hi = box_iou_bounds(outer[j], inner[j], kept_boxes)
+                if bool((lo > t).any()):
+                    fates[j], by[j] = "suppressed", kept[int((lo > t).nonzero()[0])]
+                    continue
+                clear = bool((hi <= t).all())
+            logits = self._upsample_low(low[j : j + 1], scale, im_size)
+            stab = calculate_stability_score(logits, thr, self.stability_score_offset)
+            mask = logits > thr
+            box = masks_to_boxes(mask).float().cpu()  # the bounds and kept boxes live on the CPU
+            if bool(is_box_near_crop_edge(box, crop_box, crop_frame)[0]):
+                counts.near_crop_edge += 1
+                fates[j] = "edge_full"
+                continue
+            if self.stability_score_thresh > 0.0:
                 # An empty mask has a NaN stability, which fails ">=" here as in the official filter.
-                ok = ~near_edge
-                counts.near_crop_edge += int(near_edge.sum())
-                if self.stability_score_thresh > 0.0:
-                    stable = stability >= self.stability_score_thresh
-                    counts.add_stability(stability[ok], stable[ok])
-                    ok &= stable
-                for k, i in enumerate(chunk):
-                    if not ok[k]:
-                        rejected[i] = True
-                    else:
-                        checked[i] = (masks[k], float(stability[k]))
-        if not winners:
+                stable = stab >= self.stability_score_thresh
+                counts.add_stability(stab, stable)
+                if not bool(stable[0]):
+                    fates[j] = "stability_full"
+                    continue
+            if not clear:
+                over = (box_iou(torch.cat([box, kept_boxes]))[0, 1:] > t).nonzero().flatten()
+                if len(over):
+                    fates[j], by[j] = "suppressed", kept[int(over[0])]
+                    continue
+            kept.append(j)
+            kept_boxes = torch.cat([kept_boxes, box])
+            masks.append(mask[0])
+            stability.append(float(stab[0]))
+        if self.trace is not None:
+            self.trace.resolve(sources, fates, {j: sources[i] for j, i in by.items()})
+        if not kept:
             return MaskData()
-        data.filter(torch.as_tensor(winners, dtype=torch.long))
-        masks = torch.stack([checked[i][0] for i in winners])
-        data["stability_score"] = torch.tensor([checked[i][1] for i in winners])
-        data["boxes"] = masks_to_boxes(masks)
-        data["rles"] = mask_to_rle(uncrop_masks(masks, crop_box, orig_h, orig_w))
-        return data
+        winners = torch.as_tensor(kept, dtype=torch.long)
+        stacked = torch.stack(masks)
+        return MaskData(
+            iou_preds=iou_preds[winners],
+            points=torch.as_tensor(points[[sources[j][0] for j in kept]], dtype=torch.float64),
+            stability_score=torch.tensor(stability),
+            boxes=masks_to_boxes(stacked),
+            rles=mask_to_rle(uncrop_masks(stacked, crop_box, orig_h, orig_w)),
+        )
 
     def _decode_low(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution logits (N, 3, 256, 256) and predicted IoUs (N, 3) of single positive points
         (N, 1, 2) in the input frame, decoded ``max_batch`` points at a time, as the predictor does: the
-        decoder's activations grow with the batch, its work per point does not."""
+        decoder's activations grow with the batch, its work per point does not. The masks of points
+        whose three outputs all fail ``pred_iou_thresh`` are not computed where the backend can score
+        first (``decode_low_res_above``): they are -inf, an empty mask, never a candidate."""
         pred = self.predictor
+        above = getattr(pred, "decode_low_res_above", None) if self.pred_iou_thresh > 0.0 else None
         lows, ious = [], []
         for start in range(0, len(coords), pred.max_batch):
             chunk = coords[start : start + pred.max_batch]
             labels = torch.ones(len(chunk), 1, dtype=torch.int, device=chunk.device)
-            low, iou = pred.decode_low_res(chunk, labels, None, None, multimask_output=True)
+            if above is not None:
+                low, iou, _ = above(chunk, labels, True, self.pred_iou_thresh)
+            else:
+                low, iou = pred.decode_low_res(chunk, labels, None, None, multimask_output=True)
             lows.append(low)
             ious.append(iou)
         return torch.cat(lows), torch.cat(ious)

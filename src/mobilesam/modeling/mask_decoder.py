@@ -95,20 +95,39 @@ class MaskDecoder(nn.Module):
         image_embeddings (1 or B, C, H, W), image_pe (1, C, H, W), sparse_prompt_embeddings (B, N, C),
         dense_prompt_embeddings (1 or B, C, H, W).
         """
+        hs, src, size = self.run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return self.masks_from_tokens(hs, src, size), self.iou_prediction_head(hs[:, 0, :])
+
+    def run_transformer(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """The two-way transformer: output tokens (B, T, C), image tokens (B, H*W, C) and (H, W).
+
+        The IoU head reads output token 0 and ``masks_from_tokens`` the others, so a caller can score
+        prompts first and upscale masks only for those it keeps (the upscaling is most of the work).
+        """
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
         src = self._image_source(image_embeddings, dense_prompt_embeddings, b)
         pos_src = image_pe.expand(b, -1, -1, -1)
         _, _, h, w = src.shape
-
         hs, src = self.transformer(src, pos_src, tokens)
-        iou_token_out = hs[:, 0, :]
+        return hs, src, (h, w)
+
+    def masks_from_tokens(self, hs: torch.Tensor, src: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """All ``num_mask_tokens`` masks (B, M, 4H, 4W) from ``run_transformer``'s outputs."""
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        return self._masks(src, hyper_in, h, w), self.iou_prediction_head(iou_token_out)
+        return self._masks(src, hyper_in, *size)
 
     def _image_source(
         self, image_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor, batch: int
