@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from ..modeling import Sam
-from .graphs import DecoderGraph, EncoderGraph
+from .graphs import DecoderGraph, EncoderGraph, pad_square
+from ..weights import weights_digest
 from .manifest import ExportError, sha256_file, write_json_atomic
 
 logger = logging.getLogger("mobilesam")
@@ -68,19 +69,6 @@ def import_nncf() -> Any:
 def openvino_release() -> str:
     """The OpenVINO release ("2026.4.1"): converted files are kept per release, as its IR and kernels change."""
     return import_openvino().__version__.split("-")[0]
-
-
-def weights_digest(sam: torch.nn.Module) -> str:
-    """SHA-256 of the state_dict (names and bytes, sorted): the key of the converted files in the cache.
-
-    Same digest as the onnxruntime backend's cache key, so both name one model alike.
-    """
-    sd = sam.state_dict()
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def require_sam(sam: Any) -> None:
@@ -166,15 +154,6 @@ def _publish(staged: Sequence[Path], out: Path, manifest: dict[str, Any]) -> Non
 # ----------------------------------------------------------------------------------------------------
 # Inputs of the compiled graphs
 # ----------------------------------------------------------------------------------------------------
-def pad_square(image: np.ndarray, img_size: int, pixel_mean: Sequence[float]) -> np.ndarray:
-    """(B, 3, h, w) 0-255 -> (B, 3, S, S), padded bottom/right with the pixel mean (zero once normalised)."""
-    b, c, h, w = image.shape
-    out = np.empty((b, c, img_size, img_size), np.float32)
-    out[...] = np.asarray(pixel_mean, np.float32).reshape(1, c, 1, 1)
-    out[:, :, :h, :w] = image
-    return out
-
-
 def compile_model(path: str | os.PathLike | Any, precision: str = "f32", threads: int | None = None) -> Any:
     """A CPU ``CompiledModel`` with the inference precision always explicit (OpenVINO picks bf16 on AMX CPUs
     unless told) and ``threads`` inference threads (None: torch's thread count, as the torch backend uses)."""
@@ -246,15 +225,20 @@ def _check_decoder(run: Callable, refs: list, name: str) -> dict[str, float]:
     return {"low_res_max_abs_diff": worst_logit, "iou_max_abs_diff": worst_iou}
 
 
-def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True, progress: bool = True) -> dict:
+def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True, progress: bool = True,
+                     onnx_dir: str | os.PathLike | None = None) -> dict:
     """Convert ``sam`` to f32 OpenVINO IR in ``out_dir``: ``{model_type}_encoder.xml/.bin`` (images (B, 3, S, S),
     see the module doc -> embeddings (B, 256, 64, 64)), ``{model_type}_decoder.xml/.bin`` (the official SAM
     ONNX decoder interface) and ``manifest.json``. With ``check`` (default) both must match PyTorch on this CPU
     (embedding within 1e-4 x max abs, logits within 1e-3) or an :class:`ExportError` is raised. Returns the
     manifest. Needs ``onnx`` and ``onnxruntime`` besides ``openvino`` (the ONNX export is the intermediate).
+
+    ``onnx_dir``: an export of ``sam`` by ``export_onnx`` to convert from (the onnxruntime backend's, in the
+    cache: one export serves both runtimes), made there when missing; None exports to a temporary folder.
     """
     from .._version import __version__
-    from .onnx_export import _check_image, _decoder_references, _resolve_model, export_onnx
+    from .manifest import file_entry
+    from .onnx_export import _check_image, _decoder_references, _resolve_model
 
     ov = import_openvino()
     require_sam(sam)
@@ -266,12 +250,11 @@ def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
-        onnx_manifest = export_onnx(sam, tmp / "onnx", progress=progress)
-        onnx_files = onnx_manifest["files"]
+        onnx_folder, onnx_manifest = _onnx_export_of(sam, Path(onnx_dir) if onnx_dir else tmp / "onnx", progress)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            encoder = ov.convert_model(str(tmp / "onnx" / onnx_files["encoder"]["path"]))
-            decoder = ov.convert_model(str(tmp / "onnx" / onnx_files["decoder"]["path"]))
+            encoder = ov.convert_model(str(file_entry(onnx_manifest, onnx_folder, "encoder", verify=False)))
+            decoder = ov.convert_model(str(file_entry(onnx_manifest, onnx_folder, "decoder", verify=False)))
         encoder.reshape({"image": ov.PartialShape([-1, 3, img_size, img_size])})
         files = {
             "encoder": _save_ir(encoder, tmp, f"{name}_encoder", "f32"),
@@ -309,6 +292,21 @@ def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _onnx_export_of(sam: Sam, folder: Path, progress: bool) -> tuple[Path, dict[str, Any]]:
+    """The fp32 ONNX export of ``sam`` in ``folder``: the one there when it holds these weights' encoder and
+    decoder with their checksums, else a new one (checked against PyTorch by ``export_onnx``)."""
+    from .manifest import file_entry, read_manifest
+    from .onnx_export import export_onnx
+
+    try:
+        found, manifest = read_manifest(folder)
+        for key in ("encoder", "decoder"):
+            file_entry(manifest, found, key)
+        return found, manifest
+    except (FileNotFoundError, ExportError):
+        return folder, export_onnx(sam, folder, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------------
