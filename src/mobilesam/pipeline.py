@@ -104,6 +104,17 @@ class Pending:
     def __post_init__(self) -> None:
         self.cached = self.features is not None
 
+    @classmethod
+    def of(cls, predictor: Any, item: Any, image: np.ndarray, cache: FeatureCache | None,
+           key_of: Callable[[np.ndarray], Hashable] | None) -> Pending:
+        """The background thread's work on one image: its key, a cache lookup (disk reads happen here
+        too), and on a miss the resize for the encoder (``prepared`` stays None for a predictor without
+        ``prepare_image``: :func:`encode_pending` then calls its ``set_image``)."""
+        key = key_of(image) if cache is not None and key_of is not None else None
+        hit = cache.get(key) if key is not None else None
+        prepared = predictor.prepare_image(image) if hit is None and hasattr(predictor, "prepare_image") else None
+        return cls(item, image, key, hit, prepared)
+
 
 @dataclass
 class Embedded(Generic[T]):
@@ -124,17 +135,6 @@ def cache_key_maker(predictor: Any, *extra: Any) -> Callable[[np.ndarray], Hasha
     if identity is None:
         return lambda rgb: (image_digest(rgb), id(predictor), *extra)
     return lambda rgb: feature_key(image_digest(rgb), identity, *extra)
-
-
-def pending(predictor: Any, item: Any, image: np.ndarray, cache: FeatureCache | None,
-            key_of: Callable[[np.ndarray], Hashable] | None) -> Pending:
-    """The background thread's work on one image: its key, a cache lookup (disk reads happen here too),
-    and on a miss the resize for the encoder (``prepared`` is None for a predictor without
-    ``prepare_image``: :func:`encode_pending` then calls its ``set_image``)."""
-    key = key_of(image) if cache is not None and key_of is not None else None
-    hit = cache.get(key) if key is not None else None
-    prepared = predictor.prepare_image(image) if hit is None and hasattr(predictor, "prepare_image") else None
-    return Pending(item, image, key, hit, prepared)
 
 
 def encode_pending(predictor: Any, group: Sequence[Pending], cache: FeatureCache | None) -> list[ImageFeatures]:
@@ -178,7 +178,7 @@ def embed_stream(
         key_of = cache_key_maker(predictor)
 
     def ready(item: T) -> Pending:
-        return pending(predictor, item, image_of(item), cache, key_of)
+        return Pending.of(predictor, item, image_of(item), cache, key_of)
 
     for group in chunks(prefetch(items, ready, depth or 2 * batch), batch):
         t0 = time.perf_counter()

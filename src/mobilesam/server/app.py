@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
 from ..backends import create_predictor, get_backend, is_exported_model
+from ..cache import DiskFeatureCache
 from .engine import EncoderBusy, Engine, EverythingUnavailable, PredictorLike, Slot
 from .images import (
     DecodedImage,
@@ -304,6 +305,8 @@ def create_app(
     max_images: int = 64,
     max_queue: int = 8,
     allowed_hosts: list[str] | None = None,
+    embedding_cache: str | os.PathLike | None = None,
+    embedding_cache_bytes: int | None = None,
 ) -> FastAPI:
     """The web app. ``model`` is a ``Sam``, a checkpoint (path or known name, built with ``build_sam``) or,
     for a backend that runs them, a folder written by ``mobilesam export``.
@@ -316,6 +319,8 @@ def create_app(
     ``max_queue``: images opened or uploaded whose encoder pass has not ended; more get HTTP 503 with
     Retry-After (each holds its file's bytes, not its pixels, until the encoder needs them).
     ``allowed_hosts``: Host header values accepted (against DNS rebinding); None accepts any.
+    ``embedding_cache``: a folder of image embeddings kept across sessions (:class:`~mobilesam.cache.
+    DiskFeatureCache`, at most ``embedding_cache_bytes``): reopening an image costs no encoder pass.
     """
     for name, value, least in (
         ("max_upload_bytes", max_upload_bytes, 1024),
@@ -327,6 +332,7 @@ def create_app(
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
     get_backend(backend)  # an unknown name fails before a slow model load
+    disk = DiskFeatureCache.open(embedding_cache, embedding_cache_bytes)
     folder = ImageFolder(images_dir) if images_dir is not None else None  # checked before a slow model load
     if model is not None and not hasattr(model, "image_encoder") and not is_exported_model(model):
         from ..build import build_sam
@@ -348,6 +354,7 @@ def create_app(
         generator_factory=generator_factory,
         backend=backend,
         max_queue=max_queue,
+        disk_cache=disk,
     )
     registry = Registry(max_images, max_bytes=16 * max_upload_bytes)
 
