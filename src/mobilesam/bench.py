@@ -38,10 +38,12 @@ ONNX_PREFIX = "onnxruntime"  # the built-in ONNX Runtime backends run the export
 
 
 def benchmark_backends() -> list[str]:
-    """What ``backends`` accepts: every registered backend, and ``"official"`` (the official code)."""
+    """What ``backends`` accepts: every registered backend, ``"official"`` (the official code) and the plain
+    runtime baselines of ``--peers`` (:mod:`mobilesam.bench_peers`)."""
     from .backends import available_backends
+    from .bench_peers import PEERS as RUNTIME_PEERS
 
-    return [*available_backends(), OFFICIAL]
+    return [*available_backends(), OFFICIAL, *RUNTIME_PEERS]
 
 
 def check_options(backends: Sequence[str], rounds: int, runs: int, prompts: int) -> None:
@@ -164,13 +166,18 @@ def _official_predictor(checkpoint: str) -> Any:
     return SamPredictor(sam)
 
 
-def _make_predictor(backend: str, checkpoint: str, onnx_dir: str | None, threads: int | None) -> Any:
+def _make_predictor(backend: str, checkpoint: str, onnx_dir: str | None, threads: int | None,
+                    peer_dir: str | None = None) -> Any:
     import torch
+
+    from .bench_peers import PREFIX, PeerPredictor
 
     if threads:
         torch.set_num_threads(threads)
     if backend == OFFICIAL:
         return _official_predictor(checkpoint)
+    if backend.startswith(PREFIX):
+        return PeerPredictor(checkpoint, backend[len(PREFIX):], Path(peer_dir), threads)
     from .backends import create_predictor, get_backend
 
     entry = get_backend(backend)
@@ -182,7 +189,7 @@ def _make_predictor(backend: str, checkpoint: str, onnx_dir: str | None, threads
 
 def run_worker(backend: str, checkpoint: str, image_path: str, onnx_dir: str | None, runs: int, prompts: int,
                batch: bool, masks_out: str | None, threads: int | None = None,
-               plugin_modules: Sequence[str] = ()) -> dict[str, Any]:
+               plugin_modules: Sequence[str] = (), peer_dir: str | None = None) -> dict[str, Any]:
     """Time one backend in this process: load, ``runs`` encoder passes, ``prompts`` single-point decodes,
     optionally the masks of :func:`iou_prompts` (to ``masks_out``) and one ``BATCH``-prompt batch.
 
@@ -199,7 +206,7 @@ def run_worker(backend: str, checkpoint: str, image_path: str, onnx_dir: str | N
     if backend != OFFICIAL:  # as the mobilesam command line and server run; the official code runs as its users do
         tune_allocator()
     t0 = time.perf_counter()
-    pred = _make_predictor(backend, checkpoint, onnx_dir, threads)
+    pred = _make_predictor(backend, checkpoint, onnx_dir, threads, peer_dir)
     load_s = time.perf_counter() - t0
     img = read_image(image_path)
     h, w = img.shape[:2]
@@ -224,6 +231,7 @@ def run_worker(backend: str, checkpoint: str, image_path: str, onnx_dir: str | N
         "decoder_s": dec,
         "peak_encoder_mb": peak_encoder,
         "threads": torch.get_num_threads(),
+        "precision": str(getattr(pred, "precision", "")),
     }
     if masks_out:
         masks = [pred.predict(**{k: np.asarray(v) for k, v in p.items()}, multimask_output=False)[0][0]
@@ -286,7 +294,7 @@ def _plugin_modules(backends: Sequence[str]) -> list[str]:
 
     modules = []
     for name in backends:
-        if name == OFFICIAL:
+        if name == OFFICIAL or name.startswith("peer:"):
             continue
         module = get_backend(name).factory.__module__
         if module == "__main__":
@@ -335,7 +343,10 @@ def run_benchmark(
     from .masks import mask_iou
     from .weights import CheckpointError, load_state_dict, resolve_weights
 
-    backends = list(dict.fromkeys([*backends, *([OFFICIAL] if vs_official else [])]))
+    from .bench_peers import PEERS as RUNTIME_PEERS
+    from .bench_peers import PREFIX, describe, ensure_peer_exports
+
+    backends = list(dict.fromkeys([*backends, *([OFFICIAL] if vs_official else []), *(RUNTIME_PEERS if peers else [])]))
     check_options(backends, rounds, runs, prompts)
     plugin_modules = _plugin_modules(backends)
     # Removed on every way out: success, a failed backend, Ctrl-C.
@@ -365,6 +376,7 @@ def run_benchmark(
         onnx_dir = None
         if any(b.startswith(ONNX_PREFIX) for b in backends):
             onnx_dir = ensure_onnx(ckpt, quantize=f"{ONNX_PREFIX}-int8" in backends)
+        peer_dir = ensure_peer_exports(ckpt) if any(b.startswith(PREFIX) for b in backends) else None
         samples: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
         masks: dict[str, Path] = {}
         for r in range(rounds):
@@ -374,8 +386,9 @@ def run_benchmark(
                 print(f"round {r + 1}/{rounds}: {b}", file=sys.stderr)
                 result, failure = _run_in_process("backend", {
                     "backend": b, "checkpoint": str(ckpt), "image_path": str(image_path),
-                    "onnx_dir": str(onnx_dir) if onnx_dir else None, "runs": runs, "prompts": prompts, "batch": batch,
-                    "masks_out": str(m) if m else None, "threads": threads, "plugin_modules": plugin_modules,
+                    "onnx_dir": str(onnx_dir) if onnx_dir else None, "runs": runs, "prompts": prompts,
+                    "batch": batch and not b.startswith(PREFIX), "masks_out": str(m) if m else None, "threads": threads,
+                    "plugin_modules": plugin_modules, "peer_dir": str(peer_dir) if peer_dir else None,
                 }, tmp)
                 if result is None:
                     raise RuntimeError(f"benchmark: backend {b!r} failed: {' | '.join(failure)}")
@@ -387,8 +400,13 @@ def run_benchmark(
         for b in backends:
             enc = float(np.median([x for s in samples[b] for x in s["encoder_s"]])) * 1e3
             dec = float(np.median([x for s in samples[b] for x in s["decoder_s"]])) * 1e3
-            size = (sum(Path(onnx_dir, f).stat().st_size for f in _onnx_files(onnx_dir, b))
-                    if b.startswith(ONNX_PREFIX) else ckpt.stat().st_size) / 1e6
+            if b.startswith(ONNX_PREFIX):
+                size = sum(Path(onnx_dir, f).stat().st_size for f in _onnx_files(onnx_dir, b)) / 1e6
+            elif b.startswith(PREFIX):
+                suffixes = (".onnx",) if b == f"{PREFIX}onnxruntime" else (".bin",)
+                size = sum(f.stat().st_size for f in Path(peer_dir).iterdir() if f.suffix in suffixes) / 1e6
+            else:
+                size = ckpt.stat().st_size / 1e6
             iou = None
             if ref_iou and b != ref_iou and b in masks:
                 iou = mask_iou(_load_masks(masks[ref_iou]), _load_masks(masks[b])).tolist()
@@ -397,9 +415,15 @@ def run_benchmark(
                 "peak_enc": max(s["peak_encoder_mb"] for s in samples[b]),
                 "peak_batch": max((s.get("peak_batch_mb", float("nan")) for s in samples[b])),
                 "batch": float(np.median([s.get("batch_s", float("nan")) for s in samples[b]])) * 1e3,
-                "iou": iou, "threads": samples[b][0]["threads"],
+                "iou": iou, "threads": samples[b][0]["threads"], "precision": samples[b][0].get("precision", ""),
             })
         lines = _report(rows, model_type, params, img_shape, note, ref_iou, rounds, runs, prompts, threads)
+        if peer_dir is not None:
+            how = describe(peer_dir)
+            picked = {r["backend"]: r["precision"] for r in rows if r["backend"].startswith(PREFIX)}
+            lines.append(f"Peers ({PREFIX}*): the official graph exported the plain way: encoder by "
+                         f"{how['encoder_exporter']}; OpenVINO: {how['openvino']}; inference precision OpenVINO "
+                         f"chose: {picked}.")
         if command:
             lines.append(f"Command: {command}")
         if peers:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backends import BACKENDS, ImageFeatures, create_predictor, get_backend, is_exported_model
+from .backends import BACKENDS, ImageFeatures, backend_for_folder, create_predictor, get_backend, is_exported_model
 from .backends.torch_fast import optimize_for_export
 from .build import build_sam, detect_model_type
 from .cache import DiskFeatureCache, FeatureCache, feature_key, image_digest
@@ -289,7 +289,7 @@ class SAM:
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of files skipped in the last run
         if is_exported_model(model):
             # An exported folder: no PyTorch model; the default backend becomes the one that runs it.
-            self.backend = backend if get_backend(backend).exported else "onnxruntime"
+            self.backend = backend if get_backend(backend).exported else backend_for_folder(model)
             self.predictor = create_predictor(model, self.backend)
             self.model: Sam | None = None
             self.ckpt_path, self.model_type = os.fspath(model), self.predictor.model_type
@@ -345,7 +345,8 @@ class SAM:
         name shared with other processes (model, backend, precision)."""
         if self._cache.disk is None:
             return image_digest(rgb), str(self.device), half
-        return feature_key(image_digest(rgb), self.predictor.feature_identity(), f"half={half}")
+        # The same key as the other front ends give these features (serve, annotate, everything).
+        return feature_key(image_digest(rgb), self.predictor.feature_identity(), *(["half"] if half else []))
 
     def _embedded(self, images: Iterator[LoadedImage], half: bool, batch: int | None) -> Iterator[Embedded]:
         """The features of each image: from the caches, or ``batch`` per encoder call, read ahead."""

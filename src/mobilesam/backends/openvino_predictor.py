@@ -110,11 +110,13 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
         cache: str | os.PathLike | None = None,
         calibration: str | os.PathLike | None = None,
         calibration_size: int = CALIBRATION_SIZE,
+        check: bool = True,
         **kwargs: Any,
     ) -> OpenVinoSamPredictor:
         """Convert ``sam`` once into a cache folder keyed by its weights and the OpenVINO release (reused
         later), then load it. ``int8`` quantizes the encoder once per calibration set: ``calibration``, a
         folder of images (``calibration_size`` of them are used), or None for built-in synthetic images.
+        ``check``: compare the converted graphs with PyTorch before they are used (as ``mobilesam export``).
         """
         import_openvino()
         require_sam(sam)
@@ -133,7 +135,8 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
             logger.info("converting the model to OpenVINO in %s (once)", folder)
             # From the onnxruntime backend's export in the default cache (made there when missing): one
             # export serves both runtimes.
-            manifest = convert_openvino(sam, folder, onnx_dir=None if cache is not None else cache_folder(sam))
+            manifest = convert_openvino(sam, folder, check=check,
+                                        onnx_dir=None if cache is not None else cache_folder(sam))
         if precision == "int8":
             _, info = calibration_set(calibration, calibration_size)
             have = manifest["files"].get("encoder_int8", {}).get("calibration", {})
@@ -144,7 +147,7 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
             if not ok:
                 logger.info("quantizing the image encoder to int8 in %s (once per calibration set: %s)", folder,
                             describe_calibration(info))
-                quantize_openvino_int8(folder, calibration, calibration_size, sam=sam)
+                quantize_openvino_int8(folder, calibration, calibration_size, sam=sam if check else None)
         kwargs.setdefault("verify", False)  # the checksums were verified above (a mismatch converts again)
         return cls(folder, precision=precision, **kwargs)
 

@@ -13,6 +13,7 @@ examples:
   mobilesam export --model mobile_sam.pt --format onnx --quantize int8 --out models/mobilesam
   mobilesam export --model sam_vit_b_01ec64.pth --format onnx --parts decoder
   mobilesam export --model mobile_sam.pt --format onnx --return-single-mask   for SAM's web demo and tools
+  mobilesam export --model mobile_sam.pt --format openvino --quantize int8 --calibration photos/
 
 Then: SAM("models/mobilesam") or OnnxSamPredictor("models/mobilesam", precision="int8").
 """
@@ -46,7 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--quantize",
         choices=["int8"],
         default=None,
-        help="also write int8 variants (onnx: ONNX Runtime dynamic quantization of MatMul weights); e.g. --quantize int8",
+        help="also write int8 variants (onnx: ONNX Runtime dynamic quantization of MatMul weights; openvino: NNCF "
+        "post-training quantization of the image encoder); e.g. --quantize int8",
+    )
+    p.add_argument(
+        "--calibration", default=None, metavar="DIR",
+        help="openvino --quantize int8: a folder of your images to calibrate on (default: built-in synthetic "
+        "images; the manifest says which); e.g. --calibration photos/",
+    )
+    p.add_argument(
+        "--calibration-size", type=int, default=None, metavar="N",
+        help="openvino --quantize int8: images of --calibration used (default: 32); e.g. --calibration-size 64",
     )
     p.add_argument(
         "--out",
@@ -75,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # CLI option -> exporter keyword, for the format options above.
-FORMAT_OPTIONS = {"quantize": "quantize", "parts": "parts", "opset": "opset", "return_single_mask": "return_single_mask"}
+FORMAT_OPTIONS = {"quantize": "quantize", "parts": "parts", "opset": "opset", "return_single_mask": "return_single_mask",
+                  "calibration": "calibration", "calibration_size": "calibration_size"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,7 +110,13 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--parts: expected 'encoder', 'decoder' or both comma-separated, got {args.parts!r}", 2)
         options["parts"] = parts
     out = Path(args.out) if args.out else Path.cwd() / f"{Path(str(args.model)).stem}_{entry.folder_suffix}"
-    manifest = export_model(args.model, out, args.format, check=not args.no_check, **options)
+    try:
+        manifest = export_model(args.model, out, args.format, check=not args.no_check, **options)
+    except ValueError as e:  # an option's value: the message starts with its keyword, the flag without "--"
+        keyword, _, rest = str(e).partition(":")
+        if keyword not in FORMAT_OPTIONS or not rest:
+            raise
+        raise CLIError(f"--{keyword.replace('_', '-')}:{rest}", 2) from None
     detail = f" (opset {manifest['opset']})" if "opset" in manifest else ""
     print(f"exported {manifest.get('model_type', 'the model')} as {args.format} to {out}/{detail}:")
     for key, entry_ in manifest["files"].items():
@@ -109,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         elif "low_res_max_abs_diff" in check:
             note = (f"logit max abs diff vs PyTorch {check['low_res_max_abs_diff']:.2g}, "
                     f"min mask IoU {check['mask_iou_min']:.4f}")
-        print(f"  {entry_['path']:<28} {entry_.get('precision', ''):>5} {entry_['bytes'] / 1e6:8.1f} MB   {note}")
+        elif "mask_iou_vs_fp32" in check:
+            note = f"mask IoU vs fp32 {check['mask_iou_vs_fp32']:.4f}"
+        name = entry_.get("path") or entry_.get("xml")  # onnx: one file; openvino: .xml + .bin
+        print(f"  {name:<28} {entry_.get('precision', ''):>5} {entry_['bytes'] / 1e6:8.1f} MB   {note}")
     print("  manifest.json")
     return 0

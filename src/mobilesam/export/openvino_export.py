@@ -156,17 +156,31 @@ def _publish(staged: Sequence[Path], out: Path, manifest: dict[str, Any]) -> Non
 # ----------------------------------------------------------------------------------------------------
 def compile_model(path: str | os.PathLike | Any, precision: str = "f32", threads: int | None = None) -> Any:
     """A CPU ``CompiledModel`` with the inference precision always explicit (OpenVINO picks bf16 on AMX CPUs
-    unless told) and ``threads`` inference threads (None: torch's thread count, as the torch backend uses)."""
+    unless told) and ``threads`` inference threads (None: torch's thread count, as the torch backend uses).
+
+    A model file is compiled through OpenVINO's model cache (``$MOBILESAM_HOME/openvino/compiled``, keyed by
+    OpenVINO on the file and the settings): a predictor made again (another ``SAM``, a server thread)
+    loads the compiled blob instead of compiling again.
+    """
     ov = import_openvino()
     core = ov.Core()
-    config = {
+    config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": precision,
         "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         "PERFORMANCE_HINT": "LATENCY",
     }
     try:
-        model = core.read_model(str(path)) if isinstance(path, (str, os.PathLike)) else path
-        return core.compile_model(model, "CPU", config)
+        if isinstance(path, (str, os.PathLike)):
+            from ..weights import cache_dir
+
+            compiled = cache_dir() / "openvino" / "compiled"
+            try:
+                compiled.mkdir(parents=True, exist_ok=True)
+                config["CACHE_DIR"] = str(compiled)
+            except OSError:  # a read-only cache: compile every time
+                pass
+            return core.compile_model(str(path), "CPU", config)
+        return core.compile_model(path, "CPU", config)
     except RuntimeError as e:
         raise ExportError(f"openvino model: cannot compile '{path}' for the CPU ({str(e).strip()[:300]})") from None
 
@@ -250,7 +264,8 @@ def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
-        onnx_folder, onnx_manifest = _onnx_export_of(sam, Path(onnx_dir) if onnx_dir else tmp / "onnx", progress)
+        onnx_folder, onnx_manifest = _onnx_export_of(sam, Path(onnx_dir) if onnx_dir else tmp / "onnx", check,
+                                                     progress)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             encoder = ov.convert_model(str(file_entry(onnx_manifest, onnx_folder, "encoder", verify=False)))
@@ -294,7 +309,7 @@ def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _onnx_export_of(sam: Sam, folder: Path, progress: bool) -> tuple[Path, dict[str, Any]]:
+def _onnx_export_of(sam: Sam, folder: Path, check: bool, progress: bool) -> tuple[Path, dict[str, Any]]:
     """The fp32 ONNX export of ``sam`` in ``folder``: the one there when it holds these weights' encoder and
     decoder with their checksums, else a new one (checked against PyTorch by ``export_onnx``)."""
     from .manifest import file_entry, read_manifest
@@ -306,7 +321,7 @@ def _onnx_export_of(sam: Sam, folder: Path, progress: bool) -> tuple[Path, dict[
             file_entry(manifest, found, key)
         return found, manifest
     except (FileNotFoundError, ExportError):
-        return folder, export_onnx(sam, folder, progress=progress)
+        return folder, export_onnx(sam, folder, check=check, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -435,3 +450,38 @@ def quantize_openvino_int8(
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The export format (mobilesam export --format openvino)
+# ----------------------------------------------------------------------------------------------------
+def export_openvino(
+    model: Sam | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    check: bool = True,
+    progress: bool = True,
+    quantize: str | None = None,
+    calibration: str | os.PathLike | None = None,
+    calibration_size: int = CALIBRATION_SIZE,
+) -> dict[str, Any]:
+    """``mobilesam export --format openvino``: :func:`convert_openvino` of ``model`` (a ``Sam``, a checkpoint
+    path or a weights name) into ``out_dir``, and with ``quantize="int8"`` the NNCF int8 image encoder
+    (:func:`quantize_openvino_int8`, calibrated on the folder ``calibration`` or on built-in synthetic
+    images; the manifest says which). The backends ``openvino``, ``openvino-bf16`` and ``openvino-int8``
+    run the folder. Returns the manifest."""
+    from .onnx_export import _resolve_model
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize: expected None or 'int8', got {quantize!r}")
+    if quantize is None and calibration is not None:
+        raise ValueError("calibration: only the int8 encoder is calibrated; add quantize='int8' (--quantize int8)")
+    calibration_set(calibration, calibration_size)  # a bad folder fails before the conversion
+    sam, _ = _resolve_model(model, None)
+    from ..backends.onnx_predictor import cache_folder
+
+    # From the onnxruntime backend's export in the cache when it holds these weights (made there otherwise).
+    manifest = convert_openvino(sam, out_dir, check=check, progress=progress, onnx_dir=cache_folder(sam))
+    if quantize == "int8":
+        manifest = quantize_openvino_int8(out_dir, calibration, calibration_size, sam=sam if check else None)
+    return manifest
