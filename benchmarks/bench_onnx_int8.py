@@ -7,7 +7,12 @@ The variants, all made from our fp32 ONNX export of the checkpoint:
 - ``static-qdq``: static quantization (QDQ), per-channel int8 weights, uint8 activations calibrated
   (MinMax) on the built-in synthetic calibration images, every op type ONNX Runtime quantizes;
 - ``static-qdq-matmul`` / ``static-qdq-conv`` / ``static-qdq-matmul-conv``: the same on op subsets;
-- ``static-qop``: static, QOperator format (QLinearConv / QLinearMatMul kernels) on every op type.
+- ``static-qop``: static, QOperator format (QLinearConv / QLinearMatMul kernels) on every op type;
+- ``nncf-qdq``: NNCF's post-training quantization of the ONNX graph (QDQ, per-channel weights, SmoothQuant
+  and NNCF's transformer rules: what the openvino-int8 backend does to the IR), same calibration images.
+
+ONNX Runtime's static calibration keeps every augmented output of a pass in memory (gigabytes at 1024 px):
+it runs with ``CalibMaxIntermediateOutputs=1`` (ranges merged after each image).
 
 Each variant's encoder is timed in its own process, variants alternating over rounds (the machine may be
 shared: only ratios to fp32 in the same run mean something), and its masks are compared with fp32's for
@@ -38,7 +43,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 VARIANTS = ("fp32", "dynamic-matmul", "static-qdq", "static-qdq-matmul", "static-qdq-conv", "static-qdq-matmul-conv",
-            "static-qop")
+            "static-qop", "nncf-qdq")
 SCENE_SEED = 777_000_000  # held out, as bench_openvino.py
 
 
@@ -73,6 +78,15 @@ def make_variant(name: str, fp32: Path, out: Path, calibration: int) -> Path:
     t = time.perf_counter()
     if name == "dynamic-matmul":
         quantize_int8(fp32, path)
+    elif name == "nncf-qdq":
+        import nncf
+        import onnx
+
+        reader = _Calibration(calibration)
+        samples = list(iter(reader.get_next, None))
+        model = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(samples), fast_bias_correction=True)
+        onnx.save(model, str(path))
     else:
         pre = out / "encoder.pre.onnx"
         if not pre.is_file():
@@ -84,6 +98,7 @@ def make_variant(name: str, fp32: Path, out: Path, calibration: int) -> Path:
             quant_format=q.QuantFormat.QOperator if name == "static-qop" else q.QuantFormat.QDQ,
             per_channel=True, weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QUInt8,
             op_types_to_quantize=ops, calibrate_method=q.CalibrationMethod.MinMax,
+            extra_options={"CalibMaxIntermediateOutputs": 1},
         )
     print(f"{name}: made in {time.perf_counter() - t:.0f} s ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return path
@@ -143,19 +158,11 @@ def mask_ious(folders: dict[str, Path], images: list[np.ndarray], prompts: list[
 
 def proxy_case(n_scenes: int) -> tuple[Path, list[np.ndarray], list[list[dict]]]:
     import proxy
+    from bench_openvino import _scene_prompts
 
     ckpt = proxy.proxy_checkpoint(None, 0.0)
-    scenes = [proxy.make_scene(SCENE_SEED + i) for i in range(n_scenes)]
-    prompts = []
-    for sc in scenes:
-        ps = []
-        for m in sc.instance_masks():
-            x, y = proxy.interior_point(m)
-            ys, xs = np.nonzero(m)
-            ps += [{"point_coords": np.array([[x, y]]), "point_labels": np.array([1])},
-                   {"box": np.array([xs.min(), ys.min(), xs.max(), ys.max()], float)}]
-        prompts.append(ps)
-    return ckpt, [sc.image for sc in scenes], prompts
+    images, prompts, _ = _scene_prompts([proxy.make_scene(SCENE_SEED + i) for i in range(n_scenes)])
+    return ckpt, images, prompts
 
 
 def random_case(tmp: Path) -> tuple[Path, list[np.ndarray], list[list[dict]]]:
@@ -180,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--scenes", type=int, default=4)
-    ap.add_argument("--calibration", type=int, default=16, help="synthetic calibration images (static variants)")
+    ap.add_argument("--calibration", type=int, default=8, help="synthetic calibration images (static variants)")
     ap.add_argument("--no-proxy", action="store_true", help="random weights only (no proxy checkpoint needed)")
     ap.add_argument("--work", default=None, help="folder for the variants (default: a temporary one)")
     ap.add_argument("--worker", nargs=4, metavar=("PATH", "IMAGE", "RUNS", "THREADS"), help=argparse.SUPPRESS)

@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild-minutes", type=float, default=40.0,
                     help="train the proxy this long when missing; default: %(default)s")
     ap.add_argument("--no-latency", action="store_true", help="only the accuracy table")
+    ap.add_argument("--no-accuracy", action="store_true", help="only the latency table")
+    ap.add_argument("--vs-official", action="store_true", help="also the official code, in the same rounds")
+    ap.add_argument("--peers", action="store_true",
+                    help="also the official graph exported the plain way on ONNX Runtime / OpenVINO (mobilesam.bench_peers)")
     args = ap.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     known = benchmark_backends()
@@ -181,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             Image.fromarray(scenes[0].image).save(image)
             lines += ["## Latency", "", run_benchmark(str(ckpt), backends, image=image, rounds=args.rounds,
                                                       runs=args.runs, prompts=args.prompts, threads=args.threads,
+                                                      vs_official=args.vs_official, peers=args.peers,
                                                       command=command), ""]
+    if args.no_accuracy:
+        print("\n".join(lines))
+        return 0
     images, prompts, truth = _scene_prompts(scenes)
     lines += ["## Masks of the reduced-precision variants vs f32", "",
               f"{args.scenes} held-out proxy scenes, one point (best multimask output) and one box per instance; "

@@ -1,10 +1,11 @@
-"""Batches of images and the disk cache of embeddings.
+"""The disk cache of embeddings, the read-ahead thread, and folder runs that reuse the cache.
 
 The disk cache: features round-trip in float16, a file never answers for another key, a damaged file is a
 miss, the least recently used files go first, and processes sharing the folder at once never see a wrong
-or half-written entry. Batches: ``SAM.predict(..., batch=N)`` gives the masks of one image at a time with
-fewer encoder calls. Reopening a labelled folder (``annotate`` again, then ``predict``, ``everything`` and
-``serve`` on the same images) costs no encoder pass: encoder calls are counted.
+or half-written entry. Reopening a labelled folder (``annotate`` again, then ``predict``, ``everything``
+and ``serve`` on the same images) costs no encoder pass: encoder calls are counted. (Batched results equal
+to one image at a time: ``tests/test_openvino.py``, on the backend whose encoder pass is cheapest, and
+``tests/test_backends.py`` for torch.)
 """
 
 from __future__ import annotations
@@ -146,26 +147,11 @@ def encoder_calls(vit_t_pair):
     handle.remove()
 
 
-def test_batched_predict_equals_one_at_a_time(vit_t_pair, encoder_calls) -> None:
-    images = _scenes()
-    one = SAM(vit_t_pair[1], device="cpu", cache_size=0).predict(
-        images, points=[[50, 40], [40, 80]], image_format="RGB", verbose=False)
-    assert encoder_calls == [1, 1]
-    encoder_calls.clear()
-    model = SAM(vit_t_pair[1], device="cpu", cache_size=0)
-    batched = model.predict(images, points=[[50, 40], [40, 80]], image_format="RGB", verbose=False, batch=2)
-    assert encoder_calls == [2]  # two images, one encoder call
-    for a, b in zip(one, batched):
-        assert a.orig_shape == b.orig_shape
-        assert (a.low_res_logits - b.low_res_logits).abs().max() <= 1e-3  # float rounding of a batch
-        assert int((a.masks.data != b.masks.data).sum()) <= 2
-    with pytest.raises(ValueError, match="batch: expected an int >= 1"):
-        model.predict(images, points=[50, 40], batch=0)
-
-
-def test_reopening_a_labelled_folder_costs_no_encoder_pass(vit_t_pair, encoder_calls, tmp_path) -> None:
-    """annotate fills the cache (one encoder call for both images); annotate again, predict, everything and
-    serve on the same images, in new objects as new processes would be, run no encoder."""
+def test_reopening_a_labelled_folder_costs_no_encoder_pass(vit_t_pair, tiny_checkpoint, encoder_calls, tmp_path,
+                                                          monkeypatch) -> None:
+    """annotate fills the cache (one encoder call for both images); annotate again, predict, everything (in
+    Python and on the command line) and serve on the same images, in new objects as new processes would
+    be, run no encoder."""
     from mobilesam import auto_annotate
 
     data = tmp_path / "images"
@@ -207,9 +193,17 @@ def test_reopening_a_labelled_folder_costs_no_encoder_pass(vit_t_pair, encoder_c
         r = client.post(f"/api/images/{image_id}/predict", json={"points": [[50, 40]], "labels": [1]})
         assert r.status_code == 200, r.text
     assert encoder_calls == [] and app.state.engine.encoder_passes == 0
-    # A new image is embedded and stored for next time.
-    model.predict(np.zeros((50, 60, 3), np.uint8), points=[10, 10], verbose=False)
-    assert encoder_calls == [1] and len(DiskFeatureCache(cache)) == 3
+
+    from mobilesam.backends.torch_predictor import SamPredictor
+    from mobilesam.cli import main
+
+    passes: list[int] = []  # the command builds its own model from the checkpoint (the same weights)
+    encode = SamPredictor._encode_batch
+    monkeypatch.setattr(SamPredictor, "_encode_batch", lambda self, images: passes.append(len(images))
+                        or encode(self, images))
+    assert main(["everything", str(data), "--model", str(tiny_checkpoint), "--device", "cpu", "--points-per-side",
+                 "2", "--embedding-cache", str(cache), "--batch", "2", "--save-dir", str(tmp_path / "ev")]) == 0
+    assert passes == [] and sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["0", "0.png", "1", "1.png"]
 
 
 def test_embedding_cache_refuses_a_backend_that_cannot_name_its_features(vit_t_pair, tmp_path) -> None:

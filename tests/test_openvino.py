@@ -195,6 +195,20 @@ def test_front_ends_run_on_openvino(ov_cache, predictors, vit_t_pair, image, mon
         logits = predictors[0].predict(np.array([point]), np.array([1]), multimask_output=False, return_logits=True)[0]
         differ = got.masks.data[i].cpu().numpy() != (logits[0] > 0)
         assert not (differ & (np.abs(logits[0]) > LOGIT_ATOL)).any()
+    # Several images, two per encoder call: the masks of one at a time (float rounding apart).
+    images = [np.ascontiguousarray(image[:120].transpose(1, 0, 2)), np.ascontiguousarray(image[::-1, :200]), image]
+    calls = []
+    encode = model.predictor._encode_batch
+    monkeypatch.setattr(model.predictor, "_encode_batch", lambda images: calls.append(len(images)) or encode(images))
+    one = SAM(vit_t_pair[1], backend="openvino", cache_size=0)
+    encode_one = one.predictor._encode_batch
+    monkeypatch.setattr(one.predictor, "_encode_batch", lambda images: calls.append(-len(images)) or encode_one(images))
+    kw = dict(points=[[60, 40]], image_format="RGB", verbose=False)
+    batched, single = model.predict(images, batch=2, **kw), one.predict(images, **kw)
+    assert calls == [2, -1, -1, -1]  # two new images in one call (the third is cached); one by one: 3 calls
+    for a, b in zip(batched, single):
+        assert a.orig_shape == b.orig_shape and (a.low_res_logits - b.low_res_logits).abs().max() <= LOGIT_ATOL
+        assert int((a.masks.data != b.masks.data).sum()) <= 2
     everything = model.predict(image, points_per_side=2, image_format="RGB", pred_iou_thresh=-10.0,
                                stability_score_thresh=-10.0, verbose=False)[0]  # the cached features
     assert len(everything) and everything.masks.data.shape[1:] == image.shape[:2]
@@ -315,12 +329,14 @@ def test_int8_encoder_calibrated_on_a_folder(ov_cache, predictors, vit_t_pair, i
 
 
 def test_export_format_openvino(ov_cache, predictors, tiny_checkpoint, image, tmp_path, monkeypatch, capsys) -> None:
-    """mobilesam export --format openvino writes the IR with its manifest (from the cached ONNX export of the
-    same weights); SAM(folder) runs it on the openvino backend; format options are checked by name."""
+    """mobilesam export --format openvino writes the IR with its manifest (here a copy of the backend's
+    conversion of the same weights in the cache); SAM(folder) runs it on the openvino backend; format options
+    are checked by name."""
     from mobilesam.cli import main
 
     monkeypatch.setenv("MOBILESAM_HOME", str(ov_cache[1]))
     monkeypatch.setattr(ove, "import_nncf", lambda: _NNCFStandIn)
+    monkeypatch.setattr(ove, "convert_openvino", lambda *a, **k: pytest.fail("converted again"))
     out = tmp_path / "exported"
     argv = ["export", "--model", str(tiny_checkpoint), "--format", "openvino", "--out", str(out), "--no-check"]
     assert main([*argv, "--quantize", "int8", "--calibration-size", "1"]) == 0

@@ -142,8 +142,10 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform != "darwin" else 2**20)
 
 
-def _official_predictor(checkpoint: str) -> Any:
-    """The official code's predictor, built as its README does; its packages are imported only here."""
+def official_model(checkpoint: str) -> tuple[Any, Any]:
+    """The official model of ``checkpoint``, built as its README does, and its package (``mobile_sam`` for
+    vit_t, ``segment_anything`` otherwise); the packages are imported only here."""
+    import importlib
     import warnings
 
     import torch
@@ -151,19 +153,21 @@ def _official_predictor(checkpoint: str) -> Any:
     warnings.simplefilter("ignore")
     state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if any(k.startswith("image_encoder.layers.") for k in state_dict):
-        from mobile_sam import SamPredictor, sam_model_registry
-
-        model_type = "vit_t"
+        package, model_type = importlib.import_module("mobile_sam"), "vit_t"
     else:
-        from segment_anything import SamPredictor, sam_model_registry
-
         from .build import detect_model_type
 
-        model_type = detect_model_type(state_dict)
+        package, model_type = importlib.import_module("segment_anything"), detect_model_type(state_dict)
     del state_dict
-    sam = sam_model_registry[model_type](checkpoint=checkpoint)
+    sam = package.sam_model_registry[model_type](checkpoint=checkpoint)
     sam.eval()  # as its README: after loading (the official TinyViT caches biases in eval())
-    return SamPredictor(sam)
+    return sam, package
+
+
+def _official_predictor(checkpoint: str) -> Any:
+    """The official code's predictor, built as its README does."""
+    sam, package = official_model(checkpoint)
+    return package.SamPredictor(sam)
 
 
 def _make_predictor(backend: str, checkpoint: str, onnx_dir: str | None, threads: int | None,

@@ -29,34 +29,16 @@ PEERS = (f"{PREFIX}onnxruntime", f"{PREFIX}openvino", f"{PREFIX}openvino-f32")
 
 
 def _official_sam(checkpoint: str) -> tuple[Any, Any]:
-    """The official model of the checkpoint and its ResizeLongestSide class."""
-    import torch
+    """The official model of the checkpoint (built as its README does) and its package."""
+    from .bench import official_model
 
-    warnings.simplefilter("ignore")
-    sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if any(k.startswith("image_encoder.layers.") for k in sd):
-        from mobile_sam import sam_model_registry
-        from mobile_sam.utils.transforms import ResizeLongestSide
-
-        model_type = "vit_t"
-    else:
-        from segment_anything import sam_model_registry
-        from segment_anything.utils.transforms import ResizeLongestSide
-
-        from .build import detect_model_type
-
-        model_type = detect_model_type(sd)
-    sam = sam_model_registry[model_type](checkpoint=checkpoint)
-    sam.eval()
-    return sam, ResizeLongestSide
+    return official_model(checkpoint)
 
 
-def _decoder_module(sam: Any) -> Any:
-    if type(sam).__module__.startswith("mobile_sam"):
-        from mobile_sam.utils.onnx import SamOnnxModel
-    else:
-        from segment_anything.utils.onnx import SamOnnxModel
-    return SamOnnxModel(sam, return_single_mask=False)
+def _decoder_module(sam: Any, package: Any) -> Any:
+    import importlib
+
+    return importlib.import_module(f"{package.__name__}.utils.onnx").SamOnnxModel(sam, return_single_mask=False)
 
 
 def ensure_peer_exports(checkpoint: str | os.PathLike) -> Path:
@@ -73,7 +55,7 @@ def ensure_peer_exports(checkpoint: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"exporting the official graph of {Path(checkpoint).name} the plain way into {folder} (once)",
           file=sys.stderr)
-    sam, _ = _official_sam(str(checkpoint))
+    sam, package = _official_sam(str(checkpoint))
     size = sam.image_encoder.img_size
     example = torch.randn(1, 3, size, size)
     info: dict[str, Any] = {}
@@ -87,7 +69,7 @@ def ensure_peer_exports(checkpoint: str | os.PathLike) -> Path:
             torch.onnx.export(sam.image_encoder, (example,), str(folder / "encoder.onnx"), **legacy)
             info["encoder_exporter"] = f"torch.onnx.export(dynamo=False) (the default failed: {type(e).__name__})"
         # The decoder as the official scripts/export_onnx_model.py exports it (TorchScript exporter, opset 17).
-        decoder = _decoder_module(sam)
+        decoder = _decoder_module(sam, package)
         embed = sam.prompt_encoder.embed_dim
         grid = sam.prompt_encoder.image_embedding_size
         mask_size = [4 * x for x in grid]
@@ -126,8 +108,11 @@ class PeerPredictor:
     def __init__(self, checkpoint: str, runtime: str, folder: Path, threads: int | None = None) -> None:
         import torch
 
-        self.sam, resize = _official_sam(checkpoint)
-        self.transform = resize(self.sam.image_encoder.img_size)
+        import importlib
+
+        self.sam, package = _official_sam(checkpoint)
+        transforms = importlib.import_module(f"{package.__name__}.utils.transforms")
+        self.transform = transforms.ResizeLongestSide(self.sam.image_encoder.img_size)
         self.runtime = runtime
         self.precision = "f32"
         if runtime == "onnxruntime":

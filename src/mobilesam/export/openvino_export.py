@@ -143,6 +143,39 @@ def _save_ir(model: Any, folder: Path, stem: str, precision: str, **extra: Any) 
             "bytes": bin_.stat().st_size, "precision": precision, **extra}
 
 
+def _copy_conversion(cached: Path, out: Path, checked: bool) -> dict[str, Any] | None:
+    """The f32 encoder and decoder of the conversion in ``cached`` copied into ``out`` (hard links where the
+    file system allows), or None when there is none usable (missing, damaged, or unchecked when ``checked``)."""
+    try:
+        _, manifest = read_openvino_manifest(cached)
+        for key in ("encoder", "decoder"):
+            ir_file(manifest, cached, key)
+    except (FileNotFoundError, ExportError):
+        return None
+    if checked and not manifest.get("checks", {}).get("decoder"):
+        return None
+    if out.resolve() == cached.resolve():
+        return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=out))
+    try:
+        files = {k: manifest["files"][k] for k in ("encoder", "decoder")}
+        staged = []
+        for entry in files.values():
+            for part in ("xml", "bin"):
+                try:
+                    os.link(cached / entry[part], tmp / entry[part])
+                except OSError:
+                    shutil.copy2(cached / entry[part], tmp / entry[part])
+                staged.append(tmp / entry[part])
+        manifest = {**manifest, "files": files,
+                    "checks": {k: v for k, v in manifest.get("checks", {}).items() if k in files}}
+        _publish(staged, out, manifest)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _publish(staged: Sequence[Path], out: Path, manifest: dict[str, Any]) -> None:
     """Move the staged files into ``out``, then write the manifest: a reader never sees half a model."""
     out.mkdir(parents=True, exist_ok=True)
@@ -466,7 +499,9 @@ def export_openvino(
     calibration_size: int = CALIBRATION_SIZE,
 ) -> dict[str, Any]:
     """``mobilesam export --format openvino``: :func:`convert_openvino` of ``model`` (a ``Sam``, a checkpoint
-    path or a weights name) into ``out_dir``, and with ``quantize="int8"`` the NNCF int8 image encoder
+    path or a weights name) into ``out_dir`` (a copy of the openvino backends' conversion in the cache when
+    it holds these weights for this OpenVINO release, and, with ``check``, was checked against PyTorch),
+    and with ``quantize="int8"`` the NNCF int8 image encoder
     (:func:`quantize_openvino_int8`, calibrated on the folder ``calibration`` or on built-in synthetic
     images; the manifest says which). The backends ``openvino``, ``openvino-bf16`` and ``openvino-int8``
     run the folder. Returns the manifest."""
@@ -480,8 +515,10 @@ def export_openvino(
     sam, _ = _resolve_model(model, None)
     from ..backends.onnx_predictor import cache_folder
 
-    # From the onnxruntime backend's export in the cache when it holds these weights (made there otherwise).
-    manifest = convert_openvino(sam, out_dir, check=check, progress=progress, onnx_dir=cache_folder(sam))
+    manifest = _copy_conversion(default_folder(sam), Path(out_dir).expanduser(), check)
+    if manifest is None:
+        # From the onnxruntime backend's export in the cache when it holds these weights (made there otherwise).
+        manifest = convert_openvino(sam, out_dir, check=check, progress=progress, onnx_dir=cache_folder(sam))
     if quantize == "int8":
         manifest = quantize_openvino_int8(out_dir, calibration, calibration_size, sam=sam if check else None)
     return manifest
