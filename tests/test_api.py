@@ -247,8 +247,10 @@ def test_bad_arguments(model, zidane) -> None:
         SAM(model.model, backend="tensorrt")
     with pytest.raises(ValueError, match="conf: expected a number in"):
         model.predict(str(zidane), points=[900, 370], conf=2)
-    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['save'\]"):
-        model.predict(str(zidane), points=[900, 370], save=True)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['sav'\]"):
+        model.predict(str(zidane), points=[900, 370], sav=True)
+    with pytest.raises(ValueError, match="augment: an Ultralytics argument that has no meaning for SAM"):
+        model.predict(str(zidane), points=[900, 370], augment=True)
     with pytest.raises(FileNotFoundError, match="source: file 'nope.jpg' not found"):
         model.predict("nope.jpg", points=[900, 370])
     with pytest.raises(TypeError, match="source: expected a file path"):
@@ -329,8 +331,9 @@ class _StubGenerator:
 
 
 def test_segment_everything_when_no_prompt(model, monkeypatch) -> None:
-    everything = pytest.importorskip("mobilesam.everything")
-    monkeypatch.setattr(everything, "SamAutomaticMaskGenerator", _StubGenerator)
+    # The facade asks automatic_mask_generator for its family's generator: SAM's, for this vit_t.
+    family_pick = pytest.importorskip("mobilesam.everything.sam2_generator")
+    monkeypatch.setattr(family_pick, "SamAutomaticMaskGenerator", _StubGenerator)
     _StubGenerator.calls.clear()
     img = np.zeros((70, 100, 3), np.uint8)
     for output_mode in ("binary_mask", "coco_rle"):

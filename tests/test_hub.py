@@ -13,6 +13,7 @@ from torch import nn
 
 from mobilesam import CheckpointError, build_sam, detect_model_type, weights
 from mobilesam.hub import (
+    SAM2_FAMILY,
     SAM_FAMILY,
     ModelFamily,
     Preprocessing,
@@ -56,9 +57,11 @@ def test_sam_family_entry() -> None:
 
 
 def test_weights_index_is_the_families_weights() -> None:
-    assert weights.WEIGHTS == {e.name: e for e in SAM_FAMILY.weights}
-    assert weights.ALIASES == {a: e.name for e in SAM_FAMILY.weights for a in e.aliases}
+    listed = SAM_FAMILY.weights + SAM2_FAMILY.weights
+    assert weights.WEIGHTS == {e.name: e for e in listed}
+    assert weights.ALIASES == {a: e.name for e in listed for a in e.aliases}
     assert {e.family for e in SAM_FAMILY.weights} == {"sam"}
+    assert {e.family for e in SAM2_FAMILY.weights} == {"sam2"}
     assert find_weights("sam_b.pt") is weights.WEIGHTS["sam_vit_b_01ec64.pth"]
 
 

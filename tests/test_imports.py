@@ -214,7 +214,7 @@ def test_benchmark_runs_torch_against_official(tiny_checkpoint, tmp_path) -> Non
 
     out = tmp_path / "bench.md"
     argv = ["benchmark", "--model", str(tiny_checkpoint), "--backends", "torch", "--vs-official", "--rounds", "1",
-            "--runs", "1", "--prompts", "2", "--threads", "1", "--out", str(out)]
+            "--runs", "1", "--prompts", "2", "--threads", "1", "--no-batch", "--out", str(out)]
     assert main(argv) == 0
     report = out.read_text()
     rows = [line for line in report.splitlines() if line.startswith("| torch |") or line.startswith("| official |")]

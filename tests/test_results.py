@@ -53,19 +53,18 @@ def test_polygons_largest_part_and_all_parts(result) -> None:
     assert len(xy) == 3 and all(p.dtype == np.float32 and p.shape[1:] == (2,) for p in xy)
     m = result.masks.data.numpy()
     assert iou(polygons_to_mask([xy[0]], (H, W)), m[0]) > 0.9
-    # Mask 1 has two parts: xy keeps the largest (as Ultralytics), segments("all") joins both.
+    # Mask 1 has two parts: xy joins both (as Ultralytics 8.4), segments("largest") keeps the largest.
     big = np.zeros((H, W), bool)
     big[35:55, 5:25] = True
-    assert iou(polygons_to_mask([xy[1]], (H, W)), big) > 0.9
-    joined = result.masks.segments("all")[1]
-    assert iou(polygons_to_mask([joined], (H, W)), m[1]) > 0.85
+    assert iou(polygons_to_mask([result.masks.segments("largest")[1]], (H, W)), big) > 0.9
+    assert iou(polygons_to_mask([xy[1]], (H, W)), m[1]) > 0.85
     assert xy[2].shape == (0, 2)  # empty mask: no polygon
     np.testing.assert_allclose(result.masks.xyn[0], xy[0] / [W, H], rtol=1e-6)
     assert result.masks.xyn[0].max() <= 1.0
 
 
-def test_to_json_is_coco_rle(result) -> None:
-    records = json.loads(result.to_json())
+def test_summary_rle_is_coco_rle(result) -> None:
+    records = result.summary(rle=True)
     assert [r["class"] for r in records] == [0, 1, 2]
     for rec, m in zip(records, result.masks.data.numpy()):
         rle = {"size": rec["segmentation"]["size"], "counts": rec["segmentation"]["counts"].encode()}
@@ -74,6 +73,10 @@ def test_to_json_is_coco_rle(result) -> None:
     assert records[0]["box"] == {"x1": 20.0, "y1": 10.0, "x2": 49.0, "y2": 29.0}
     assert records[0]["confidence"] == pytest.approx(0.9)
     assert json.loads(result.to_json(normalize=True))[0]["box"]["x2"] == pytest.approx(49 / W, abs=1e-5)
+    # Ultralytics' schema: no RLE in to_json; the outline as segments x / y.
+    first = json.loads(result.to_json())[0]
+    assert sorted(first) == ["box", "class", "confidence", "name", "segments"]
+    assert first["segments"]["x"] == result.masks.xy[0][:, 0].tolist()
 
 
 def test_save_txt_yolo_format(result, tmp_path) -> None:
@@ -87,9 +90,9 @@ def test_save_txt_yolo_format(result, tmp_path) -> None:
         assert 0 <= xy.min() and xy.max() <= 1
         assert iou(polygons_to_mask([xy * [W, H]], (H, W)), m) > 0.85  # both parts of mask 1 kept
     assert [line.split()[0] for line in lines] == ["0", "1"]
-    result.save_txt(path, save_conf=True)  # replaced, not appended to
+    result.save_txt(path, save_conf=True)  # appended to, as Ultralytics
     lines = path.read_text().splitlines()
-    assert len(lines) == 2 and float(lines[0].split()[-1]) == pytest.approx(0.9)
+    assert len(lines) == 4 and float(lines[2].split()[-1]) == pytest.approx(0.9)
     assert sorted(p.name for p in path.parent.iterdir()) == ["pic.txt"]  # no temporary file left
 
 
@@ -149,7 +152,7 @@ def test_empty_and_invalid(tmp_path) -> None:
     r = Results(img, "x.jpg")
     assert len(r) == 0 and r.to_json() == "[]" and r.plot().shape == (H, W, 3)
     r.save_txt(tmp_path / "x.txt")
-    assert (tmp_path / "x.txt").read_text() == ""
+    assert not (tmp_path / "x.txt").exists()  # nothing to write: no file, as Ultralytics
     with pytest.raises(ValueError, match="2 masks but 1 boxes"):
         Results(img, "x.jpg", boxes=torch.zeros(1, 6), masks=torch.zeros(2, H, W, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"masks of size \(10, 10\) for an image of size \(60, 80\)"):

@@ -150,11 +150,16 @@ def _files(folder: Path) -> list[str]:
 
 
 def test_registry_entries_are_consistent() -> None:
-    assert {e.model_type for e in WEIGHTS.values()} == {"vit_t", "vit_b", "vit_l", "vit_h"}
+    from mobilesam.modeling.sam2 import SAM2_CONFIGS
+
+    assert {e.model_type for e in WEIGHTS.values()} == {"vit_t", "vit_b", "vit_l", "vit_h", *SAM2_CONFIGS}
     for key, entry in WEIGHTS.items():
         assert entry.name == key
         assert entry.url.startswith("https://") and entry.url.endswith("/" + key)
-        assert re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+        if entry.family == "sam2":
+            assert entry.sha256 is None  # none published: downloads say they are unverified
+        else:
+            assert re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
         assert entry.size_mb > 0
     assert WEIGHTS["mobile_sam.pt"].sha256.startswith("6dbb9052")
     assert WEIGHTS["sam_vit_h_4b8939.pth"].sha256.startswith("a7bf3b02")
@@ -172,6 +177,36 @@ def test_aliases(alias: str, model_type: str) -> None:
     assert entry is not None and entry.model_type == model_type
     assert ALIASES[alias] in WEIGHTS
     assert get_weights_entry("nope.pt") is None
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [("sam2_t.pt", "sam2_hiera_tiny.pt"), ("sam2_b.pt", "sam2_hiera_base_plus.pt"),
+     ("sam2.1_t.pt", "sam2.1_hiera_tiny.pt"), ("sam2.1_s.pt", "sam2.1_hiera_small.pt"),
+     ("sam2.1_l.pt", "sam2.1_hiera_large.pt"), ("sam2.1_hiera_base_plus", "sam2.1_hiera_base_plus.pt")],
+)
+def test_sam2_names_resolve_to_meta_files(alias: str, name: str) -> None:
+    """Ultralytics' names and the bare model types resolve to Meta's files and release folders."""
+    entry = get_weights_entry(alias)
+    assert entry is not None and entry.name == name and entry.family == "sam2"
+    release = "092824" if name.startswith("sam2.1") else "072824"
+    assert entry.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/{release}/{name}"
+
+
+def test_download_without_known_hash_is_logged_unverified(
+    server: _Server, dl: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry without SHA-256 downloads, and says it is unverified with the digest it got; the
+    offline hint says no hash is published instead of printing None."""
+    _point(monkeypatch, "sam2.1_hiera_tiny.pt", f"{server.url}/good.bin", sha256=None)
+    with caplog.at_level("WARNING", logger="mobilesam.weights"):
+        path = resolve_weights("sam2.1_t.pt", progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert "no published SHA-256" in caplog.text and PAYLOAD_SHA in caplog.text
+    path.unlink()
+    with pytest.raises(CheckpointError, match="no SHA-256 is published for it") as info:
+        resolve_weights("sam2.1_t.pt", offline=True)
+    assert "None" not in str(info.value)
 
 
 def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

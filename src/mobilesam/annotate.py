@@ -47,8 +47,7 @@ from .formats import coco, yolo
 from .formats.classes import CLASSES_FILE, read_classes, write_classes
 from .formats.data_yaml import DATA_YAML, write_data_yaml
 from .io import IMAGE_SUFFIXES, atomic_write_text, read_image, walk_images
-from .masks import mask_to_segment
-from .modeling import Sam
+from .masks import DEFAULT_SIMPLIFY, check_simplify, mask_to_segment
 from .pipeline import Pending, cache_key_maker, chunks, encode_pending, prefetch
 
 logger = logging.getLogger(__name__)
@@ -335,7 +334,7 @@ def _check_args(conf: Any, iou: Any, imgsz: Any, max_det: Any, classes: Any, str
 def _make_predictor(sam_model: Any, device: torch.device, backend: str) -> Predictor:
     if isinstance(sam_model, Predictor):
         return sam_model
-    if isinstance(sam_model, (Sam, str, os.PathLike)):
+    if isinstance(sam_model, (torch.nn.Module, str, os.PathLike)):  # a Sam, a Sam2, or a file
         return create_predictor(sam_model, backend, device=device)
     raise TypeError(
         f"sam_model: expected a checkpoint path or weights name ('mobile_sam.pt'), a Sam or a predictor, "
@@ -384,6 +383,7 @@ def auto_annotate(
     batch: int = 1,
     embedding_cache: str | os.PathLike | None = None,
     embedding_cache_bytes: int | None = None,
+    simplify: float = DEFAULT_SIMPLIFY,
 ) -> AnnotateSummary:
     """Label a folder of images with segmentation masks: detector boxes -> SAM masks -> YOLO polygons.
 
@@ -394,8 +394,9 @@ def auto_annotate(
             (``"fasterrcnn_resnet50_fpn_v2"``), a folder of YOLO box labels, a COCO box JSON, a
             :class:`~mobilesam.detectors.Detector`, or a callable
             ``image (H, W, 3) RGB uint8 -> (boxes XYXY, class_ids, scores[, names])``.
-        sam_model: SAM checkpoint path or weights name, a ``Sam``, an exported folder (ONNX backends) or a
-            predictor of any backend. backend: a name from ``mobilesam.backends.available_backends()``.
+        sam_model: SAM or SAM 2 checkpoint path or weights name (``sam2.1_t.pt``), a ``Sam`` or ``Sam2``, an
+            exported folder (ONNX backends) or a predictor of any backend.
+            backend: a name from ``mobilesam.backends.available_backends()``.
         device: "" picks cuda, then mps, then cpu (under torchrun with CUDA: ``cuda:LOCAL_RANK``).
         conf: minimum detection score. iou: class-aware NMS threshold. imgsz: detector input size
             (longest side). max_det: most detections per image. classes: class indices to keep.
@@ -407,6 +408,8 @@ def auto_annotate(
             end of the run, which removes them (an interrupted run leaves them for its rerun).
         strategy: ``"all"`` joins every part of a mask into one polygon (as Ultralytics); ``"largest"``
             keeps the largest part.
+        simplify: tolerance in pixels of the polygons' simplification (OpenCV ``approxPolyDP``), so
+            labels stay editable; 0 keeps every contour point. COCO masks are RLE, never simplified.
         trust_weights: load Ultralytics weights that are not official (by SHA-256): they are pickles of
             Python objects, and loading one runs code from the file.
         verbose: progress bar and summary (rank 0).
@@ -423,6 +426,7 @@ def auto_annotate(
     """
     t0 = time.perf_counter()
     classes = _check_args(conf, iou, imgsz, max_det, classes, strategy)
+    simplify = check_simplify(simplify)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch: expected an int >= 1 (images per encoder call), got {batch!r}")
     disk = DiskFeatureCache.open(embedding_cache, embedding_cache_bytes)
@@ -496,7 +500,7 @@ def auto_annotate(
         def write_one(i: int, image: np.ndarray, dets: Detections, features: ImageFeatures | None) -> None:
             name = names_list[i]
             lines, anns, empty = _label_image(predictor, image, dets, detector, strategy, coco_path is not None,
-                                              pool, features)
+                                              pool, features, simplify)
             if empty:
                 logger.warning(
                     "auto_annotate: %s: %d of %d detections have an empty mask (detections %s, classes %s); "
@@ -590,10 +594,10 @@ def auto_annotate(
 
 
 def _mask_record(
-    mask: np.ndarray, category_id: int, score: float, strategy: str, with_coco: bool
+    mask: np.ndarray, category_id: int, score: float, strategy: str, with_coco: bool, simplify: float = 0.0
 ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
     """The YOLO segment of one mask and, ``with_coco``, its COCO annotation (runs in worker threads)."""
-    seg = mask_to_segment(mask, strategy)
+    seg = mask_to_segment(mask, strategy, simplify)
     if seg is None or not with_coco:
         return seg, None
     return seg, coco.annotation(mask, category_id, score=score)
@@ -608,6 +612,7 @@ def _label_image(
     with_coco: bool,
     pool: ThreadPoolExecutor | None = None,
     features: ImageFeatures | None = None,
+    simplify: float = 0.0,
 ) -> tuple[list[str], list[dict[str, Any]], list[int]]:
     """Label lines, COCO annotations and indices of detections with an empty mask, for one image.
 
@@ -624,7 +629,7 @@ def _label_image(
     anns: list[dict[str, Any]] = []
     empty: list[int] = []
     masks = _segment_boxes(predictor, image, dets.boxes, features)
-    convert = partial(_mask_record, strategy=strategy, with_coco=with_coco)
+    convert = partial(_mask_record, strategy=strategy, with_coco=with_coco, simplify=simplify)
     j = 0
     while batch := list(islice(masks, 64)):
         ids = [detector.category_id(c) for c in classes[j : j + len(batch)]]

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import bench_brief
 from .allocator import tune_allocator
 
 OFFICIAL = "official"
@@ -93,20 +94,23 @@ def iou_prompts(h: int, w: int) -> list[dict[str, Any]]:
 
 
 def make_random_checkpoint(model_type: str, path: Path, seed: int = 0) -> Path:
-    """A randomly initialised checkpoint (official flat format) with non-trivial BatchNorm statistics."""
+    """A randomly initialised checkpoint of any family's size in its official layout (flat for SAM,
+    ``{"model": sd}`` for SAM 2), with non-trivial BatchNorm statistics."""
     import torch
 
-    from .modeling import build_model
+    from .build import build_sam
+    from .hub import family_of
 
     torch.manual_seed(seed)
-    sam = build_model(model_type)
+    sam = build_sam(model_type=model_type)
     with torch.no_grad():
         for name, t in sam.state_dict().items():
             if name.endswith("running_var"):
                 t.copy_(torch.rand_like(t) + 0.5)
             elif name.endswith("running_mean"):
                 t.copy_(torch.randn_like(t) * 0.1)
-    torch.save(sam.state_dict(), path)
+    sd = sam.state_dict()
+    torch.save({"model": sd} if family_of(sam).name == "sam2" else sd, path)
     return path
 
 
@@ -128,6 +132,60 @@ def ensure_onnx(checkpoint: Path, quantize: bool) -> Path:
     return folder
 
 
+def edge_format(backend: str) -> str | None:
+    """The export format (other than ONNX, which :func:`ensure_onnx` makes) whose folder ``backend`` runs:
+    "executorch" for executorch / executorch-int8, "tflite" for litert / litert-int8; None otherwise."""
+    from .export.registry import available_export_formats, get_export_format
+
+    for name in available_export_formats():
+        # ONNX: ensure_onnx; the openvino backends convert a checkpoint themselves (cached).
+        if name not in ("onnx", "openvino") and backend in get_export_format(name).backends:
+            return name
+    return None
+
+
+def export_job(checkpoint: str, format: str, folder: str, quantize: str | None) -> float:
+    """Export ``checkpoint`` as ``format`` into ``folder`` (a worker job: the converters' memory, gigabytes
+    for litert-torch, is freed with the process); returns the seconds it took."""
+    from .export import export_model
+
+    t = time.perf_counter()
+    export_model(checkpoint, folder, format, quantize=quantize, progress=False)
+    return time.perf_counter() - t
+
+
+def ensure_export(checkpoint: Path, format: str, quantize: str | None, tmp: Path) -> tuple[Path, float | None]:
+    """An export of ``checkpoint`` as ``format`` in the cache (keyed by its SHA-256), made once in a worker
+    process; returns the folder and the seconds the export took (None when it was already there)."""
+    from .export.edge_export import file_key, read_edge_manifest
+    from .export.manifest import ExportError, sha256_file
+    from .weights import cache_dir
+
+    folder = cache_dir() / format / f"bench-{sha256_file(checkpoint)[:16]}"
+    try:
+        _, manifest = read_edge_manifest(folder, format)
+        if not quantize or file_key("encoder", quantize) in manifest["files"]:
+            return folder, None
+    except (FileNotFoundError, ExportError):
+        pass
+    print(f"exporting {checkpoint.name} as {format} in {folder} (once; minutes)", file=sys.stderr)
+    seconds, failure = _run_in_process("export", {"checkpoint": str(checkpoint), "format": format,
+                                                  "folder": str(folder), "quantize": quantize}, tmp)
+    if seconds is None:
+        raise RuntimeError(f"benchmark: the {format} export failed: {' | '.join(failure)}")
+    return folder, seconds
+
+
+def _edge_size(folder: Path, format: str, backend: str) -> float:
+    """Bytes of the encoder and decoder files ``backend`` runs."""
+    from .export.edge_export import file_key, read_edge_manifest
+
+    _, manifest = read_edge_manifest(folder, format)
+    precision = backend.rsplit("-", 1)[1] if "-" in backend else "fp32"
+    files = manifest["files"]
+    return float(sum(files.get(file_key(p, precision), files[p])["bytes"] for p in ("encoder", "decoder")))
+
+
 # --------------------------------------------------------------------------------------------------
 # Worker: one backend, one process
 # --------------------------------------------------------------------------------------------------
@@ -142,16 +200,58 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform != "darwin" else 2**20)
 
 
+class _OfficialSam2:
+    """Meta's ``SAM2ImagePredictor`` with the few names the worker uses that it spells otherwise
+    (``transform.apply_coords``, ``predict_torch``)."""
+
+    def __init__(self, predictor: Any) -> None:
+        from .hub import SAM2_FAMILY
+        from .transforms import transform_for
+
+        self.predictor = predictor
+        self.transform = transform_for(SAM2_FAMILY.preprocessing)  # the same square frame as Meta's
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.predictor.set_image(image)
+
+    def predict(self, **kwargs: Any) -> Any:
+        masks, scores, low_res = self.predictor.predict(**kwargs)
+        return masks.astype(bool), scores, low_res  # Meta's masks are 0/1 floats
+
+    def predict_torch(self, point_coords: Any, point_labels: Any, multimask_output: bool = True) -> Any:
+        return self.predictor._predict(point_coords, point_labels, multimask_output=multimask_output)
+
+
+def _official_sam2_predictor(checkpoint: str, model_type: str) -> _OfficialSam2:
+    """Meta's SAM 2 predictor, built as its README does (config of the size, checkpoint loaded by Meta's code)."""
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    release, size = model_type.split("_hiera_")
+    short = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}[size]
+    model = build_sam2(f"configs/{release}/{release}_hiera_{short}.yaml", checkpoint, device="cpu")
+    return _OfficialSam2(SAM2ImagePredictor(model))
+
+
+def _checkpoint_keys(checkpoint: str) -> dict[str, Any]:
+    """The checkpoint's state dict, memory-mapped where its format allows (only its keys and shapes are
+    looked at here)."""
+    import torch
+
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a checkpoint in torch's legacy (pre-zip) format cannot be memory-mapped
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
+
+
 def official_model(checkpoint: str) -> tuple[Any, Any]:
-    """The official model of ``checkpoint``, built as its README does, and its package (``mobile_sam`` for
-    vit_t, ``segment_anything`` otherwise); the packages are imported only here."""
+    """The official model of a SAM / MobileSAM ``checkpoint``, built as its README does, and its package
+    (``mobile_sam`` for vit_t, ``segment_anything`` otherwise); the packages are imported only here."""
     import importlib
     import warnings
 
-    import torch
-
     warnings.simplefilter("ignore")
-    state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state_dict = _checkpoint_keys(checkpoint)
     if any(k.startswith("image_encoder.layers.") for k in state_dict):
         package, model_type = importlib.import_module("mobile_sam"), "vit_t"
     else:
@@ -165,13 +265,22 @@ def official_model(checkpoint: str) -> tuple[Any, Any]:
 
 
 def _official_predictor(checkpoint: str) -> Any:
-    """The official code's predictor, built as its README does."""
+    """The official code's predictor, built as its README does (Meta's SAM 2 one for a SAM 2 checkpoint)."""
+    state_dict = _checkpoint_keys(checkpoint)
+    if isinstance(state_dict.get("model"), dict):  # Meta's SAM 2 layout
+        from .hub import SAM2_FAMILY
+
+        model_type = SAM2_FAMILY.detect(state_dict["model"])
+        if model_type is not None:
+            del state_dict
+            return _official_sam2_predictor(checkpoint, model_type)
+    del state_dict
     sam, package = official_model(checkpoint)
     return package.SamPredictor(sam)
 
 
 def _make_predictor(backend: str, checkpoint: str, onnx_dir: str | None, threads: int | None,
-                    peer_dir: str | None = None) -> Any:
+                    export_dir: str | None = None, peer_dir: str | None = None) -> Any:
     import torch
 
     from .bench_peers import PREFIX, PeerPredictor
@@ -185,7 +294,7 @@ def _make_predictor(backend: str, checkpoint: str, onnx_dir: str | None, threads
     from .backends import create_predictor, get_backend
 
     entry = get_backend(backend)
-    model = onnx_dir if backend.startswith(ONNX_PREFIX) and onnx_dir else checkpoint
+    model = onnx_dir if backend.startswith(ONNX_PREFIX) and onnx_dir else export_dir or checkpoint
     # Runtimes other than torch take their own thread count; torch's was set above.
     options = {"threads": threads} if threads and entry.exported else {}
     return create_predictor(model, backend, **options)
@@ -193,7 +302,8 @@ def _make_predictor(backend: str, checkpoint: str, onnx_dir: str | None, threads
 
 def run_worker(backend: str, checkpoint: str, image_path: str, onnx_dir: str | None, runs: int, prompts: int,
                batch: bool, masks_out: str | None, threads: int | None = None,
-               plugin_modules: Sequence[str] = (), peer_dir: str | None = None) -> dict[str, Any]:
+               plugin_modules: Sequence[str] = (), export_dir: str | None = None,
+               peer_dir: str | None = None) -> dict[str, Any]:
     """Time one backend in this process: load, ``runs`` encoder passes, ``prompts`` single-point decodes,
     optionally the masks of :func:`iou_prompts` (to ``masks_out``) and one ``BATCH``-prompt batch.
 
@@ -210,7 +320,7 @@ def run_worker(backend: str, checkpoint: str, image_path: str, onnx_dir: str | N
     if backend != OFFICIAL:  # as the mobilesam command line and server run; the official code runs as its users do
         tune_allocator()
     t0 = time.perf_counter()
-    pred = _make_predictor(backend, checkpoint, onnx_dir, threads, peer_dir)
+    pred = _make_predictor(backend, checkpoint, onnx_dir, threads, export_dir, peer_dir)
     load_s = time.perf_counter() - t0
     img = read_image(image_path)
     h, w = img.shape[:2]
@@ -272,7 +382,8 @@ def time_peer(weights: str, image: str | None, runs: int) -> float:
 
 
 # The jobs a worker process runs: spec["job"] -> the function that gets the rest of the spec.
-_WORKER_JOBS = {"backend": run_worker, "peer": time_peer}
+_WORKER_JOBS = {"backend": run_worker, "peer": time_peer, "export": export_job}
+_WORKER_JOBS.update(bench_brief.WORKER_JOBS)  # mobilesam benchmark --table brief
 _WORKER_MODULE = "mobilesam.bench"
 
 
@@ -362,8 +473,12 @@ def run_benchmark(
         except CheckpointError:
             if not random_weights:
                 raise
-            ckpt = make_random_checkpoint("vit_t", tmp / "random_vit_t.pt")
-            note = f"weights: '{model}' not available; a randomly initialised vit_t checkpoint was used"
+            from .weights import get_weights_entry
+
+            known = get_weights_entry(str(model))  # a known name: random weights of its size
+            random_type = known.model_type if known is not None else "vit_t"
+            ckpt = make_random_checkpoint(random_type, tmp / f"random_{random_type}.pt")
+            note = f"weights: '{model}' not available; a randomly initialised {random_type} checkpoint was used"
         sd = load_state_dict(ckpt)
         model_type = detect_model_type(sd)
         params = sum(v.numel() for k, v in sd.items() if v.is_floating_point())
@@ -381,6 +496,15 @@ def run_benchmark(
         if any(b.startswith(ONNX_PREFIX) for b in backends):
             onnx_dir = ensure_onnx(ckpt, quantize=f"{ONNX_PREFIX}-int8" in backends)
         peer_dir = ensure_peer_exports(ckpt) if any(b.startswith(PREFIX) for b in backends) else None
+        # The edge formats (executorch, tflite) are exported once here, timed: minutes for a full-size model.
+        export_dirs: dict[str, Path] = {}
+        export_s: dict[str, float | None] = {}
+        for fmt in dict.fromkeys(f for f in map(edge_format, backends) if f):
+            mine = [b for b in backends if edge_format(b) == fmt]
+            reduced = next((b.rsplit("-", 1)[1] for b in mine if "-" in b), None)
+            folder, seconds = ensure_export(ckpt, fmt, reduced, tmp)
+            for b in mine:
+                export_dirs[b], export_s[b] = folder, seconds
         samples: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
         masks: dict[str, Path] = {}
         for r in range(rounds):
@@ -393,6 +517,7 @@ def run_benchmark(
                     "onnx_dir": str(onnx_dir) if onnx_dir else None, "runs": runs, "prompts": prompts,
                     "batch": batch and not b.startswith(PREFIX), "masks_out": str(m) if m else None, "threads": threads,
                     "plugin_modules": plugin_modules, "peer_dir": str(peer_dir) if peer_dir else None,
+                    "export_dir": str(export_dirs[b]) if b in export_dirs else None,
                 }, tmp)
                 if result is None:
                     raise RuntimeError(f"benchmark: backend {b!r} failed: {' | '.join(failure)}")
@@ -409,6 +534,8 @@ def run_benchmark(
             elif b.startswith(PREFIX):
                 suffixes = (".onnx",) if b == f"{PREFIX}onnxruntime" else (".bin",)
                 size = sum(f.stat().st_size for f in Path(peer_dir).iterdir() if f.suffix in suffixes) / 1e6
+            elif b in export_dirs:
+                size = _edge_size(export_dirs[b], edge_format(b), b) / 1e6
             else:
                 size = ckpt.stat().st_size / 1e6
             iou = None
@@ -420,6 +547,7 @@ def run_benchmark(
                 "peak_batch": max((s.get("peak_batch_mb", float("nan")) for s in samples[b])),
                 "batch": float(np.median([s.get("batch_s", float("nan")) for s in samples[b]])) * 1e3,
                 "iou": iou, "threads": samples[b][0]["threads"], "precision": samples[b][0].get("precision", ""),
+                "export_s": export_s.get(b), "exported": b in export_dirs,
             })
         lines = _report(rows, model_type, params, img_shape, note, ref_iou, rounds, runs, prompts, threads)
         if peer_dir is not None:
@@ -463,18 +591,25 @@ def _report(rows: list[dict[str, Any]], model_type: str | None, params: int, img
         "",
         "| backend | size MB | encoder ms | decoder ms / prompt | image to first mask ms | vs official: encoder "
         "| decoder | first mask | peak MB after encoder | 64-prompt batch ms | peak MB after batch | mask IoU vs "
-        f"{ref_iou or '-'} (mean / min) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"{ref_iou or '-'} (mean / min) | export s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         iou = f"{np.mean(r['iou']):.4f} / {np.min(r['iou']):.4f}" if r["iou"] else "-"
         lines.append(
             f"| {r['backend']} | {r['size_mb']:.1f} | {r['enc']:.0f} | {r['dec']:.1f} | {r['total']:.0f} | "
             f"{ratio(r, 'enc')} | {ratio(r, 'dec')} | {ratio(r, 'total')} | {r['peak_enc']:.0f} | "
-            f"{r['batch']:.0f} | {r['peak_batch']:.0f} | {iou} |"
+            f"{r['batch']:.0f} | {r['peak_batch']:.0f} | {iou} | {_export_cell(r)} |"
         )
     lines.append("")
     return lines
+
+
+def _export_cell(row: dict[str, Any]) -> str:
+    """Seconds the edge export took in this run, "cached" when it was already there, "-" for the others."""
+    if not row.get("exported"):
+        return "-"
+    return "cached" if row.get("export_s") is None else f"{row['export_s']:.0f}"
 
 
 def _cpu_name() -> str:

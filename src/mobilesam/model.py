@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backends import BACKENDS, ImageFeatures, backend_for_folder, create_predictor, get_backend, is_exported_model
+from .backends import BACKENDS, ImageFeatures, create_predictor, get_backend, is_exported_model
 from .backends.torch_fast import optimize_for_export
 from .build import build_sam, detect_model_type
 from .cache import DiskFeatureCache, FeatureCache, feature_key, image_digest
@@ -38,6 +38,7 @@ from .hub import family_for_size, family_of
 from .masks import masks_to_boxes
 from .modeling import Sam
 from .pipeline import Embedded, embed_stream
+from .predict_args import RunWriter, parse_options, save_dir_for, split_kwargs, with_outputs
 from .prompts import check_inside_image, validate_boxes
 from .results import Results
 from .sources import LoadedImage, Source, iter_entries, resolve_sources
@@ -51,14 +52,24 @@ _POINT_FORMS = (
 )
 
 
-class ModelInfo(NamedTuple):
-    """What ``SAM.info()`` returns."""
-
+class _ModelInfoFields(NamedTuple):
     layers: int
     parameters: int
     gradients: int
     gflops: float  # encoder at 1024 x 1024 + mask decoder for one point prompt
-    size_mb: float  # size of the fp32 state_dict saved with torch.save, in 10**6 bytes
+
+
+class ModelInfo(_ModelInfoFields):
+    """What ``SAM.info()`` returns: (layers, parameters, gradients, GFLOPs), the four values Ultralytics'
+    ``info()`` returns, and ``size_mb`` (the fp32 state_dict saved with torch.save, in 10**6 bytes) as an
+    attribute."""
+
+    size_mb: float
+
+    def __new__(cls, layers: int, parameters: int, gradients: int, gflops: float, size_mb: float = math.nan):
+        info = super().__new__(cls, layers, parameters, gradients, gflops)
+        info.size_mb = size_mb
+        return info
 
 
 @dataclass
@@ -247,12 +258,19 @@ def _empty_prompt(name: str, value: Any) -> ValueError:
     )
 
 
+def _from_source(result: Results, item: LoadedImage) -> Results:
+    """``result`` with where its image came from (a video's frame number and fps), for the run's files."""
+    result.source_mode, result.frame, result.fps = item.mode, item.frame, item.fps
+    return result
+
+
 class SAM:
     """MobileSAM / SAM with the Ultralytics interface.
 
     Args:
         model: a checkpoint path (any name), a known weights name (``mobile_sam.pt``, ``sam_b.pt``, ...),
-            a ``Sam`` module, or a folder written by ``mobilesam export`` (runs on ONNX Runtime).
+            a ``Sam`` module, or a folder written by ``mobilesam export`` (runs on the backend of its
+            format: ONNX Runtime for ``onnx``, ExecuTorch for ``executorch``, LiteRT for ``tflite``).
         device: "cpu", "cuda", "cuda:1", "mps"; None picks CUDA, then MPS, then CPU.
         backend: "torch" (exact), "torch-bf16" (bf16 image encoder), "onnxruntime" or
             "onnxruntime-int8" (exported once into the cache; needs ``pip install "mobilesam[onnx]"``).
@@ -289,19 +307,27 @@ class SAM:
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of files skipped in the last run
         if is_exported_model(model):
             # An exported folder: no PyTorch model; the default backend becomes the one that runs it.
-            self.backend = backend if get_backend(backend).exported else backend_for_folder(model)
+            if get_backend(backend).exported:
+                self.backend = backend
+            else:  # the backend of the format that wrote it (ONNX Runtime for ONNX and unknown folders)
+                from .export.registry import backend_for_export
+
+                self.backend = backend_for_export(model) or "onnxruntime"
             self.predictor = create_predictor(model, self.backend)
             self.model: Sam | None = None
             self.ckpt_path, self.model_type = os.fspath(model), self.predictor.model_type
             self._check_half(half)
             DiskFeatureCache.check_predictor(disk, self.predictor)
             return
-        if isinstance(model, Sam):
+        if isinstance(model, torch.nn.Module):
+            family_of(model)  # a module of no registered family (Sam, Sam2, ...) fails here, naming them
             sam, self.ckpt_path = model, None
         elif isinstance(model, (str, os.PathLike)):
             sam, self.ckpt_path = build_sam(model, device="cpu"), os.fspath(model)
         else:
-            raise TypeError(f"model: expected a checkpoint path or name, or a Sam module, got {type(model).__name__}")
+            raise TypeError(
+                f"model: expected a checkpoint path or name, or a Sam / Sam2 module, got {type(model).__name__}"
+            )
         self.model = sam.eval().to(select_device(device))
         self.model_type = detect_model_type(sam.state_dict())
         self.backend = backend
@@ -340,18 +366,22 @@ class SAM:
         self._cache.clear()
 
     # --- embedding cache ---------------------------------------------------------------------------
-    def _feature_key(self, rgb: np.ndarray, half: bool) -> Hashable:
+    def _feature_key(self, predictor: Any, cache: FeatureCache, rgb: np.ndarray, half: bool) -> Hashable:
         """The cache key of ``rgb``'s features: in memory only, this predictor's; with the disk tier, a
         name shared with other processes (model, backend, precision)."""
-        if self._cache.disk is None:
+        if cache.disk is None:
             return image_digest(rgb), str(self.device), half
         # The same key as the other front ends give these features (serve, annotate, everything).
-        return feature_key(image_digest(rgb), self.predictor.feature_identity(), *(["half"] if half else []))
+        return feature_key(image_digest(rgb), predictor.feature_identity(), *(["half"] if half else []))
 
     def _embedded(self, images: Iterator[LoadedImage], half: bool, batch: int | None) -> Iterator[Embedded]:
-        """The features of each image: from the caches, or ``batch`` per encoder call, read ahead."""
-        return embed_stream(self.predictor, images, lambda item: item.image, batch=batch or 1, cache=self._cache,
-                            key_of=lambda rgb: self._feature_key(rgb, half), context=lambda: self._autocast(half))
+        """The features of each image: from the caches, or ``batch`` per encoder call, read ahead. The
+        predictor and cache are taken now: keys are made on the reading thread, while ``_at_input_size``
+        may have put the usual ones back."""
+        predictor, cache = self.predictor, self._cache
+        return embed_stream(predictor, images, lambda item: item.image, batch=batch or 1, cache=cache,
+                            key_of=lambda rgb: self._feature_key(predictor, cache, rgb, half),
+                            context=lambda: self._autocast(half))
 
     def _autocast(self, half: bool) -> contextlib.AbstractContextManager:
         # Half precision as autocast: fp16 matmuls and convolutions, fp32 weights and reductions.
@@ -385,7 +415,8 @@ class SAM:
 
         Args:
             source: a path, folder, glob, http(s) URL, PIL image, numpy array (BGR, as ``cv2.imread``
-                gives; pass ``image_format="RGB"`` otherwise) or a list of these.
+                gives; pass ``image_format="RGB"`` otherwise) or a list of these; a video file gives one
+                result per frame (pass ``stream=True`` for long ones), the prompts applied to every frame.
             points: ``[x, y]`` one object; ``[[x, y], ...]`` one object per point; ``[[[x, y], ...], ...]``
                 one object per inner list. Pixels of the original image.
             labels: same nesting as ``points``; 1 = foreground, 0 = background; omitted = all 1.
@@ -404,7 +435,17 @@ class SAM:
             mode, everything_kwargs: with no prompt at all, every object is segmented by
                 ``mobilesam.everything.SamAutomaticMaskGenerator(model, mode=mode, **everything_kwargs)``
                 (``progress`` defaults to ``verbose``).
+            Ultralytics' predict arguments (``mobilesam.predict_args``): ``save``, ``save_txt``,
+                ``save_conf``, ``save_crop``, ``save_frames``, ``project``, ``name``, ``exist_ok`` (the run
+                folder ``runs/segment/predict``, as Ultralytics), ``imgsz`` (encoder input size),
+                ``retina_masks``, ``show``, ``show_boxes``, ``show_labels``, ``show_conf``, ``line_width``,
+                ``vid_stride``, ``quantize``, and ``simplify`` (label polygons, pixels). The others (``augment``,
+                ``iou``, ``classes``, ...) are refused with the reason.
         """
+        ultralytics_kwargs, everything_kwargs = split_kwargs(everything_kwargs)
+        options = parse_options(ultralytics_kwargs)  # Ultralytics' save=, imgsz=, project=, ... (predict_args)
+        if half is None:
+            half = options.half
         if device is not None:
             self.to(device)
         if half is None:
@@ -424,13 +465,58 @@ class SAM:
             )
         if prompts is None and mode not in ("fast", "exact"):
             raise ValueError(f"mode: expected 'fast' or 'exact' (segment everything), got {mode!r}")
-        entries = resolve_sources(source)
+        entries = resolve_sources(source, options.vid_stride)
         self.skipped = []
         images = self._images(entries, image_format, verbose)
         if prompts is None:
             everything_kwargs = {"progress": verbose, **everything_kwargs}
         gen = self._run(images, prompts, multimask_output, conf, half, mode, everything_kwargs, strict, batch)
+        if options.imgsz is not None and options.imgsz != self._native_imgsz():
+            if prompts is not None and prompts.masks is not None:
+                raise ValueError(f"imgsz: masks= (256 x 256 low-res logits) refine at the native input size "
+                                 f"{self._native_imgsz()} only; leave out imgsz or masks")
+            gen = self._at_input_size(gen, options.imgsz)
+        if options.writes or verbose:
+            inputs = {Path(e.obj).resolve() for e in entries if e.kind in ("file", "video")}
+            gen = with_outputs(gen, RunWriter(options, save_dir_for(self, options), inputs, verbose))
         return gen if stream else list(gen)
+
+    # --- Ultralytics' imgsz: the encoder at another input size (mobilesam.input_size) -------------------
+    def _native_imgsz(self) -> int:
+        return int(self.predictor.transform.target_length)
+
+    def _at_input_size(self, gen: Iterator[Results], imgsz: int) -> Iterator[Results]:
+        """``gen``'s results computed with the model at input size ``imgsz``: the resized predictor (and its
+        own embedding cache) stand in for the usual ones while each result is computed, never in between."""
+        from .input_size import resized_model
+        from .transforms import ResizeLongestSide
+
+        if self.model is None or self.backend not in ("torch", "torch-bf16"):
+            raise ValueError(
+                f"imgsz: another encoder input size needs a PyTorch model on the torch backend; this SAM runs "
+                f"{self.backend!r} at {self._native_imgsz()}"
+            )
+        sized = getattr(self, "_sized", {})
+        self._sized = sized
+        key = (imgsz, str(self.device))  # after to(device), a new view: its buffers follow the model's
+        if key not in sized:
+            predictor = create_predictor(resized_model(self.model, imgsz), self.backend)
+            predictor.transform = ResizeLongestSide(imgsz)
+            sized[key] = (predictor, FeatureCache(self.cache_size))
+
+        def swapped() -> Iterator[Results]:
+            while True:
+                saved = self.predictor, self._cache
+                self.predictor, self._cache = sized[key]
+                try:
+                    result = next(gen, None)
+                finally:
+                    self.predictor, self._cache = saved
+                if result is None:
+                    return
+                yield result
+
+        return swapped()
 
     def _images(self, entries: list, image_format: str, verbose: bool) -> Iterator[LoadedImage]:
         """The images of ``entries``, with a bar over them all when there are several: a skipped file
@@ -470,12 +556,12 @@ class SAM:
             if prompts is None:
                 if generator is None:
                     generator = self._everything_generator(mode, everything_kwargs)
-                yield self._predict_everything(item, generator, half, emb)
+                yield _from_source(self._predict_everything(item, generator, half, emb), item)
             else:
                 if strict or not warned:
                     points = np.concatenate(prompts.points) if prompts.points else None
                     warned = check_inside_image(item.image.shape[:2], points, prompts.bboxes, strict)
-                yield self._predict_prompts(item, prompts, multimask_output, conf, half, emb)
+                yield _from_source(self._predict_prompts(item, prompts, multimask_output, conf, half, emb), item)
 
     def _predict_prompts(
         self, item: LoadedImage, prompts: Prompts, multimask_output: bool, conf: float | None, half: bool,
@@ -491,7 +577,8 @@ class SAM:
         self.predictor.set_features(emb.features)
         masks = torch.empty((prompts.count, c, h, w), dtype=torch.bool, device=dev)
         scores = torch.empty((prompts.count, c), dtype=torch.float32, device=dev)
-        low_res = torch.empty((prompts.count, c, 256, 256), dtype=torch.float32, device=dev)
+        side = self.predictor.transform.target_length // 4  # 256 at the native 1024; imgsz changes it
+        low_res = torch.empty((prompts.count, c, side, side), dtype=torch.float32, device=dev)
         with self._autocast(half):
             for idx, m, s, lr in self._decode(prompts, multimask_output):
                 masks[idx], scores[idx], low_res[idx] = m, s.float(), lr.float()
@@ -534,7 +621,7 @@ class SAM:
 
     def _everything_generator(self, mode: str, kwargs: dict[str, Any]) -> Any:
         try:
-            from .everything import SamAutomaticMaskGenerator
+            from .everything import automatic_mask_generator
         except ModuleNotFoundError as e:
             if e.name != f"{__package__}.everything":
                 raise
@@ -542,7 +629,8 @@ class SAM:
                 "segment everything (predict with no prompt) needs mobilesam.everything, which this "
                 "installation lacks; pass points=, bboxes= or masks="
             ) from None
-        return SamAutomaticMaskGenerator(self.predictor, mode=mode, **kwargs)
+        # The generator of the model's family (SAM 2's has its own defaults and options).
+        return automatic_mask_generator(self.predictor, mode=mode, **kwargs)
 
     def _predict_everything(self, item: LoadedImage, generator: Any, half: bool, emb: Embedded) -> Results:
         from .masks import decode_rle
@@ -607,7 +695,9 @@ class SAM:
             )
             if detailed:
                 enc, dec = self._gflops_parts
-                for part, gf in (("image_encoder", enc), ("prompt_encoder", None), ("mask_decoder", dec)):
+                prompt, mask = ("prompt_encoder", "mask_decoder") if hasattr(m, "mask_decoder") else (
+                    "sam_prompt_encoder", "sam_mask_decoder")  # SAM 2's names
+                for part, gf in (("image_encoder", enc), (prompt, None), (mask, dec)):
                     n = sum(p.numel() for p in getattr(m, part).parameters())
                     extra = f"{gf:10.2f} GFLOPs" if gf is not None else ""
                     print(f"  {part:<15} {n:>12,} parameters {extra}")
@@ -629,6 +719,8 @@ class SAM:
             # (with grads, or under no_grad, it fails on meta tensors in some torch versions).
             # Counted on the decoder's re-associated attention (same values, fewer operations), as it runs.
             meta = optimize_for_export(copy.deepcopy(self.model).to("meta").requires_grad_(False))
+            if hasattr(meta, "decode_prompts"):  # a family with several feature levels (SAM 2)
+                return self._count_multi_level_gflops(meta)
             size = meta.image_encoder.img_size
             with FlopCounterMode(display=False) as enc_counter:
                 emb = meta.image_encoder(torch.empty(1, 3, size, size, device="meta"))
@@ -645,6 +737,20 @@ class SAM:
         except Exception as e:  # noqa: BLE001 - a layer without a meta kernel: report, don't guess
             logger.warning("mobilesam: could not count FLOPs (%s: %s)", type(e).__name__, e)
             return math.nan, math.nan
+        return enc_counter.get_total_flops() / 1e9, dec_counter.get_total_flops() / 1e9
+
+    @staticmethod
+    def _count_multi_level_gflops(meta: torch.nn.Module) -> tuple[float, float]:
+        """(image features, prompt encoder + mask decoder for one point) GFLOPs of a meta-device model
+        that has ``image_features`` and ``decode_prompts`` (SAM 2)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        size = meta.image_size
+        with FlopCounterMode(display=False) as enc_counter:
+            features = meta.image_features(torch.empty(1, 3, size, size, device="meta"))
+        coords, labels = torch.zeros(1, 1, 2, device="meta"), torch.ones(1, 1, dtype=torch.int, device="meta")
+        with FlopCounterMode(display=False) as dec_counter:
+            meta.decode_prompts(features, coords, labels, None, None, False)
         return enc_counter.get_total_flops() / 1e9, dec_counter.get_total_flops() / 1e9
 
     def __repr__(self) -> str:

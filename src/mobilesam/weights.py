@@ -107,10 +107,11 @@ def _known_names() -> str:
 
 
 def _manual_download_hint(entry: WeightsEntry, dest: Path) -> str:
+    expected = f"expected SHA-256 {entry.sha256}" if entry.sha256 else "no SHA-256 is published for it"
     return (
         f"Download it by hand and put it at {dest}:\n"
         f"    curl -L -o {shlex.quote(str(dest))} {shlex.quote(entry.url)}\n"
-        f"(expected SHA-256 {entry.sha256}, about {entry.size_mb:g} MB), or give the path of a "
+        f"({expected}, about {entry.size_mb:g} MB), or give the path of a "
         "checkpoint file you have: --model path/to/file.pt (command line), SAM(\"path/to/file.pt\") "
         "(Python). Set MOBILESAM_HOME to use another cache folder; MOBILESAM_OFFLINE=1 turns downloads off."
     )
@@ -208,7 +209,8 @@ def download_file(
     progress: bool = True,
     timeout: float | None = None,
 ) -> None:
-    """Download ``url`` to ``dest`` atomically, checking its size and SHA-256.
+    """Download ``url`` to ``dest`` atomically, checking its size and SHA-256 (``sha256=None``: logged as
+    unverified, with the digest of what arrived).
 
     ``timeout`` (default :data:`DOWNLOAD_STALL_TIMEOUT`, read at call time): seconds without a byte
     (connecting, or during the transfer) after which the download fails.
@@ -280,6 +282,13 @@ def download_file(
             raise CheckpointError(
                 f"download: checksum mismatch for {dest.name} from {url}: "
                 f"expected SHA-256 {sha256.lower()}, got {digest}; the file was discarded"
+            )
+        if sha256 is None:
+            # Complete (the byte count matched), but nothing says these are the publisher's bytes. Loading
+            # is torch.load(weights_only=True), so a wrong file fails to load; it cannot run code.
+            logger.warning(
+                "mobilesam: %s has no published SHA-256, so the download from %s is unverified; "
+                "its SHA-256 is %s (compare it with a copy you trust)", dest.name, url, digest,
             )
         os.replace(tmp, dest)
     except BaseException:

@@ -5,7 +5,9 @@ Built in: ``torch`` (exact), ``torch-bf16`` (bfloat16 image encoder), ``onnxrunt
 ``onnxruntime-int8`` (exported once into the cache, or an exported folder; ``pip install
 "mobilesam[onnx]"``), ``openvino`` (exact), ``openvino-bf16`` (CPUs with bfloat16 only) and
 ``openvino-int8`` (NNCF-quantized image encoder), converted once into the cache (``pip install
-"mobilesam[openvino]"``). Each runtime's module is imported only when a predictor of it is made, and the
+"mobilesam[openvino]"``), ``executorch`` / ``executorch-int8`` and ``litert`` / ``litert-int8`` (the
+phone runtimes' desktop Python packages over an edge export; ``pip install "mobilesam[executorch]"`` or
+``"mobilesam[tflite]"``). Each runtime's module is imported only when a predictor of it is made, and the
 interface names (``Predictor``, ``PredictorBase``, ``ImageFeatures``) on first use, so listing and checking
 backend names (``mobilesam --backend``) does not import torch.
 """
@@ -19,7 +21,6 @@ from .registry import (
     BACKENDS,
     BackendEntry,
     available_backends,
-    backend_for_folder,
     create_predictor,
     get_backend,
     is_exported_model,
@@ -48,10 +49,15 @@ def _torch_bf16(model: Any, **options: Any) -> Predictor:
 def _onnx(precision: str) -> Any:
     def factory(model: Any, **options: Any) -> Predictor:
         from .onnx_predictor import OnnxSamPredictor
+        from .onnx_sam2_predictor import OnnxSam2Predictor, is_sam2_export
 
         if is_exported_model(model):
-            return OnnxSamPredictor(model, precision=precision, **options)
-        return OnnxSamPredictor.from_sam(model, precision=precision, **options)
+            cls = OnnxSam2Predictor if is_sam2_export(model) else OnnxSamPredictor  # the manifest's family
+            return cls(model, precision=precision, **options)
+        from ..hub import family_of
+
+        cls = OnnxSam2Predictor if family_of(model).name == "sam2" else OnnxSamPredictor
+        return cls.from_sam(model, precision=precision, **options)
 
     return factory
 
@@ -67,6 +73,18 @@ def _openvino(precision: str) -> Any:
     return factory
 
 
+def _edge(module: str, cls: str, precision: str) -> Any:
+    def factory(model: Any, **options: Any) -> Predictor:
+        import importlib
+
+        predictor_class = getattr(importlib.import_module(module, __package__), cls)
+        if is_exported_model(model):
+            return predictor_class(model, precision=precision, **options)
+        return predictor_class.from_sam(model, precision=precision, **options)
+
+    return factory
+
+
 register_backend("torch", _torch, description="PyTorch, fp32 (exact)")
 register_backend("torch-bf16", _torch_bf16, description="PyTorch, bfloat16 image encoder, fp32 decoder")
 register_backend("onnxruntime", _onnx("fp32"), description="ONNX Runtime, fp32", exported=True)
@@ -76,6 +94,14 @@ register_backend("openvino-bf16", _openvino("bf16"), description="OpenVINO, bflo
                  exported=True)
 register_backend("openvino-int8", _openvino("int8"), description="OpenVINO, int8 image encoder (NNCF), fp32 decoder",
                  exported=True)
+register_backend("executorch", _edge(".executorch_predictor", "ExecuTorchSamPredictor", "fp32"),
+                 description="ExecuTorch (XNNPACK), fp32: a .pte export, checked on the desktop", exported=True)
+register_backend("executorch-int8", _edge(".executorch_predictor", "ExecuTorchSamPredictor", "int8"),
+                 description="ExecuTorch (XNNPACK), dynamic int8 image encoder, fp32 decoder", exported=True)
+register_backend("litert", _edge(".litert_predictor", "LiteRtSamPredictor", "fp32"),
+                 description="LiteRT (TFLite) interpreter, fp32: a .tflite export, checked on the desktop", exported=True)
+register_backend("litert-int8", _edge(".litert_predictor", "LiteRtSamPredictor", "int8"),
+                 description="LiteRT (TFLite) interpreter, dynamic int8 encoder and decoder", exported=True)
 
 __all__ = [
     "BACKENDS",
@@ -85,7 +111,6 @@ __all__ = [
     "Predictor",
     "PredictorBase",
     "available_backends",
-    "backend_for_folder",
     "create_predictor",
     "get_backend",
     "is_exported_model",

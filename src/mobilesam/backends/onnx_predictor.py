@@ -25,6 +25,7 @@ logger = logging.getLogger("mobilesam")
 
 PRECISIONS = ("fp32", "int8")
 _ENCODER_IO = (["image"], ["image_embeddings"])
+_HWC_ENCODER_IO = (["input_image"], ["image_embeddings"])
 _DECODER_IO = (
     ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
     ["masks", "iou_predictions", "low_res_masks"],
@@ -33,6 +34,28 @@ _DECODER_IO = (
 
 def _key(part: str, precision: str) -> str:
     return part if precision == "fp32" else f"{part}_{precision}"
+
+
+def cached_export(
+    sam: torch.nn.Module, precision: str, cache: str | os.PathLike | None = None, decoder_precision: str | None = None
+) -> Path:
+    """The export of ``sam`` (any family: ``export_onnx`` picks its graphs) in a cache folder keyed by
+    its weights, made once (again only when int8 files are asked for and missing); returns the folder."""
+    from ..export.onnx_export import export_onnx
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    folder = cache_folder(sam, cache)
+    int8 = "int8" in (precision, decoder_precision)
+    try:
+        _, manifest = read_manifest(folder)
+        ready = not int8 or {"encoder_int8", "decoder_int8"} <= set(manifest["files"])
+    except (FileNotFoundError, ExportError):
+        ready = False
+    if not ready:
+        logger.info("exporting the model to ONNX in %s (once)", folder)
+        export_onnx(sam, folder, quantize="int8" if int8 else None)
+    return folder
 
 
 class OnnxSamPredictor(PredictorBase):
@@ -74,11 +97,13 @@ class OnnxSamPredictor(PredictorBase):
         files = manifest["files"]
         self.encoder = None
         self._batched_encoder = False
+        self.hwc_input = manifest.get("layout") == "anylabeling"
         if "encoder" in files or "encoder_int8" in files:  # a decoder-only export works from embeddings
             path = file_entry(manifest, folder, _key("encoder", precision), verify)
             self.encoder = make_session(path, threads, providers)
-            check_io(self.encoder, path, "image encoder", *_ENCODER_IO)
-            self._batched_encoder = not isinstance(self.encoder.get_inputs()[0].shape[0], int)
+            # The anylabeling layout (samexporter / X-AnyLabeling) takes input_image (h, w, 3).
+            check_io(self.encoder, path, "image encoder", *(_HWC_ENCODER_IO if self.hwc_input else _ENCODER_IO))
+            self._batched_encoder = not self.hwc_input and not isinstance(self.encoder.get_inputs()[0].shape[0], int)
         path = file_entry(manifest, folder, _key("decoder", decoder_precision), verify)
         self.decoder = make_session(path, threads, providers)
         check_io(self.decoder, path, "prompt decoder", *_DECODER_IO)
@@ -94,20 +119,7 @@ class OnnxSamPredictor(PredictorBase):
         **kwargs: Any,
     ) -> OnnxSamPredictor:
         """Export ``sam`` once into a cache folder keyed by its weights (reused later), then load it."""
-        from ..export.onnx_export import export_onnx
-
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-        folder = cache_folder(sam, cache)
-        int8 = "int8" in (precision, kwargs.get("decoder_precision"))
-        try:
-            _, manifest = read_manifest(folder)
-            ready = not int8 or {"encoder_int8", "decoder_int8"} <= set(manifest["files"])
-        except (FileNotFoundError, ExportError):
-            ready = False
-        if not ready:
-            logger.info("exporting the model to ONNX in %s (once)", folder)
-            export_onnx(sam, folder, quantize="int8" if int8 else None)
+        folder = cached_export(sam, precision, cache, kwargs.get("decoder_precision"))
         return cls(folder, precision=precision, **kwargs)
 
     @property
@@ -128,7 +140,8 @@ class OnnxSamPredictor(PredictorBase):
 
     def _encode(self, transformed_image: torch.Tensor) -> dict[str, torch.Tensor]:
         image = np.ascontiguousarray(transformed_image.detach().cpu().numpy(), dtype=np.float32)
-        return {"image_embeddings": torch.from_numpy(self._require_encoder().run(None, {"image": image})[0])}
+        feeds = {"input_image": np.ascontiguousarray(image[0].transpose(1, 2, 0))} if self.hwc_input else {"image": image}
+        return {"image_embeddings": torch.from_numpy(self._require_encoder().run(None, feeds)[0])}
 
     def _encode_batch(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Several images in one encoder run, padded to the square input with the pixel mean (zero once the

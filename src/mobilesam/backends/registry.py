@@ -99,20 +99,6 @@ def is_exported_model(model: Any) -> bool:
     return os.path.isdir(model) or os.path.basename(os.fspath(model)) == "manifest.json"
 
 
-def backend_for_folder(model: Any) -> str:
-    """The backend that runs an exported folder by default: ``openvino`` for a folder of ``mobilesam export
-    --format openvino``, ``onnxruntime`` otherwise (the manifest's ``format`` says)."""
-    import json
-    from pathlib import Path
-
-    path = Path(os.fspath(model))
-    try:
-        fmt = json.loads((path / "manifest.json" if path.is_dir() else path).read_text()).get("format")
-    except (OSError, ValueError, AttributeError):
-        fmt = None
-    return "openvino" if fmt == "mobilesam-openvino" else "onnxruntime"
-
-
 def create_predictor(model: Any, backend: str = "torch", *, device: Any = None, **options: Any) -> Predictor:
     """A predictor of ``backend`` for ``model``.
 

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "export",
     "benchmark",
     "annotate",
+    "convert",
     "embed",
     "train",
     "assemble",

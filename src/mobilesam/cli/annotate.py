@@ -103,6 +103,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary: --quiet")
     add_embedding_cache_arguments(p)
+    from .convert import FORMATS, add_simplify_argument
+
+    add_simplify_argument(p)
+    p.add_argument(
+        "--export", nargs="+", choices=FORMATS, default=(), metavar="FORMAT",
+        help=f"also write the labels for a labelling tool, into OUTPUT_DIR/export/ ({', '.join(FORMATS)}): "
+             "--export labelstudio cvat-coco",
+    )
     p.set_defaults(func=run)
 
 
@@ -150,7 +158,23 @@ def run(args: argparse.Namespace) -> int:
             verbose=not args.quiet,
             batch=args.batch,
             **embedding_cache_options(args),
+            **({} if args.simplify is None else {"simplify": args.simplify}),
         )
     except (ValueError, RuntimeError) as e:
-        raise CLIError(cli_message(str(e))) from None
+        raise CLIError(cli_message(str(e).replace("simplify: ", "--simplify: ", 1))) from None
+    if args.export:
+        from pathlib import Path
+
+        from ..annotate import default_output_dir, list_images
+        from ..convert import DEFAULT_NAMES, convert
+        from ..masks import DEFAULT_SIMPLIFY
+
+        root, _ = list_images(args.data)
+        out = Path(args.output_dir).expanduser() if args.output_dir else default_output_dir(args.data)
+        simplify = DEFAULT_SIMPLIFY if args.simplify is None else args.simplify
+        for fmt in args.export:
+            path = convert(root, out, fmt, out / "export" / DEFAULT_NAMES[fmt], simplify=simplify,
+                           progress=not args.quiet)
+            if not args.quiet:
+                print(f"Exported {fmt}: {path}")
     return 0

@@ -65,6 +65,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for every backend, the official code included (default: each "
                         "runtime's own default); on a busy machine 1 gives steadier ratios; e.g. --threads 1")
+    p.add_argument("--table", choices=["brief"], default=None,
+                   help="print the brief's comparison table instead: size, parameters and CPU ms per image of "
+                        "SAM-b, SAM2-b, SAM2-t and MobileSAM (random weights where files are absent), through "
+                        "Ultralytics too when installed, beside the brief's figures; e.g. --table brief")
+    p.add_argument("--table-models", default="",
+                   help="with --table brief: the rows to time (default: all), among "
+                        "sam_b,sam2_b,sam2_t,mobile_sam,fastsam_s,yolov8n_seg,yolo11n_seg; e.g. --table-models sam2_t")
+    p.add_argument("--points-per-side", type=int, default=32,
+                   help="with --table brief: our segment-everything grid (default: %(default)s, Ultralytics' grid); "
+                        "e.g. --points-per-side 16")
     p.add_argument("--out", default=None, help="also write the markdown report to this file; e.g. --out bench.md")
     p.set_defaults(func=run)
 
@@ -73,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import bench
     from . import CLIError
 
+    if args.table == "brief":
+        return _run_brief_table(args)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.vs_official:
         backends.append(bench.OFFICIAL)
@@ -95,6 +107,29 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         command=" ".join(["mobilesam benchmark", *getattr(args, "command_argv", [])]),
     )
+    print(report)
+    if args.out:
+        from ..io import atomic_write_text
+
+        atomic_write_text(args.out, report + "\n")
+    return 0
+
+
+def _run_brief_table(args: argparse.Namespace) -> int:
+    from .. import bench_brief
+    from . import CLIError
+
+    keys = [k.strip() for k in args.table_models.split(",") if k.strip()]
+    try:
+        bench_brief.check_rows(keys)
+        report = bench_brief.run_brief_table(
+            table_models=keys, image=args.image, rounds=args.rounds, runs=args.runs,
+            points_per_side=args.points_per_side, threads=args.threads,
+            command=" ".join(["mobilesam benchmark", *getattr(args, "command_argv", [])]),
+        )
+    except ValueError as e:  # its message starts with the parameter's name: the option without "--"
+        name, _, rest = str(e).partition(":")
+        raise CLIError(f"--{name.replace('_', '-')}:{rest}", 2) from None
     print(report)
     if args.out:
         from ..io import atomic_write_text

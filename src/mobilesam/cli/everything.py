@@ -58,7 +58,9 @@ METADATA_HEADER = (
 GENERATOR_OPTIONS: list[tuple[str, type, Any, str]] = [
     ("points_per_side", int, 32, "grid points per image side (points_per_side**2 prompts): --points-per-side 16"),
     ("points_per_batch", int, 64, "prompts decoded together (more: faster, more memory): --points-per-batch 128"),
-    ("pred_iou_thresh", float, 0.88, "keep masks whose predicted IoU is above this: --pred-iou-thresh 0.8"),
+    ("pred_iou_thresh", float, None,
+     "keep masks whose predicted IoU is above this (SAM: 0.88, SAM 2: 0.8, the official defaults): "
+     "--pred-iou-thresh 0.8"),
     ("stability_score_thresh", float, 0.95, "keep masks at least this stable: --stability-score-thresh 0.9"),
     ("stability_score_offset", float, 1.0, "logit offset of the stability score: --stability-score-offset 0.5"),
     ("box_nms_thresh", float, 0.7, "box IoU above which duplicate masks are removed: --box-nms-thresh 0.6"),
@@ -88,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("fast", "exact"), default="fast",
                    help="fast (default), or exact = the official algorithm, decision for decision: --mode exact")
     for name, typ, default, text in GENERATOR_OPTIONS:
-        shown = f"{default:.4g}" if isinstance(default, float) else default
+        shown = f"{default:.4g}" if isinstance(default, float) else "the model's" if default is None else default
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=default,
                        help=f"{text} (default: {shown})")
     p.add_argument("--rle", action="store_true",
@@ -187,13 +189,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..backends import create_predictor
     from ..cache import DiskFeatureCache, FeatureCache
-    from ..everything import SamAutomaticMaskGenerator, check_options
+    from ..everything import automatic_mask_generator, check_options
     from ..io import atomic_write_bytes, write_image
     from ..masks import decode_rle
     from ..pipeline import embed_stream
     from ..sources import iter_entries, resolve_sources
 
-    options = {name: getattr(args, name) for name, *_ in GENERATOR_OPTIONS}
+    # An option left at None takes the default of the model family's generator (SAM 2's differ).
+    options = {name: getattr(args, name) for name, *_ in GENERATOR_OPTIONS if getattr(args, name) is not None}
     options.update(mode=args.mode, output_mode="coco_rle" if args.rle else "binary_mask")
     try:
         check_options(**options)  # bad options and a missing source fail before the model loads
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = create_predictor(args.model, check_backend(args.backend), device=args.device)
     DiskFeatureCache.check_predictor(disk, predictor)
     cache = FeatureCache(0, disk=disk) if disk is not None else None  # no image comes twice: the disk tier only
-    generator = SamAutomaticMaskGenerator(predictor, **options)
+    generator = automatic_mask_generator(predictor, **options)  # the model family's (SAM 2: Meta's SAM 2 one)
     stems: set[str] = set()
     done = 0
     # A skipped file counts as done, so the bar ends at 100%.

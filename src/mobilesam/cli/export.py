@@ -14,6 +14,9 @@ examples:
   mobilesam export --model sam_vit_b_01ec64.pth --format onnx --parts decoder
   mobilesam export --model mobile_sam.pt --format onnx --return-single-mask   for SAM's web demo and tools
   mobilesam export --model mobile_sam.pt --format openvino --quantize int8 --calibration photos/
+  mobilesam export --model mobile_sam.pt --format executorch --quantize int8   .pte for ExecuTorch (XNNPACK)
+  mobilesam export --model mobile_sam.pt --format tflite                      .tflite for LiteRT
+  mobilesam export --model mobile_sam.pt --format coreml --quantize fp16      .mlpackage for Core ML (macOS/iOS)
 
 Then: SAM("models/mobilesam") or OnnxSamPredictor("models/mobilesam", precision="int8").
 """
@@ -45,10 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # refuses it by name instead of ignoring it.
     p.add_argument(
         "--quantize",
-        choices=["int8"],
+        choices=["int8", "fp16"],
         default=None,
         help="also write int8 variants (onnx: ONNX Runtime dynamic quantization of MatMul weights; openvino: NNCF "
-        "post-training quantization of the image encoder); e.g. --quantize int8",
+        "post-training quantization of the image encoder; executorch: XNNPACK dynamic int8; tflite: LiteRT quantizer "
+        "dynamic int8) or fp16 ones (coreml); e.g. --quantize int8",
     )
     p.add_argument(
         "--calibration", default=None, metavar="DIR",
@@ -78,6 +82,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "e.g. --return-single-mask",
     )
     p.add_argument(
+        "--layout",
+        choices=("mobilesam", "anylabeling"),
+        default=None,
+        help="file layout: mobilesam (default), or anylabeling: the encoder input samexporter and X-AnyLabeling "
+        "use (input_image, H x W x 3), their file names and X-AnyLabeling's custom-model config; "
+        "e.g. --layout anylabeling",
+    )
+    p.add_argument(
+        "--max-points", type=int, default=None,
+        help="executorch, tflite, coreml: point slots of the decoder (a box takes 2; default: 10); e.g. --max-points 16",
+    )
+    p.add_argument(
         "--no-check",
         action="store_true",
         help="skip the comparison with PyTorch (onnx.checker still runs); e.g. --no-check",
@@ -87,6 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # CLI option -> exporter keyword, for the format options above.
 FORMAT_OPTIONS = {"quantize": "quantize", "parts": "parts", "opset": "opset", "return_single_mask": "return_single_mask",
+                  "layout": "layout", "max_points": "max_points",
                   "calibration": "calibration", "calibration_size": "calibration_size"}
 
 
@@ -120,9 +137,14 @@ def run(args: argparse.Namespace) -> int:
     detail = f" (opset {manifest['opset']})" if "opset" in manifest else ""
     print(f"exported {manifest.get('model_type', 'the model')} as {args.format} to {out}/{detail}:")
     for key, entry_ in manifest["files"].items():
-        check = manifest.get("checks", {}).get(key, {})
+        checks = manifest.get("checks", {})
+        check = checks.get(key) or checks.get(f"pipeline_{entry_.get('precision')}", {})
         note = ""
-        if "embedding_max_abs_diff" in check:
+        if "mask_iou_vs_fp32_mean" in check:
+            note = f"mask IoU vs fp32 {check['mask_iou_vs_fp32_mean']:.4f}"
+        elif "validated" in check:
+            note = "spec validated (run it on macOS)"
+        elif "embedding_max_abs_diff" in check:
             note = f"embedding max abs diff vs PyTorch {check['embedding_max_abs_diff']:.2g}"
         elif "low_res_max_abs_diff" in check:
             note = (f"logit max abs diff vs PyTorch {check['low_res_max_abs_diff']:.2g}, "
@@ -132,4 +154,6 @@ def run(args: argparse.Namespace) -> int:
         name = entry_.get("path") or entry_.get("xml")  # onnx: one file; openvino: .xml + .bin
         print(f"  {name:<28} {entry_.get('precision', ''):>5} {entry_['bytes'] / 1e6:8.1f} MB   {note}")
     print("  manifest.json")
+    if manifest.get("layout") == "anylabeling":
+        print("  anylabeling_config.yaml   (X-AnyLabeling: Load Custom Model -> this file)")
     return 0

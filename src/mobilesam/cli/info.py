@@ -10,6 +10,7 @@ EXAMPLES = """\
 examples:
   mobilesam info                                 MobileSAM (mobile_sam.pt)
   mobilesam info --model sam_vit_b_01ec64.pth    any checkpoint file or known name
+  mobilesam info --model sam2.1_t.pt             SAM 2.1 tiny (Ultralytics' name; Meta's file)
   mobilesam info --model my_weights.pt --detailed
 """
 

@@ -44,6 +44,11 @@ mask; the folder is empty when there is no mask) and NAME.json (scores, boxes, C
 answers prompt i. An output never replaces an input: when SAVE_DIR/NAME.png is the input image itself,
 the overlay is NAME_overlay.png. Results of an earlier run in SAVE_DIR are replaced only with --exist-ok.
 Files of a folder or glob that cannot be read are skipped with a warning and listed at the end.
+
+Ultralytics' key=value form works too, with Ultralytics' output layout (runs/segment/predict: NAME.jpg,
+labels/NAME.txt with save_txt=True, crops/ with save_crop=True; a video gives NAME.avi):
+  mobilesam predict model=mobile_sam.pt source=zidane.jpg points=[900,370] save_txt=True
+  mobilesam predict source=clip.mp4 bboxes=[100,50,700,700] imgsz=512 project=out name=run1
 """
 
 
@@ -167,7 +172,8 @@ def save_result(
     from ..io import atomic_write_bytes, write_image
 
     overlay, mask_dir, meta = output_paths(save_dir, stem, inputs or set())
-    records = result.summary()
+    # name, class, confidence, box, area, COCO RLE (the outline polygons are left to the RLE they come from)
+    records = [{k: v for k, v in rec.items() if k != "segments"} for rec in result.summary(rle=True)]
     masks = result.masks.numpy().data.astype(bool)
     for i, rec in enumerate(records):
         rec["file"] = str((mask_dir / f"mask_{i:03d}.png").relative_to(save_dir))
@@ -192,7 +198,83 @@ def save_result(
     return overlay, mask_dir, meta
 
 
+# key=value arguments of the Ultralytics form, besides Ultralytics' own predict arguments.
+KEY_VALUE_OWN = ("model", "source", "points", "labels", "bboxes", "multimask_output", "conf", "device", "half",
+                 "verbose", "backend", "mode", "strict")
+
+
+def _is_key_value(token: str) -> bool:
+    key, eq, _ = token.partition("=")
+    return bool(eq) and key.isidentifier() and not Path(token).exists()
+
+
+def _value(text: str) -> Any:
+    """Ultralytics' CLI values: True / False / None, numbers and lists as Python literals, else the text."""
+    import ast
+
+    low = text.strip().lower()
+    if low in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[low]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def run_key_value(args: argparse.Namespace) -> int:
+    """``mobilesam predict key=value ...`` (Ultralytics' form): SAM.predict with those arguments, saving as
+    Ultralytics' CLI does (``save`` defaults to True)."""
+    import difflib
+
+    from ..predict_args import HANDLED, NOT_FOR_SAM, ULTRALYTICS_KEYS
+
+    valid = sorted(set(KEY_VALUE_OWN) | set(HANDLED) - {"task"})
+    kwargs: dict[str, Any] = {}
+    for token in args.source:
+        if not _is_key_value(token):
+            raise CLIError(f"'{token}': in the key=value form every argument is key=value (e.g. source={token})",
+                           exit_code=2)
+        key, _, text = token.partition("=")
+        if key in NOT_FOR_SAM:
+            raise CLIError(f"{key}: an Ultralytics argument that has no meaning for SAM here ({NOT_FOR_SAM[key]})",
+                           exit_code=2)
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            kind = "an Ultralytics training/export setting, not" if key in ULTRALYTICS_KEYS else "not"
+            raise CLIError(f"'{key}' is {kind} an argument of predict{hint} (valid: {', '.join(valid)})",
+                           exit_code=2)
+        if key in kwargs:
+            raise CLIError(f"'{key}' is given twice", exit_code=2)
+        # Paths and names stay text (a folder named 2024 is not a number).
+        kwargs[key] = text if key in ("source", "model", "project", "name") else _value(text)
+    if kwargs.pop("mode", "predict") != "predict":
+        raise CLIError("mode: this command predicts; mode=predict or leave it out", exit_code=2)
+    source = kwargs.pop("source", None)
+    if source is None:
+        raise CLIError("source: missing; e.g. source=zidane.jpg (a file, folder, glob, URL or video)", exit_code=2)
+    from ..model import SAM, parse_prompts
+
+    try:
+        parse_prompts(kwargs.get("points"), kwargs.get("labels"), kwargs.get("bboxes"))
+    except ValueError as e:
+        raise CLIError(str(e), exit_code=2) from None
+    model = SAM(kwargs.pop("model", "mobile_sam.pt"), device=kwargs.pop("device", None),
+                backend=check_backend(kwargs.pop("backend", "torch")))
+    kwargs.setdefault("save", True)  # as Ultralytics' command line
+    n = 0
+    for result in model.predict(source, stream=True, **kwargs):
+        n += 1
+        where = f" (frame {result.frame})" if result.source_mode == "video" else ""
+        print(f"{result.path}{where}: {result.verbose()}".rstrip(", "))
+    if n == 0:
+        raise CLIError(f"no image of {source!r} could be read")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.source and _is_key_value(args.source[0]):
+        return run_key_value(args)
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -240,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
             n_images += 1
             note = f" (not {save_dir / (unique + '.png')}: that is the input)" if overlay.stem != unique else ""
             masks = f"{mask_dir}/" if len(result) else f"no mask, so {mask_dir}/ is empty"
-            tqdm.write(f"{result.path}: {result.verbose()} -> {overlay}{note}, {meta}, {masks}", file=sys.stdout)
+            count = f"{len(result)} mask{'s' if len(result) != 1 else ''}"
+            tqdm.write(f"{result.path}: {count} -> {overlay}{note}, {meta}, {masks}", file=sys.stdout)
     if n_images == 0:
         raise CLIError(f"no image of {source!r} could be read")
     print(f"Results saved to {save_dir}")

@@ -76,6 +76,9 @@ def register(subparsers: Any) -> None:
         help="images opened or uploaded and still waiting for the image encoder; more are refused with HTTP 503 "
         "until it catches up (default: %(default)s; e.g. --max-queue 32)",
     )
+    from .convert import add_simplify_argument
+
+    add_simplify_argument(p)  # the saved YOLO polygons
     p.set_defaults(func=run)
 
 
@@ -139,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             **cache_options,
             # Against DNS rebinding: on loopback only local host names are accepted.
             allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]", args.host] if loopback else None,
+            simplify=args.simplify,
         )
     except BaseException:
         sock.close()

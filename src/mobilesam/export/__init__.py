@@ -1,6 +1,8 @@
 """Exporters, one module per format, chosen through one registry (:mod:`.registry`).
 
-Built in: ``onnx`` (:func:`export_onnx`) and ``openvino`` (``openvino_export.export_openvino``). ``export_model(model, out, format=...)`` runs any registered
+Built in: ``onnx`` (:func:`export_onnx`) and ``openvino`` (``openvino_export.export_openvino``); for phones
+and edge boards ``executorch``, ``tflite`` and ``coreml`` (:func:`export_executorch`, :func:`export_tflite`,
+:func:`export_coreml`). ``export_model(model, out, format=...)`` runs any registered
 one; ``register_export_format`` adds one. ``export_onnx`` writes the image encoder (pre-processing
 inside), the prompt decoder (SAM's official ONNX interface), optional int8 variants and a manifest;
 ``OnnxSamPredictor`` (``mobilesam.backends``) runs them with ``SamPredictor``'s interface. Needs the
@@ -33,13 +35,16 @@ _LAZY_NAMES = {
     "export_onnx": "onnx_export",
     "quantize_int8": "onnx_export",
     "OnnxSamPredictor": "predictor",
+    "export_executorch": "executorch_export",
+    "export_tflite": "tflite_export",
+    "export_coreml": "coreml_export",
 }
 
 register_export_format(
     "onnx",
     ".onnx_export:export_onnx",
     description="ONNX: image encoder (pre-processing inside) + SAM's official ONNX decoder interface",
-    options=("model_type", "quantize", "parts", "opset", "return_single_mask"),
+    options=("model_type", "quantize", "parts", "opset", "return_single_mask", "layout"),
     backends=("onnxruntime", "onnxruntime-int8"),
     extra="onnx",
 )
@@ -50,6 +55,32 @@ register_export_format(
     options=("quantize", "calibration", "calibration_size"),
     backends=("openvino", "openvino-bf16", "openvino-int8"),
     extra="openvino",
+)
+# Phones and edge boards: static-shape graphs (export/edge_graphs.py), checked in each runtime (edge_export.py).
+_EDGE_OPTIONS = ("model_type", "quantize", "parts", "max_points")
+register_export_format(
+    "executorch",
+    ".executorch_export:export_executorch",
+    description="ExecuTorch .pte (XNNPACK): encoder + prompt decoder with fixed point slots; int8 via PT2E",
+    options=_EDGE_OPTIONS,
+    backends=("executorch", "executorch-int8"),
+    extra="executorch",
+)
+register_export_format(
+    "tflite",
+    ".tflite_export:export_tflite",
+    description="LiteRT .tflite (litert-torch): encoder + prompt decoder with fixed point slots; int8 via the LiteRT quantizer",
+    options=_EDGE_OPTIONS,
+    backends=("litert", "litert-int8"),
+    extra="tflite",
+)
+register_export_format(
+    "coreml",
+    ".coreml_export:export_coreml",
+    description="Core ML .mlpackage (ML program): encoder + prompt decoder with fixed point slots; fp16; runs on macOS/iOS",
+    options=_EDGE_OPTIONS,
+    backends=(),
+    extra="coreml",
 )
 
 __all__ = sorted(
@@ -67,5 +98,8 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY_NAMES, globals(), __all__
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from .manifest import MANIFEST_NAME, ExportError, read_manifest
+    from .coreml_export import export_coreml
+    from .executorch_export import export_executorch
     from .onnx_export import export_onnx, quantize_int8
+    from .tflite_export import export_tflite
     from .predictor import OnnxSamPredictor

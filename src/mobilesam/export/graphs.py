@@ -56,6 +56,14 @@ class EncoderGraph(nn.Module):
         return self.image_encoder(x)
 
 
+class HWCEncoderGraph(EncoderGraph):
+    """The encoder with samexporter's / X-AnyLabeling's input: ``input_image`` (h, w, 3) float RGB 0-255,
+    resized so the longest side is ``img_size`` (not padded) -> embedding (1, 256, 64, 64)."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return super().forward(image.permute(2, 0, 1).unsqueeze(0))
+
+
 class DecoderGraph(nn.Module):
     """SAM's official ONNX decoder interface (``SamOnnxModel``), over our modules.
 

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..modeling import Sam
-from .graphs import DecoderGraph, EncoderGraph
+from .graphs import DecoderGraph, EncoderGraph, HWCEncoderGraph
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, ExportError, sha256_file, write_json_atomic
 from .runtime import import_onnxruntime, make_session
 
@@ -37,6 +37,11 @@ ENCODER_INPUTS = ["image"]
 ENCODER_OUTPUTS = ["image_embeddings"]
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
+# "mobilesam": image (1, 3, h, w); "anylabeling": samexporter's / X-AnyLabeling's input_image (h, w, 3), their
+# file names, the single-mask decoder they read masks[0][0] from, and X-AnyLabeling's custom-model config.
+LAYOUTS = ("mobilesam", "anylabeling")
+ANYLABELING_INPUTS = ["input_image"]
+ANYLABELING_CONFIG = "anylabeling_config.yaml"
 
 
 def _import_onnx() -> Any:
@@ -116,8 +121,11 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _compare_encoder(path: Path, image: np.ndarray, ref: np.ndarray, strict: bool) -> dict[str, float]:
-    """ORT's embedding of ``image`` against PyTorch's (``ref``)."""
-    got = make_session(path).run(None, {"image": image})[0]
+    """ORT's embedding of ``image`` (1, 3, h, w) against PyTorch's (``ref``), in the graph's own input layout."""
+    session = make_session(path)
+    name = session.get_inputs()[0].name
+    feed = image[0].transpose(1, 2, 0).copy() if name == ANYLABELING_INPUTS[0] else image
+    got = session.run(None, {name: feed})[0]
     scale = float(np.abs(ref).max())
     diff = float(np.abs(ref - got).max())
     if strict and diff > EMB_RTOL * scale:
@@ -206,7 +214,7 @@ def _resolve_model(model: Sam | str | os.PathLike, model_type: str | None) -> tu
     from ..build import build_sam, detect_model_type
     from ..weights import resolve_weights
 
-    if isinstance(model, Sam):
+    if isinstance(model, torch.nn.Module):  # a Sam, or another family's module (SAM 2)
         sam, source = model, {"checkpoint": None}
     else:
         path = resolve_weights(model)
@@ -229,6 +237,7 @@ def export_onnx(
     parts: Iterable[str] = PARTS,
     opset: int = DEFAULT_OPSET,
     return_single_mask: bool = False,
+    layout: str = "mobilesam",
     check: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -239,7 +248,18 @@ def export_onnx(
     interface), their ``.int8.onnx`` variants with ``quantize="int8"``, and ``manifest.json``.
     With ``check`` (default), fp32 graphs must match PyTorch (embedding within 1e-4 x max abs,
     logits within 1e-3) or an :class:`ExportError` is raised. Returns the manifest.
+
+    ``layout="anylabeling"`` writes what samexporter and X-AnyLabeling load: the encoder takes
+    ``input_image`` (h, w, 3) float32 RGB 0-255 resized to longest side 1024 (their pre-processing), the
+    decoder returns the official single mask (``return_single_mask``), the files are named
+    ``{model_type}.encoder.onnx`` / ``{model_type}.decoder.onnx``, and ``anylabeling_config.yaml`` is
+    X-AnyLabeling's custom-model config (Load Custom Model -> that file).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {list(LAYOUTS)}, got {layout!r}")
+    anylabeling = layout == "anylabeling"
+    if anylabeling:
+        return_single_mask = True
     parts = tuple(parts)
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
@@ -252,6 +272,14 @@ def export_onnx(
     ort = import_onnxruntime()
 
     sam, source = _resolve_model(model, model_type)
+    if not isinstance(sam, Sam):  # SAM 2 / SAM 2.1: its own graphs and decoder interface
+        from .sam2_onnx_export import export_sam2_onnx
+
+        if return_single_mask:
+            raise ValueError("return_single_mask: not available for SAM 2 (its decoder always returns the "
+                             "single-mask answer as output 0 and the multimask answers as 1-3)")
+        return export_sam2_onnx(sam, source, out_dir, quantize=quantize, parts=parts, opset=opset, check=check,
+                                progress=progress)
     name = source["model_type"] or "sam"
     encoder_bytes = sum(p.numel() * p.element_size() for p in sam.image_encoder.parameters())
     if "encoder" in parts and encoder_bytes > 1.9e9:
@@ -282,6 +310,10 @@ def export_onnx(
                                       f"a batch of several: each padded to {img_size}x{img_size} with pixel_mean"}},
             {"image_embeddings": {"shape": ["batch", *emb_shape[1:]], "dtype": "float32"}},
         )
+        if anylabeling:
+            enc_io = ({"input_image": {"shape": ["height", "width", 3], "dtype": "float32",
+                                       "description": f"RGB, 0-255, resized so the longest side is {img_size}"}},
+                      enc_io[1])
         dec_io = (
             {
                 "image_embeddings": {"shape": emb_shape, "dtype": "float32"},
@@ -302,9 +334,16 @@ def export_onnx(
         decoder = DecoderGraph(sam, return_single_mask=return_single_mask).eval()
         refs: list = []
         for part in parts:
-            path = tmp / f"{name}_{part}.onnx"
+            path = tmp / (f"{name}.{part}.onnx" if anylabeling else f"{name}_{part}.onnx")
             bar.set_postfix_str(path.name)
-            if part == "encoder":
+            if part == "encoder" and anylabeling:
+                hwc = torch.from_numpy(image[0, :, :, :700].transpose(1, 2, 0).copy())
+                _export(HWCEncoderGraph(sam).eval(), (hwc,), path, ANYLABELING_INPUTS, ENCODER_OUTPUTS,
+                        {"input_image": {0: "height", 1: "width"}}, opset)
+                _check_graph(path)
+                checks["encoder"] = _compare_encoder(path, image, embedding, strict=check)
+                files["encoder"] = _file_info(path, "fp32", *enc_io)
+            elif part == "encoder":
                 # A dynamic batch too: set_images pads several images to the square input for one run.
                 _export(EncoderGraph(sam).eval(), (torch.from_numpy(image[..., :700]),), path, ENCODER_INPUTS,
                         ENCODER_OUTPUTS, {"image": {0: "batch", 2: "height", 3: "width"},
@@ -332,8 +371,8 @@ def export_onnx(
             bar.update()
         if quantize:
             for part in parts:
-                src = tmp / f"{name}_{part}.onnx"
-                dst = tmp / f"{name}_{part}.int8.onnx"
+                src = tmp / (f"{name}.{part}.onnx" if anylabeling else f"{name}_{part}.onnx")
+                dst = src.with_name(src.name.replace(".onnx", ".int8.onnx"))
                 bar.set_postfix_str(dst.name)
                 quantize_int8(src, dst)
                 _check_graph(dst)
@@ -350,6 +389,7 @@ def export_onnx(
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "family": "sam",
             "model_type": source["model_type"],
             "source": {k: v for k, v in source.items() if k != "model_type"},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -364,9 +404,12 @@ def export_onnx(
             "embedding_shape": emb_shape,
             "mask_threshold": float(sam.mask_threshold),
             "decoder_return_single_mask": return_single_mask,
+            "layout": layout,
             "files": files,
             "checks": checks,
         }
+        if anylabeling:
+            staged.append(_anylabeling_config(tmp, name, files))
         for path in staged:
             os.replace(path, out / path.name)
         write_json_atomic(out / MANIFEST_NAME, manifest)
@@ -374,6 +417,25 @@ def export_onnx(
     finally:
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _anylabeling_config(folder: Path, name: str, files: dict[str, Any]) -> Path:
+    """X-AnyLabeling's config for a custom Segment Anything model (model paths relative to the config)."""
+    enc = files.get("encoder", {}).get("path", f"{name}.encoder.onnx")
+    dec = files.get("decoder", {}).get("path", f"{name}.decoder.onnx")
+    text = (
+        "type: segment_anything\n"
+        f"name: mobilesam_{name}-custom\n"
+        f"display_name: MobileSAM {name} (mobilesam export)\n"
+        f"encoder_model_path: {enc}\n"
+        f"decoder_model_path: {dec}\n"
+        "input_size: 1024\n"
+        "max_width: 1024\n"
+        "max_height: 682\n"
+    )
+    path = folder / ANYLABELING_CONFIG
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def _version() -> str:

@@ -103,6 +103,27 @@ def default_export_folder(model: Any, format: str) -> str:
     return os.path.join(os.getcwd(), f"{stem or 'mobilesam'}_{entry.folder_suffix}")
 
 
+def backend_for_export(folder: str | os.PathLike) -> str | None:
+    """The first backend of the format that wrote the export ``folder`` (its manifest's ``"format"`` is
+    ``"mobilesam-<format name>"``), or None when the folder has no readable manifest or an unknown format.
+    A ValueError for a format that no backend runs (Core ML: macOS and iOS only)."""
+    import json
+
+    path = os.path.join(os.fspath(folder), "manifest.json") if os.path.isdir(folder) else os.fspath(folder)
+    try:
+        with open(path, encoding="utf-8") as f:
+            written_by = json.load(f).get("format", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    entry = _FORMATS.get(written_by.removeprefix("mobilesam-")) if isinstance(written_by, str) else None
+    if entry is None:
+        return None
+    if not entry.backends:
+        raise ValueError(f"model: '{os.fspath(folder)}' is a {entry.name} export, which no backend of this package "
+                         f"runs ({entry.description}); run it with its own runtime")
+    return entry.backends[0]
+
+
 def export_model(
     model: Any,
     out_dir: str | os.PathLike | None = None,
@@ -127,6 +148,7 @@ def export_model(
 __all__ = [
     "ExportFormat",
     "available_export_formats",
+    "backend_for_export",
     "default_export_folder",
     "export_model",
     "get_export_format",

@@ -10,7 +10,9 @@ and ``mobilesam serve``):
 - **lines** are separated by single spaces and each ends with ``"\\n"``; an image without objects
   gets an empty file. A mask without a polygon (no pixels) gets no line.
 - **polygon of a mask**: :func:`mobilesam.masks.mask_to_segment` (``"all"``: every part joined into
-  one ring, as Ultralytics writes multi-part masks; ``"largest"``: the largest part).
+  one ring, as Ultralytics writes multi-part masks; ``"largest"``: the largest part), each part's
+  outline simplified by ``simplify`` pixels (``approxPolyDP``; default
+  :data:`mobilesam.masks.DEFAULT_SIMPLIFY`, 0 = every contour point).
 
 Reading accepts any whitespace between numbers; a line with an even number of values after the
 class (``2K + 1``) carries a confidence as its last value.
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_text
-from ..masks import mask_to_segment
+from ..masks import DEFAULT_SIMPLIFY, mask_to_segment
 
 DECIMALS = 6
 
@@ -52,10 +54,10 @@ def format_line(cls: int, segment: np.ndarray, width: int, height: int, conf: fl
 
 
 def mask_line(
-    cls: int, mask: np.ndarray, strategy: str = "all", conf: float | None = None
+    cls: int, mask: np.ndarray, strategy: str = "all", conf: float | None = None, simplify: float = DEFAULT_SIMPLIFY
 ) -> str | None:
     """The label line of a boolean (H, W) mask, or None when the mask has no polygon."""
-    segment = mask_to_segment(mask, strategy)
+    segment = mask_to_segment(mask, strategy, simplify)
     if segment is None:
         return None
     h, w = mask.shape[-2:]

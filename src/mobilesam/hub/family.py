@@ -56,12 +56,13 @@ class WeightsEntry:
     ``name`` is the file name (also the cache file name and the registry key); ``model_type`` is the
     size of ``family`` it holds; ``size_mb`` is the approximate size in megabytes (10**6 bytes);
     ``aliases`` are other names that resolve to it (short names, Ultralytics' file names).
+    ``sha256`` is None when no hash is published for the file: it then downloads unverified, and says so.
     """
 
     name: str
     model_type: str
     url: str
-    sha256: str
+    sha256: str | None
     size_mb: float
     description: str
     aliases: tuple[str, ...] = ()

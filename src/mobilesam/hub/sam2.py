@@ -13,7 +13,7 @@ import torch
 
 from ..modeling.sam2 import FEATURE_NAMES, SAM2_CONFIGS, Sam2, build_sam2
 from ..modeling.sam2.configs import BACKBONE_STRIDE, D_MODEL, IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
-from .family import ModelFamily, Preprocessing
+from .family import ModelFamily, Preprocessing, WeightsEntry
 
 _TRUNK = "image_encoder.trunk."
 _POS_EMBED = _TRUNK + "pos_embed"  # (1, embed_dim, h, w)
@@ -42,6 +42,40 @@ def detect_sam2_size(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 
 _EMBED = IMAGE_SIZE // BACKBONE_STRIDE
 
+# Meta's release folders: SAM 2 (2024-07-28) and SAM 2.1 (2024-09-28).
+_RELEASES = {"2": "https://dl.fbaipublicfiles.com/segment_anything_2/072824/",
+             "2.1": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"}
+_ULTRALYTICS_SUFFIX = {"tiny": "t", "small": "s", "base_plus": "b", "large": "l"}
+# Approximate file sizes in 10**6 bytes (fp32 weights of the whole model, video modules included).
+_SIZES_MB = {"tiny": 156.0, "small": 185.0, "base_plus": 324.0, "large": 898.0}
+
+
+def _meta_weights(model_type: str) -> WeightsEntry:
+    """One of Meta's checkpoints (``{"model": state_dict}``), also known by Ultralytics' file name.
+
+    No SHA-256 is given: Meta publishes none for these files, and no independent source that pins
+    them could be found when this entry was written. ``sha256=None`` makes the download explicit about
+    it (see :func:`mobilesam.weights.download_file`): the file is checked for completeness, its SHA-256
+    is logged as unverified, and loading stays ``torch.load(weights_only=True)``, so a wrong file can
+    fail to load but cannot run code. Ultralytics' ``sam2*_?.pt`` files hold the same keys (its loader
+    reads Meta's layout; their sizes, 78.1 MB for ``sam2_t.pt``, say fp16 copies): their names resolve to
+    Meta's original fp32 file here, and an Ultralytics file at hand loads as any file does.
+    """
+    cfg = SAM2_CONFIGS[model_type]
+    size = model_type.split("_hiera_", 1)[1]
+    return WeightsEntry(
+        name=f"{model_type}.pt",
+        model_type=model_type,
+        url=f"{_RELEASES[cfg.version]}{model_type}.pt",
+        sha256=None,
+        size_mb=_SIZES_MB[size],
+        description=f"{cfg.description} (Meta AI)",
+        aliases=(f"sam{cfg.version}_{_ULTRALYTICS_SUFFIX[size]}.pt", model_type),
+    )
+
+
+SAM2_WEIGHTS = tuple(_meta_weights(name) for name in SAM2_CONFIGS)
+
 SAM2_FAMILY = ModelFamily(
     name="sam2",
     title="SAM 2",
@@ -56,5 +90,6 @@ SAM2_FAMILY = ModelFamily(
             ((D_MODEL, _EMBED, _EMBED), (D_MODEL // 8, 4 * _EMBED, 4 * _EMBED), (D_MODEL // 4, 2 * _EMBED, 2 * _EMBED)),
         )
     ),
+    weights=SAM2_WEIGHTS,
     size_titles={name: f"SAM {cfg.version}" for name, cfg in SAM2_CONFIGS.items()},
 )

@@ -307,6 +307,7 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     embedding_cache: str | os.PathLike | None = None,
     embedding_cache_bytes: int | None = None,
+    simplify: float | None = None,
 ) -> FastAPI:
     """The web app. ``model`` is a ``Sam``, a checkpoint (path or known name, built with ``build_sam``) or,
     for a backend that runs them, a folder written by ``mobilesam export``.
@@ -321,6 +322,8 @@ def create_app(
     ``allowed_hosts``: Host header values accepted (against DNS rebinding); None accepts any.
     ``embedding_cache``: a folder of image embeddings kept across sessions (:class:`~mobilesam.cache.
     DiskFeatureCache`, at most ``embedding_cache_bytes``): reopening an image costs no encoder pass.
+    ``simplify``: tolerance in pixels of the saved YOLO polygons (None: ``mobilesam.masks.DEFAULT_SIMPLIFY``;
+    0 keeps every contour point).
     """
     for name, value, least in (
         ("max_upload_bytes", max_upload_bytes, 1024),
@@ -331,6 +334,9 @@ def create_app(
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    from ..masks import DEFAULT_SIMPLIFY, check_simplify
+
+    simplify = DEFAULT_SIMPLIFY if simplify is None else check_simplify(simplify)
     get_backend(backend)  # an unknown name fails before a slow model load
     disk = DiskFeatureCache.open(embedding_cache, embedding_cache_bytes)
     folder = ImageFolder(images_dir) if images_dir is not None else None  # checked before a slow model load
@@ -587,7 +593,7 @@ def create_app(
             doc = await run_in_threadpool(to_coco, objects, rec.name, rec.size, classes)
             data, media, fname = json.dumps(doc).encode(), "application/json", f"{stem}.json"
         elif format == "yolo":
-            text = await run_in_threadpool(to_yolo, objects, rec.size, classes)
+            text = await run_in_threadpool(to_yolo, objects, rec.size, classes, simplify)
             data, media, fname = text.encode(), "text/plain; charset=utf-8", f"{stem}.txt"
         else:
             data = await run_in_threadpool(to_png_zip, objects, stem)

@@ -91,7 +91,7 @@ def default_generator_factory(model: Any, backend: str = "torch") -> Any:
                 "is missing)"
             ) from None
         raise
-    return module.SamAutomaticMaskGenerator(model, mode="fast", backend=backend)
+    return module.automatic_mask_generator(model, backend=backend, mode="fast")  # the family's generator (SAM 2: its own)
 
 
 class Engine:

@@ -23,7 +23,7 @@ from ..formats import coco, yolo
 from ..formats.classes import CLASSES_FILE, check_name, classes_text, parse_classes
 from ..formats.coco import bbox_xywh
 from ..io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text
-from ..masks import decode_rle, encode_rle, mask_area
+from ..masks import DEFAULT_SIMPLIFY, decode_rle, encode_rle, mask_area
 
 LABELS_MARK = "mobilesam serve labels"
 _CLASS_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
@@ -124,13 +124,16 @@ def to_coco(
     return coco.document([coco.image_record(1, file_name, w, h)], anns, cats, info)
 
 
-def to_yolo(objects: list[LabelObject], size: tuple[int, int], classes: Classes) -> str:
-    """Ultralytics segmentation labels (the rule of :mod:`mobilesam.formats.yolo`); parts joined into one ring.
+def to_yolo(
+    objects: list[LabelObject], size: tuple[int, int], classes: Classes, simplify: float = DEFAULT_SIMPLIFY
+) -> str:
+    """Ultralytics segmentation labels (the rule of :mod:`mobilesam.formats.yolo`); parts joined into one ring,
+    each outline simplified by ``simplify`` pixels.
 
     An empty mask has no polygon and no line (COCO keeps it, YOLO cannot).
     """
     ids = _ids(classes)
-    lines = (yolo.mask_line(ids[o.class_name], o.mask, "all") for o in objects)
+    lines = (yolo.mask_line(ids[o.class_name], o.mask, "all", simplify=simplify) for o in objects)
     return yolo.labels_text(line for line in lines if line is not None)
 
 

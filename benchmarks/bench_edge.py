@@ -1,0 +1,115 @@
+"""Edge exports at full size: export time, file sizes, and the mask IoU of the reduced-precision files
+against fp32 (and of fp32 against PyTorch), on the benchmark proxy and on perturbed random weights.
+
+    python benchmarks/bench_edge.py --formats executorch,tflite --models proxy,random-vit_t --scenes 8
+
+The proxy (``benchmarks/proxy.py``, a vit_t that behaves like a trained MobileSAM on synthetic scenes of
+coloured shapes) gives masks that mean something; random weights (every parameter perturbed, as the parity
+tests do) give speckle, a harder case for quantization. Prompts: the interior-most point of each object
+of ``--scenes`` synthetic scenes (proxy.make_scene); the three multimask outputs are compared one by one.
+Never evidence of real-image accuracy.
+Core ML cannot run on Linux: its fp16 files are converted and validated, not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT / "src", ROOT / "tests", ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from mobilesam.backends import create_predictor  # noqa: E402
+from mobilesam.export import export_model  # noqa: E402
+from mobilesam.masks import mask_iou  # noqa: E402
+from mobilesam.modeling import build_model  # noqa: E402
+from mobilesam.predictor import SamPredictor  # noqa: E402
+
+REDUCED = {"executorch": "int8", "tflite": "int8", "coreml": "fp16"}
+BACKEND = {"executorch": "executorch", "tflite": "litert"}
+
+
+def make_model(name: str) -> torch.nn.Module:
+    if name == "proxy":
+        from proxy import load_proxy
+
+        return load_proxy()
+    model_type = name.removeprefix("random-")
+    from oracle import perturb_
+
+    sam = build_model(model_type)
+    perturb_(sam, seed=0)
+    return sam.eval()
+
+
+def scenes(n: int) -> list[tuple[np.ndarray, list[tuple[float, float]]]]:
+    from proxy import interior_point, make_scene
+
+    out = []
+    for seed in range(n):
+        sc = make_scene(10_000 + seed)
+        out.append((sc.image, [interior_point(m) for m in sc.instance_masks()][:8]))
+    return out
+
+
+def masks_of(predictor, data) -> list[np.ndarray]:
+    out = []
+    for image, points in data:
+        predictor.set_image(image)
+        for x, y in points:
+            m, _, _ = predictor.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
+            out.append(m)
+    return out
+
+
+def run(fmt: str, model_name: str, data, folder: Path) -> dict:
+    sam = make_model(model_name)
+    t = time.perf_counter()
+    manifest = export_model(sam, folder, fmt, quantize=REDUCED[fmt], progress=True)
+    row = {"format": fmt, "model": model_name, "export_s": round(time.perf_counter() - t, 1),
+           "mb": {k: round(v["bytes"] / 1e6, 1) for k, v in manifest["files"].items()},
+           "export_checks": manifest["checks"]}
+    if fmt not in BACKEND:
+        return row
+    ref = masks_of(SamPredictor(sam), data)
+    fp32 = masks_of(create_predictor(folder, BACKEND[fmt]), data)
+    low = masks_of(create_predictor(folder, f"{BACKEND[fmt]}-{REDUCED[fmt]}"), data)
+    iou_fp32 = np.concatenate([mask_iou(a, b).ravel() for a, b in zip(ref, fp32)])
+    iou_low = np.concatenate([mask_iou(a, b).ravel() for a, b in zip(fp32, low)])
+    row.update({"fp32_vs_torch_iou_mean": float(iou_fp32.mean()), "fp32_vs_torch_iou_min": float(iou_fp32.min()),
+                f"{REDUCED[fmt]}_vs_fp32_iou_mean": float(iou_low.mean()),
+                f"{REDUCED[fmt]}_vs_fp32_iou_min": float(iou_low.min()), "masks": int(iou_low.size)})
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--formats", default="executorch,tflite,coreml")
+    ap.add_argument("--models", default="proxy,random-vit_t")
+    ap.add_argument("--scenes", type=int, default=8)
+    ap.add_argument("--out", default=None, help="JSON lines of the results (appended)")
+    args = ap.parse_args(argv)
+    data = scenes(args.scenes)
+    for model_name in args.models.split(","):
+        for fmt in args.formats.split(","):
+            with tempfile.TemporaryDirectory(prefix=f"edge-{fmt}-") as tmp:
+                row = run(fmt, model_name, data, Path(tmp) / "export")
+            line = json.dumps(row)
+            print(line, flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

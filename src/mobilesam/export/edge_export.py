@@ -1,0 +1,360 @@
+"""The shared driver of the phone and edge-board exporters: ExecuTorch (``.pte``), LiteRT (``.tflite``)
+and Core ML (``.mlpackage``).
+
+Each format is an :class:`EdgeRuntime`: how to convert one graph of :mod:`.edge_graphs` to its file (in
+fp32 and in its reduced precision), how to run that file in its desktop runtime (or, for Core ML on
+Linux, how to validate it without running it) and which package versions it used. Everything else is
+written once, here: the model's graphs, PyTorch's reference outputs, the check of every converted file
+against them, the mask IoU of the reduced-precision files against fp32, the manifest and the atomic
+publication of the folder. An fp32 file that differs from PyTorch, or a reduced-precision pair whose
+masks fall below :data:`MIN_MASK_IOU` of fp32's, makes the export fail (with ``check``, the default)
+and nothing is written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..modeling import Sam
+from .edge_graphs import DEFAULT_MAX_POINTS, LABEL_PAD, LABEL_UNUSED, EdgeGraphs, GraphPart, edge_graphs
+from .manifest import MANIFEST_NAME, ExportError, sha256_file, write_json_atomic
+
+FORMAT_VERSION = 1
+PARTS = ("encoder", "decoder")
+EMB_RTOL = 1e-4  # fp32 embedding: max abs difference relative to its max abs value (as the ONNX export)
+LOGIT_ATOL = 1e-3  # fp32 decoder: low-res logits and IoU predictions
+MIN_MASK_IOU = 0.95  # reduced precision: the least mask IoU against fp32 a variant may have
+
+Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EdgeRuntime:
+    """One edge format.
+
+    ``convert(part, path, precision)`` writes ``part`` (a :class:`GraphPart`) to ``path`` in ``precision``
+    ("fp32" or one of ``precisions``). ``load(path, part)`` returns a runner (inputs in the graph's order
+    -> outputs in order), or None where the format cannot run on this machine; then ``validate(path,
+    part)`` checks the file as far as possible and returns what it checked. ``versions()`` names the
+    packages that converted it.
+    """
+
+    name: str  # the export format name: "executorch", "tflite", "coreml"
+    title: str
+    suffix: str  # file suffix, with the dot
+    precisions: tuple[str, ...]  # reduced precisions it offers, e.g. ("int8",)
+    convert: Callable[[GraphPart, Path, str], None]
+    load: Callable[[Path, GraphPart], Runner | None]
+    versions: Callable[[], dict[str, str]]
+    validate: Callable[[Path, GraphPart], dict[str, Any]] | None = None
+    backend: str = ""  # the backend that runs the folder ("" for none on this platform)
+    reduced_parts: tuple[str, ...] = ("encoder", "decoder")  # the graphs it writes in reduced precision
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def manifest_format(self) -> str:
+        return f"mobilesam-{self.name}"
+
+
+def file_key(part: str, precision: str) -> str:
+    """Manifest key of a file: "encoder", "decoder_int8", ..."""
+    return part if precision == "fp32" else f"{part}_{precision}"
+
+
+def path_digest(path: Path) -> tuple[int, str]:
+    """(bytes, SHA-256) of a file, or of a folder (Core ML's .mlpackage): its files' relative paths and
+    contents in sorted order."""
+    if path.is_file():
+        return path.stat().st_size, sha256_file(path)
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        h.update(sha256_file(f).encode())
+        size += f.stat().st_size
+    return size, h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading a folder back
+# ----------------------------------------------------------------------------------------------------
+def read_edge_manifest(folder: str | os.PathLike, runtime: str) -> tuple[Path, dict[str, Any]]:
+    """Load and validate the manifest of a ``runtime`` export folder ("executorch", "tflite", ...)."""
+    p = Path(folder).expanduser()
+    path = p / MANIFEST_NAME if p.is_dir() else p
+    if not path.is_file():
+        raise FileNotFoundError(f"{runtime} model: '{folder}' is not an export folder (no {MANIFEST_NAME}); create "
+                                f"one with 'mobilesam export --model mobile_sam.pt --format {runtime} --out DIR'")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{runtime} model: cannot read manifest '{path}' ({e})") from None
+    expected = f"mobilesam-{runtime}"
+    if not isinstance(data, dict) or data.get("format") != expected:
+        got = data.get("format") if isinstance(data, dict) else None
+        raise ExportError(f"{runtime} model: '{path}' is not a mobilesam {runtime} export (expected \"format\": "
+                          f"\"{expected}\", got {got!r})")
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise ExportError(f"{runtime} model: '{path}' has format_version {data.get('format_version')}, newer than "
+                          f"this mobilesam reads ({FORMAT_VERSION}); upgrade mobilesam or re-export")
+    if not isinstance(data.get("files"), dict) or not data["files"]:
+        raise ExportError(f"{runtime} model: manifest '{path}' lists no files")
+    return path.parent, data
+
+
+def edge_file(manifest: dict[str, Any], folder: Path, key: str, verify: bool = True) -> Path:
+    """Path of the file ``key`` ("encoder", "decoder_int8", ...), its checksum verified."""
+    runtime = manifest["format"].removeprefix("mobilesam-")
+    files = manifest["files"]
+    if key not in files:
+        raise ExportError(f"{runtime} model: the export in '{folder}' has no '{key}' file (it has "
+                          f"{', '.join(sorted(files))}); re-export with --quantize for the reduced-precision files")
+    entry = files[key]
+    path = folder / entry["path"]
+    if not path.exists():
+        raise FileNotFoundError(f"{runtime} model: '{path}' listed in {MANIFEST_NAME} is missing; re-export the model")
+    if verify and path_digest(path)[1] != entry["sha256"]:
+        raise ExportError(f"{runtime} model: '{path}' does not match the SHA-256 in {MANIFEST_NAME} (changed or "
+                          "truncated); re-export it")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checks against PyTorch
+# ----------------------------------------------------------------------------------------------------
+def decoder_cases(part: GraphPart, embedding: torch.Tensor, img_size: int) -> list[tuple[torch.Tensor, ...]]:
+    """Decoder inputs to compare on: one click (+ SAM's padding point), a box, a box + click, five points
+    with a mask input; every unused slot labelled -2 with coordinates that would matter if it were read."""
+    max_points = part.inputs["point_coords"]["shape"][1]
+    low = part.inputs["mask_input"]["shape"][2:]
+    s = float(img_size)
+    rng = np.random.default_rng(1)
+    mask = torch.from_numpy(rng.normal(0, 4, (1, 1, *low)).astype(np.float32))
+    prompts = [
+        ([[0.5 * s, 0.4 * s], [0, 0]], [1, LABEL_PAD], None),
+        ([[0.2 * s, 0.25 * s], [0.6 * s, 0.55 * s]], [2, 3], None),
+        ([[0.1 * s, 0.1 * s], [0.5 * s, 0.5 * s], [0.3 * s, 0.3 * s]], [2, 3, 1], None),
+        ([[s * f, s * (1 - f) * 0.66] for f in (0.1, 0.3, 0.5, 0.7, 0.9)], [1, 0, 1, 1, 0], mask),
+    ]
+    cases = []
+    for points, labels, mask_input in prompts:
+        n = min(len(labels), max_points)
+        coords = torch.from_numpy(rng.uniform(0, s, (1, max_points, 2)).astype(np.float32))
+        lab = torch.full((1, max_points), float(LABEL_UNUSED))
+        coords[0, :n] = torch.tensor(points[:n], dtype=torch.float32)
+        lab[0, :n] = torch.tensor(labels[:n], dtype=torch.float32)
+        has = torch.ones(1) if mask_input is not None else torch.zeros(1)
+        mi = mask_input if mask_input is not None else torch.zeros(1, 1, *low)
+        cases.append((embedding, coords, lab, mi, has))
+    return cases
+
+
+def _numpy(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    return [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in inputs]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two logit maps thresholded at 0 (1.0 when both are empty)."""
+    a, b = a > 0, b > 0
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def check_encoder(run: Runner, image: torch.Tensor, ref: np.ndarray, strict: bool, name: str) -> dict[str, float]:
+    got = run(_numpy([image]))[0]
+    if got.shape != ref.shape:
+        raise ExportError(f"export: {name} gives an embedding of shape {got.shape}, PyTorch {ref.shape}")
+    scale = float(np.abs(ref).max())
+    diff = float(np.abs(ref - got).max())
+    if strict and not diff <= EMB_RTOL * scale:  # "not <=": a NaN fails too
+        raise ExportError(f"export: {name} differs from PyTorch: embedding max abs diff {diff:.3g} > "
+                          f"{EMB_RTOL} x {scale:.3g}")
+    return {"embedding_max_abs_diff": diff, "embedding_max_abs": scale}
+
+
+def check_decoder(run: Runner, refs: list[tuple[list[np.ndarray], list[np.ndarray]]], strict: bool,
+                  name: str) -> dict[str, float]:
+    worst_logit = worst_iou = 0.0
+    bad_pixels = 0
+    min_iou = 1.0
+    for feeds, ref in refs:
+        got = run(feeds)
+        if [g.shape for g in got] != [r.shape for r in ref]:
+            raise ExportError(f"export: {name} gives outputs of shapes {[g.shape for g in got]}, PyTorch "
+                              f"{[r.shape for r in ref]}")
+        worst_iou = max(worst_iou, float(np.abs(ref[0] - got[0]).max()))
+        worst_logit = max(worst_logit, float(np.abs(ref[1] - got[1]).max()))
+        bad_pixels += int((((ref[1] > 0) != (got[1] > 0)) & (np.abs(ref[1]) > LOGIT_ATOL)).sum())
+        min_iou = min(min_iou, min(mask_iou(r, g) for r, g in zip(ref[1][0], got[1][0])))
+    if strict and not (worst_logit <= LOGIT_ATOL and worst_iou <= LOGIT_ATOL and bad_pixels == 0):
+        raise ExportError(f"export: {name} differs from PyTorch: low-res logits by {worst_logit:.3g}, iou predictions "
+                          f"by {worst_iou:.3g}, {bad_pixels} mask pixels away from the threshold")
+    return {"low_res_max_abs_diff": worst_logit, "iou_max_abs_diff": worst_iou, "mask_iou_min": min_iou}
+
+
+def reduced_mask_iou(encoder: Runner | None, decoder: Runner, image: torch.Tensor,
+                     cases: list[tuple[torch.Tensor, ...]], refs: list[tuple[list[np.ndarray], list[np.ndarray]]]
+                     ) -> dict[str, float]:
+    """Mask IoU of a reduced-precision pair (its encoder's embedding into its decoder; the fp32 embedding
+    for a decoder alone) against PyTorch fp32, over every prompt case and all four outputs."""
+    embedding = encoder(_numpy([image]))[0] if encoder is not None else None
+    ious = []
+    for case, (_, ref) in zip(cases, refs):
+        feeds = _numpy(case)
+        if embedding is not None:
+            feeds[0] = embedding
+        got = decoder(feeds)
+        ious += [mask_iou(r, g) for r, g in zip(ref[1][0], got[1][0])]
+    return {"mask_iou_vs_fp32_mean": float(np.mean(ious)), "mask_iou_vs_fp32_min": float(np.min(ious))}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The export
+# ----------------------------------------------------------------------------------------------------
+def export_edge(
+    runtime: EdgeRuntime,
+    model: Sam | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model_type: str | None = None,
+    quantize: str | None = None,
+    parts: Iterable[str] = PARTS,
+    max_points: int = DEFAULT_MAX_POINTS,
+    check: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Export ``model`` with ``runtime`` into ``out_dir`` and return the manifest (see the module doc)."""
+    from .._version import __version__
+    from .onnx_export import _resolve_model
+
+    parts = tuple(parts)
+    if not parts or any(p not in PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"parts: expected some of {list(PARTS)}, got {list(parts)}")
+    if quantize is not None and quantize not in runtime.precisions:
+        raise ValueError(f"quantize: expected None or one of {list(runtime.precisions)} for the {runtime.name} "
+                         f"format, got {quantize!r}")
+    versions = runtime.versions()  # the import error that says what to install comes before any work
+    sam, source = _resolve_model(model, model_type)
+    graphs: EdgeGraphs = edge_graphs(sam, max_points)
+    img_size = int(graphs.preprocessing["image_size"])
+    name = source["model_type"] or "sam"
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    precisions = ["fp32"] + ([quantize] if quantize else [])
+    steps = [(part, precision) for precision in precisions for part in parts
+             if precision == "fp32" or part in runtime.reduced_parts]
+    bar = tqdm(steps, desc=f"export {runtime.name}", unit="graph", disable=not progress)
+    files: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
+    try:
+        enc_part, dec_part = graphs.parts["encoder"], graphs.parts["decoder"]
+        image = enc_part.example_inputs[0]
+        with torch.no_grad():
+            if "encoder" in parts:
+                embedding = enc_part.module(image)
+            else:  # a decoder-only export is checked on a random embedding (an encoder pass of ViT-H is slow)
+                g = torch.Generator().manual_seed(0)
+                embedding = torch.randn(dec_part.example_inputs[0].shape, generator=g)
+            cases = decoder_cases(dec_part, embedding, img_size)
+            refs = [(_numpy(c), _numpy(dec_part.module(*c))) for c in cases]
+        emb_ref = embedding.numpy()
+        runners: dict[str, Runner | None] = {}
+        for part, precision in steps:
+            key = file_key(part, precision)
+            path = tmp / f"{name}_{part}{'' if precision == 'fp32' else '.' + precision}{runtime.suffix}"
+            bar.set_postfix_str(path.name)
+            graph = graphs.parts[part]
+            runtime.convert(graph, path, precision)
+            run = runtime.load(path, graph)
+            runners[key] = run
+            label = f"the {runtime.title} {part}" + ("" if precision == "fp32" else f" ({precision})")
+            if run is None:
+                checks[key] = runtime.validate(path, graph) if runtime.validate else {}
+            elif precision == "fp32":
+                checks[key] = (check_encoder(run, image, emb_ref, check, label) if part == "encoder"
+                               else check_decoder(run, refs, check, label))
+            size, digest = path_digest(path)
+            files[key] = {"path": path.name, "precision": precision, "bytes": size, "sha256": digest,
+                          "inputs": graph.inputs, "outputs": graph.outputs}
+            bar.update()
+        # The reduced pair: its encoder (if any) into its decoder, or into the fp32 decoder when only the
+        # encoder is reduced.
+        pair_decoder = (runners.get(file_key("decoder", quantize)) or runners.get("decoder")) if quantize else None
+        if quantize and pair_decoder is not None and any(file_key(p, quantize) in runners for p in parts):
+            pair = reduced_mask_iou(runners.get(file_key("encoder", quantize)), pair_decoder, image, cases, refs)
+            checks[f"pipeline_{quantize}"] = pair
+            if check and not pair["mask_iou_vs_fp32_mean"] >= MIN_MASK_IOU:
+                raise ExportError(
+                    f"export: the {quantize} {runtime.title} files give masks at IoU "
+                    f"{pair['mask_iou_vs_fp32_mean']:.3f} of fp32's on the check image (at least {MIN_MASK_IOU} "
+                    "needed); export fp32 (no --quantize), or --no-check to keep them anyway")
+        bar.close()
+        manifest = {
+            "format": runtime.manifest_format,
+            "format_version": FORMAT_VERSION,
+            "model_type": source["model_type"],
+            "source": {k: v for k, v in source.items() if k != "model_type"},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"mobilesam": __version__, "torch": torch.__version__, **versions},
+            "image_size": img_size,
+            "pixel_mean": graphs.preprocessing["pixel_mean"],
+            "pixel_std": graphs.preprocessing["pixel_std"],
+            "preprocessing": graphs.preprocessing,
+            "prompt": graphs.prompt,
+            "embedding_shape": dec_part.inputs["image_embeddings"]["shape"],
+            "mask_threshold": float(sam.mask_threshold),
+            "postprocessing": "outside the graphs: low_res_masks bilinear to image_size x image_size, crop to the "
+                              "resized image, bilinear to the original size, threshold at mask_threshold",
+            "backend": runtime.backend,
+            "notes": runtime.notes,
+            "files": files,
+            "checks": checks,
+        }
+        staged = [tmp / e["path"] for e in files.values()]
+        for path in staged:  # a re-export replaces the files it writes, never a folder half-way
+            target = out / path.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(path, target)
+        write_json_atomic(out / MANIFEST_NAME, manifest)
+        return manifest
+    finally:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def edge_exporter(runtime: EdgeRuntime, doc: str) -> Callable[..., dict[str, Any]]:
+    """The public exporter function of ``runtime`` (``export_executorch``, ...): :func:`export_edge` bound to it."""
+
+    def exporter(
+        model: Sam | str | os.PathLike,
+        out_dir: str | os.PathLike,
+        *,
+        model_type: str | None = None,
+        quantize: str | None = None,
+        parts: Iterable[str] = PARTS,
+        max_points: int = DEFAULT_MAX_POINTS,
+        check: bool = True,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        return export_edge(runtime, model, out_dir, model_type=model_type, quantize=quantize, parts=parts,
+                           max_points=max_points, check=check, progress=progress)
+
+    exporter.__name__ = exporter.__qualname__ = f"export_{runtime.name}"
+    exporter.__doc__ = doc
+    return exporter
