@@ -247,17 +247,20 @@ def _checkpoint_keys(checkpoint: str) -> dict[str, Any]:
 def official_model(checkpoint: str) -> tuple[Any, Any]:
     """The official model of a SAM / MobileSAM ``checkpoint``, built as its README does, and its package
     (``mobile_sam`` for vit_t, ``segment_anything`` otherwise); the packages are imported only here."""
-    import importlib
     import warnings
 
     warnings.simplefilter("ignore")
     state_dict = _checkpoint_keys(checkpoint)
     if any(k.startswith("image_encoder.layers.") for k in state_dict):
-        package, model_type = importlib.import_module("mobile_sam"), "vit_t"
+        import mobile_sam as package
+
+        model_type = "vit_t"
     else:
+        import segment_anything as package
+
         from .build import detect_model_type
 
-        package, model_type = importlib.import_module("segment_anything"), detect_model_type(state_dict)
+        model_type = detect_model_type(state_dict)
     del state_dict
     sam = package.sam_model_registry[model_type](checkpoint=checkpoint)
     sam.eval()  # as its README: after loading (the official TinyViT caches biases in eval())
