@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train the proxy this long when missing; default: %(default)s")
     ap.add_argument("--no-latency", action="store_true", help="only the accuracy table")
     ap.add_argument("--no-accuracy", action="store_true", help="only the latency table")
+    ap.add_argument("--no-batch", action="store_true",
+                    help="skip the 64-prompt batch (the official code's peaks at 3-4 GB) on a shared machine")
     ap.add_argument("--vs-official", action="store_true", help="also the official code, in the same rounds")
     ap.add_argument("--peers", action="store_true",
                     help="also the official graph exported the plain way on ONNX Runtime / OpenVINO (mobilesam.bench_peers)")
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["## Latency", "", run_benchmark(str(ckpt), backends, image=image, rounds=args.rounds,
                                                       runs=args.runs, prompts=args.prompts, threads=args.threads,
                                                       vs_official=args.vs_official, peers=args.peers,
-                                                      command=command), ""]
+                                                      batch=not args.no_batch, command=command), ""]
     if args.no_accuracy:
         print("\n".join(lines))
         return 0

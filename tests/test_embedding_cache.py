@@ -147,6 +147,7 @@ def encoder_calls(vit_t_pair):
     handle.remove()
 
 
+@pytest.mark.slow
 def test_reopening_a_labelled_folder_costs_no_encoder_pass(vit_t_pair, tiny_checkpoint, encoder_calls, tmp_path,
                                                           monkeypatch) -> None:
     """annotate fills the cache (one encoder call for both images); annotate again, predict, everything (in
@@ -180,6 +181,12 @@ def test_reopening_a_labelled_folder_costs_no_encoder_pass(vit_t_pair, tiny_chec
     r = model.predict(str(data / "1.png"), points=[40, 80], verbose=False)[0]
     model.predict(str(data / "0.png"), points_per_side=2, verbose=False)  # segment everything
     assert encoder_calls == [] and r.masks.data.shape == (1, 120, 80)
+    # The cached (float16) features give the masks of the uncached path, up to that rounding.
+    fresh = SAM(vit_t_pair[1], device="cpu").predict(str(data / "1.png"), points=[40, 80], verbose=False)[0]
+    assert encoder_calls == [1]
+    encoder_calls.clear()
+    assert (r.low_res_logits - fresh.low_res_logits).abs().max() < 0.05 * fresh.low_res_logits.abs().max()
+    assert int((r.masks.data != fresh.masks.data).sum()) <= 0.01 * r.masks.data.numel()
 
     from fastapi.testclient import TestClient
 

@@ -138,6 +138,7 @@ def test_cache_is_reused_and_threads_and_precision_are_explicit(ov_cache, vit_t_
     assert ove.default_folder(vit_t_pair[1]) == pred.model_dir
 
 
+@pytest.mark.slow
 def test_set_images_batches_the_encoder(ov_cache, predictors, vit_t_pair, image, monkeypatch) -> None:
     """Images of different shapes share one encoder pass (square padded inputs), on OpenVINO and on ONNX
     Runtime (same export), with the features of one ``set_image`` each; the fixture's predictor has
@@ -181,6 +182,7 @@ def test_set_images_batches_the_encoder(ov_cache, predictors, vit_t_pair, image,
     assert len(ort.set_images([image] * 3, batch=3)) == 3 and sizes == [3]
 
 
+@pytest.mark.slow
 def test_front_ends_run_on_openvino(ov_cache, predictors, vit_t_pair, image, monkeypatch) -> None:
     from mobilesam.everything import SamAutomaticMaskGenerator
 
@@ -328,6 +330,7 @@ def test_int8_encoder_calibrated_on_a_folder(ov_cache, predictors, vit_t_pair, i
     assert synthetic.feature_identity() != int8.feature_identity()  # other calibration, other features
 
 
+@pytest.mark.slow
 def test_export_format_openvino(ov_cache, predictors, tiny_checkpoint, image, tmp_path, monkeypatch, capsys) -> None:
     """mobilesam export --format openvino writes the IR with its manifest (here a copy of the backend's
     conversion of the same weights in the cache); SAM(folder) runs it on the openvino backend; format options
