@@ -96,6 +96,11 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
         self.threads = int(threads or torch.get_num_threads())
         key = "encoder_int8" if precision == "int8" else "encoder"
         self.calibration = manifest["files"][key].get("calibration") if key in manifest["files"] else None
+        if precision == "int8" and (self.calibration or {}).get("source") == "synthetic":
+            # Measured (benchmarks/RESULTS.md, issue 15): masks at IoU 0.49 of f32 on the benchmark proxy.
+            logger.warning("openvino-int8: an encoder calibrated on the built-in synthetic images gave masks far from "
+                           "f32 (mask IoU 0.49 on the benchmark's proxy model); calibrate on your own images "
+                           "(calibration=DIR) and check the masks, or use 'openvino' / 'openvino-bf16'")
         self.encoder = InferRunner(compile_model(ir_file(manifest, folder, key, verify), _HINTS[precision],
                                                  self.threads))
         self.decoder = InferRunner(compile_model(ir_file(manifest, folder, "decoder", verify), "f32", self.threads))
