@@ -22,6 +22,10 @@ Each worker records wall and CPU seconds per scene (CPU seconds of a one-thread 
 whatever else a shared machine runs) and writes its output after every scene; ``--workers-dir`` keeps
 those outputs and ``--reuse`` evaluates them without re-running (the table then covers the scenes every
 method finished). ``--long-side 320,480`` makes the hard scenes smaller, for a quick run.
+
+Fast mode on another backend: METHOD@BACKEND (the generator's ``backend=``)::
+
+    python benchmarks/bench_everything.py --methods fast,fast@openvino-bf16 --results /tmp/ev.md
 """
 
 from __future__ import annotations
@@ -111,16 +115,17 @@ def run_worker(args: argparse.Namespace) -> None:
 
         print(f"{args.worker}: mobilesam from {Path(mobilesam.__file__).parent}", flush=True)
         model = build_sam(args.checkpoint, device=args.device)
-        mode = "exact" if args.worker == "exact" else "fast"
-        if args.worker == "fast_noskip":
+        method, _, backend = args.worker.partition("@")
+        mode = "exact" if method == "exact" else "fast"
+        if method == "fast_noskip":
             import mobilesam.everything.generator as generator_module
 
             if hasattr(generator_module, "FAST_SKIP"):
                 generator_module.FAST_SKIP = False
             else:  # the fast mode before issue 20: no mask is ever confirmed, so no point is skipped
                 generator_module.FAST_CONFIRM_IOU = float("inf")
-        gen = SamAutomaticMaskGenerator(model, mode=mode, progress=False, **kw)
-        small = SamAutomaticMaskGenerator(model, mode=mode, points_per_side=4, progress=False)
+        gen = SamAutomaticMaskGenerator(model, mode=mode, backend=backend or "torch", progress=False, **kw)
+        small = SamAutomaticMaskGenerator(gen.predictor, mode=mode, points_per_side=4, progress=False)
     # Scenes made one at a time (a 1280 px hard scene takes a while): a worker stopped early keeps its first ones.
     small.generate(make_scene(args.scene_set, 0, args.long_side).image)  # warm-up: first-call allocations and kernel selection
     base = _rss_mb()
@@ -200,7 +205,7 @@ def evaluate(results: dict[str, dict], scenes: list) -> dict:
             if results[m].get("cpu_seconds"):
                 row[m]["cpu_seconds"] = round(results[m]["cpu_seconds"][k], 2)
         per_scene.append(row)
-    for fast in FAST_METHODS:
+    for fast in [m for m in masks if m.partition("@")[0] in FAST_METHODS]:
         if ref and fast in masks:
             hits = [_recall(e, f, 0.9) for e, f in zip(masks[ref], masks[fast])]
             table[fast]["recall_of_exact_masks"] = _share(hits)
@@ -236,7 +241,7 @@ def markdown(report: dict) -> str:
         ),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for m in METHODS:
+    for m in report["table"]:
         r = report["table"].get(m)
         if not r:
             continue
@@ -260,7 +265,7 @@ def markdown(report: dict) -> str:
                        "a trained model; these numbers say little about a real checkpoint.")]
     per_scene = report.get("per_scene")
     if per_scene and scene_set == "hard":
-        methods = [m for m in METHODS if m in per_scene[0]]
+        methods = [m for m in per_scene[0]]
         head = ["scene", "size"]
         for m in methods:
             head += [f"{m} masks"] + ([f"{m} found"] if "found" in per_scene[0][m] else [])
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", default="",
                     help="comma-separated methods to load from --workers-dir instead of running (e.g. the slow "
                     "official generator, measured once); their times come from that earlier run")
-    ap.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # METHOD or METHOD@BACKEND
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -339,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "cuda" if _cuda_available() else "cpu")
     meta = json.loads((Path(args.proxy_dir or proxy.default_dir()) / "proxy.json").read_text())
     methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted({m for m in methods if m.partition("@")[0] not in METHODS})
     if unknown:
         ap.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if "fast_before" in methods and not (args.before_src and (Path(args.before_src) / "mobilesam").is_dir()):

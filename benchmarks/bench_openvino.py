@@ -7,7 +7,10 @@ On the proxy checkpoint (``benchmarks/proxy.py``; trained when missing) and a he
    image to first mask, a 64-prompt batch, peak memory, and mask IoU vs torch on its fixed prompts;
 2. accuracy of each variant against f32 torch on ``--scenes`` held-out scenes with known instances: one
    point (the instance's interior-most point, best of the multimask outputs) and one box per instance;
-   mask IoU against the torch mask of the same prompt (mean / min), and mIoU against the ground truth.
+   mask IoU against the torch mask of the same prompt (mean / min), and mIoU against the ground truth;
+   the same on perturbed random weights (the test suite's oracle vit_t) with the same prompts. The row
+   ``torch, fp16 embedding`` is what the disk cache of embeddings stores: f32 torch features rounded to
+   float16 and back before decoding.
 
 Conversions (ONNX export, OpenVINO IR, NNCF int8 with the built-in synthetic calibration images) are
 made once, in this process, before anything is timed; the workers find them in the cache.
@@ -15,6 +18,7 @@ made once, in this process, before anything is timed; the workers find them in t
     python benchmarks/bench_openvino.py                       # 3 rounds, each runtime's default threads
     python benchmarks/bench_openvino.py --threads 2 --rounds 5 --scenes 8
     python benchmarks/bench_openvino.py --backends torch,openvino,openvino-bf16,openvino-int8   # bf16 CPUs
+    python benchmarks/bench_openvino.py --no-latency --scenes 8    # only the accuracy tables
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE.parent / "tests"))
 
 import proxy  # noqa: E402
 
 DEFAULT_BACKENDS = "torch,onnxruntime,onnxruntime-int8,openvino,openvino-int8"
 REFERENCE = "torch"
+FP16_EMBEDDING = "torch, fp16 embedding"  # the disk cache's storage, decoded by f32 torch
 SCENE_SEED = 777_000_000  # held out: neither the proxy's training nor its evaluation scenes
 
 
@@ -64,8 +70,43 @@ def _predictor(checkpoint: Path, backend: str, onnx_dir: Path | None, threads: i
     return create_predictor(str(checkpoint), backend, device="cpu")
 
 
-def accuracy(checkpoint: Path, backends: list[str], scenes: list, threads: int | None) -> list[str]:
-    """Markdown rows: each backend's masks vs f32 torch's for the same prompts, and vs the ground truth."""
+def _scene_prompts(scenes: list) -> tuple[list[np.ndarray], list[list[dict]], list[np.ndarray]]:
+    """Images, one point (interior-most) and one box per instance, and the ground-truth mask of each prompt."""
+    images, prompts, truth = [], [], []
+    for sc in scenes:
+        ps = []
+        for m in sc.instance_masks():
+            x, y = proxy.interior_point(m)
+            ys, xs = np.nonzero(m)
+            ps += [{"point_coords": np.array([[x, y]]), "point_labels": np.array([1])},
+                   {"box": np.array([xs.min(), ys.min(), xs.max(), ys.max()], float)}]
+            truth += [m, m]
+        images.append(sc.image)
+        prompts.append(ps)
+    return images, prompts, truth
+
+
+def _masks(pred, images: list[np.ndarray], prompts: list[list[dict]], fp16: bool = False) -> list[np.ndarray]:
+    """The mask of each prompt: the best of the multimask outputs for a point, the single output for a box."""
+    from mobilesam.backends import ImageFeatures
+
+    out = []
+    for image, ps in zip(images, prompts):
+        pred.set_image(image)
+        if fp16:
+            f = pred.get_features()
+            pred.set_features(ImageFeatures({k: v.half().float() for k, v in f.tensors.items()}, f.original_size,
+                                            f.input_size))
+        for p in ps:
+            multi = "box" not in p
+            ms, scores, _ = pred.predict(**p, multimask_output=multi)
+            out.append(ms[int(np.argmax(scores))] if multi else ms[0])
+    return out  # the scenes differ in size: one mask each, not one array
+
+
+def accuracy(checkpoint: Path, backends: list[str], images: list[np.ndarray], prompts: list[list[dict]],
+             truth: list[np.ndarray] | None, threads: int | None) -> list[str]:
+    """Markdown rows: each backend's masks vs f32 torch's for the same prompts (and vs the ground truth)."""
     import torch
 
     from mobilesam.bench import ONNX_PREFIX, ensure_onnx
@@ -75,34 +116,33 @@ def accuracy(checkpoint: Path, backends: list[str], scenes: list, threads: int |
         torch.set_num_threads(threads)
     onnx_dir = ensure_onnx(checkpoint, quantize=True) if any(b.startswith(ONNX_PREFIX) for b in backends) else None
     masks: dict[str, list[np.ndarray]] = {}
-    gt: list[np.ndarray] = []
     for b in dict.fromkeys([REFERENCE, *backends]):
         pred = _predictor(checkpoint, b, onnx_dir, threads)
-        out = []
-        for sc in scenes:
-            pred.set_image(sc.image)
-            for m in sc.instance_masks():
-                x, y = proxy.interior_point(m)
-                ms, scores, _ = pred.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
-                out.append(ms[int(np.argmax(scores))])
-                ys, xs = np.nonzero(m)
-                ms, _, _ = pred.predict(box=np.array([xs.min(), ys.min(), xs.max(), ys.max()], float),
-                                        multimask_output=False)
-                out.append(ms[0])
-                if b == REFERENCE:
-                    gt += [m, m]
-        masks[b] = out
+        masks[b] = _masks(pred, images, prompts)
+        if b == REFERENCE:
+            masks[FP16_EMBEDDING] = _masks(pred, images, prompts, fp16=True)
         print(f"accuracy: {b} done", file=sys.stderr, flush=True)
-    rows = ["| backend | mask IoU vs torch f32 (mean / min) | masks with IoU < 0.9 | mIoU vs ground truth |",
-            "|---|---|---:|---:|"]
-    truth = np.stack(gt)
-    for b in dict.fromkeys([REFERENCE, *backends]):
-        got = np.stack(masks[b])
-        vs_ref = np.asarray(mask_iou(np.stack(masks[REFERENCE]), got))
-        vs_gt = np.asarray(mask_iou(truth, got))
+    rows = ["| backend | mask IoU vs torch f32 (mean / min) | masks with IoU < 0.9 |"
+            + (" mIoU vs ground truth |" if truth else ""), "|---|---|---:|" + ("---:|" if truth else "")]
+    for b, got in masks.items():
+        vs_ref = np.array([float(mask_iou(r, g)) for r, g in zip(masks[REFERENCE], got)])
         low = int((vs_ref < 0.9).sum())
-        rows.append(f"| {b} | {vs_ref.mean():.4f} / {vs_ref.min():.4f} | {low} of {len(vs_ref)} | {vs_gt.mean():.4f} |")
+        gt = (f" {np.mean([float(mask_iou(t, g)) for t, g in zip(truth, got)]):.4f} |"
+              if truth else "")
+        rows.append(f"| {b} | {vs_ref.mean():.4f} / {vs_ref.min():.4f} | {low} of {len(vs_ref)} |{gt}")
     return rows
+
+
+def perturbed_checkpoint(folder: Path) -> Path:
+    """The test suite's oracle: the official vit_t, seeded and perturbed (random weights), as a checkpoint."""
+    import torch
+    from oracle import reference_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "perturbed_vit_t.pt"
+    if not path.is_file():
+        torch.save(reference_model("vit_t", seed=0).state_dict(), path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild-minutes", type=float, default=40.0,
                     help="train the proxy this long when missing; default: %(default)s")
     ap.add_argument("--no-latency", action="store_true", help="only the accuracy table")
+    ap.add_argument("--no-accuracy", action="store_true", help="only the latency table")
+    ap.add_argument("--no-batch", action="store_true",
+                    help="skip the 64-prompt batch (the official code's peaks at 3-4 GB) on a shared machine")
+    ap.add_argument("--vs-official", action="store_true", help="also the official code, in the same rounds")
+    ap.add_argument("--peers", action="store_true",
+                    help="also the official graph exported the plain way on ONNX Runtime / OpenVINO (mobilesam.bench_peers)")
     args = ap.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     known = benchmark_backends()
@@ -128,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt = proxy.proxy_checkpoint(args.proxy_dir, args.rebuild_minutes)
     prepare(ckpt, backends, args.threads)
+    from mobilesam.weights import cache_dir
+
+    prepare(perturbed_checkpoint(cache_dir() / "bench"), [b for b in backends if b.startswith("openvino")], args.threads)
     scenes = [proxy.make_scene(SCENE_SEED + i) for i in range(args.scenes)]
     command = "python benchmarks/bench_openvino.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"# CPU runtimes on the proxy checkpoint ({platform.machine()}, {os.cpu_count()} CPUs)", ""]
@@ -139,11 +188,23 @@ def main(argv: list[str] | None = None) -> int:
             Image.fromarray(scenes[0].image).save(image)
             lines += ["## Latency", "", run_benchmark(str(ckpt), backends, image=image, rounds=args.rounds,
                                                       runs=args.runs, prompts=args.prompts, threads=args.threads,
-                                                      command=command), ""]
+                                                      vs_official=args.vs_official, peers=args.peers,
+                                                      batch=not args.no_batch, command=command), ""]
+        print("\n".join(lines), flush=True)  # the latency table is kept even if the accuracy part fails
+        lines = []
+    if args.no_accuracy:
+        print("\n".join(lines))
+        return 0
+    images, prompts, truth = _scene_prompts(scenes)
     lines += ["## Masks of the reduced-precision variants vs f32", "",
               f"{args.scenes} held-out proxy scenes, one point (best multimask output) and one box per instance; "
               "int8 OpenVINO calibrated on the built-in synthetic images.", "",
-              *accuracy(ckpt, backends, scenes, args.threads), ""]
+              *accuracy(ckpt, backends, images, prompts, truth, args.threads), ""]
+    from mobilesam.weights import cache_dir
+
+    random_ckpt = perturbed_checkpoint(cache_dir() / "bench")
+    lines += ["Perturbed random weights (the test suite's oracle vit_t), the same scenes and prompts:", "",
+              *accuracy(random_ckpt, backends, images, prompts, None, args.threads), ""]
     print("\n".join(lines))
     return 0
 

@@ -81,8 +81,8 @@ class MaskSpy:
         self.calls: list[tuple[tuple[int, int], np.ndarray, list[np.ndarray]]] = []
         original = annotate_mod._segment_boxes
 
-        def spy(predictor, image, boxes):
-            masks = [m.copy() for m in original(predictor, image, boxes)]
+        def spy(predictor, image, boxes, features=None):
+            masks = [m.copy() for m in original(predictor, image, boxes, features)]
             for j in blank:
                 masks[j][:] = False
             self.calls.append((image.shape[:2], boxes.copy(), masks))

@@ -13,6 +13,7 @@ from PIL import Image
 from mobilesam import SAM, Results, SamPredictor
 from mobilesam.masks import encode_rle
 from mobilesam.model import parse_prompts
+from mobilesam.sources import LoadedImage
 
 W, H = 1280, 720  # the size of the brief's zidane.jpg, so its coordinates are used unchanged
 
@@ -200,18 +201,21 @@ def test_embedding_cache_is_bounded_lru(vit_t_pair, monkeypatch) -> None:
     model = SAM(vit_t_pair[1], device="cpu", cache_size=2)
     encoded = []
 
-    def fake_set_image(image, image_format="RGB"):  # no encoder pass: only the cache logic is tested
-        encoded.append(int(image[0, 0, 0]))
-        model.predictor.set_embedding(torch.full((1, 256, 64, 64), float(image[0, 0, 0])), image.shape[:2])
+    def fake_encode(images):  # no encoder pass: only the cache logic is tested
+        encoded.extend(int(x[0, 0, 0, 0]) for x in images)
+        return [{"image_embeddings": torch.full((1, 256, 64, 64), float(x[0, 0, 0, 0]))} for x in images]
 
-    monkeypatch.setattr(model.predictor, "set_image", fake_set_image)
+    monkeypatch.setattr(model.predictor, "_encode_batch", fake_encode)
     imgs = [np.full((20, 30, 3), v, np.uint8) for v in (10, 20, 30)]
-    hits = [model._set_image(imgs[i], half=False) for i in (0, 1, 0, 2, 0, 1)]
+    hits = [emb.cached for i in (0, 1, 0, 2, 0, 1)
+            for emb in model._embedded(iter([LoadedImage(imgs[i], "x.png")]), half=False, batch=1)]
     # LRU of 2: 0 hit, 2 evicts 1, 0 hit, 1 evicts 2
     assert encoded == [10, 20, 30, 20] and hits == [False, False, True, False, True, False]
     assert len(model._cache) == 2
-    model._set_image(imgs[0], half=False)  # a hit restores that image's embedding and size
-    assert model.predictor.get_image_embedding()[0, 0, 0, 0] == 10 and model.predictor.original_size == (20, 30)
+    emb = next(model._embedded(iter([LoadedImage(imgs[0], "x.png")]), half=False, batch=1))
+    model.predictor.set_features(emb.features)  # a hit restores that image's embedding and size
+    assert emb.cached and model.predictor.get_image_embedding()[0, 0, 0, 0] == 10
+    assert model.predictor.original_size == (20, 30)
 
 
 @pytest.mark.parametrize(
@@ -311,7 +315,7 @@ class _StubGenerator:
         self.calls.append((model, mode, kwargs))
         self.output_mode = kwargs.get("output_mode", "binary_mask")
 
-    def generate(self, image):
+    def generate(self, image, features=None):
         h, w = image.shape[:2]
         small, large = np.zeros((h, w), bool), np.zeros((h, w), bool)
         small[5:10, 5:15] = True

@@ -59,12 +59,13 @@ def _annotate_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bytes:
     def detector(image: np.ndarray):
         return np.asarray(BOXES, np.float32), np.arange(len(BOXES)), np.linspace(0.9, 0.5, len(BOXES))
 
-    def segment_boxes(predictor, image, boxes):  # SAM's answer for each box: the mask it was made from
+    def segment_boxes(predictor, image, boxes, features=None):  # SAM's answer for each box: the mask it was made from
         for b in boxes:
             yield MASKS[[list(map(float, x)) for x in BOXES].index([float(v) for v in b])]
 
     monkeypatch.setattr(annotate_mod, "_segment_boxes", segment_boxes)
     monkeypatch.setattr(annotate_mod, "_make_predictor", lambda *a, **k: object())
+    monkeypatch.setattr(annotate_mod, "encode_pending", lambda predictor, group, cache: [None] * len(group))
     out = tmp_path / "annotate"
     annotate_mod.auto_annotate(images, detector, "unused.pt", device="cpu", output_dir=out, verbose=False)
     return (out / "pic.txt").read_bytes()

@@ -185,7 +185,9 @@ def test_benchmark_backends_are_the_registry_plus_official(capsys) -> None:
     from mobilesam.backends import available_backends, register_backend, unregister_backend
     from mobilesam.cli import main
 
-    assert bench.benchmark_backends() == [*available_backends(), "official"]
+    from mobilesam.bench_peers import PEERS
+
+    assert bench.benchmark_backends() == [*available_backends(), "official", *PEERS]
     register_backend("counting-test", lambda sam, **options: None)
     try:
         assert "counting-test" in bench.benchmark_backends()
@@ -195,7 +197,7 @@ def test_benchmark_backends_are_the_registry_plus_official(capsys) -> None:
     assert main(["benchmark", "--backends", "torch,nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mobilesam benchmark: error: --backends: expected some of torch,")
-    assert err.endswith(",official, got torch,nope")
+    assert err.endswith(",official,peer:onnxruntime,peer:openvino,peer:openvino-f32, got torch,nope")
     for kwargs in ({"rounds": 0}, {"runs": -1}, {"prompts": 1.5}):
         name = next(iter(kwargs))
         with pytest.raises(ValueError, match=f"^{name}: expected an integer >= 1"):
@@ -208,9 +210,13 @@ def test_official_packages_are_imported_only_when_asked_for() -> None:
     source = Path(bench.__file__).read_text()
     assert '"-c"' not in source and "exec(" not in source  # no code run from a string
     lines = [line.strip() for line in source.splitlines()]
-    official_imports = [i for i, line in enumerate(lines) if line.startswith(("from mobile_sam", "from segment_anything"))]
-    body = source.split("def _official_predictor", 1)[1].split("\ndef ", 1)[0]
-    assert official_imports and all(lines[i] in body for i in official_imports)
+    official = ("from mobile_sam", "import mobile_sam", "from segment_anything", "import segment_anything", "from sam2")
+    official_imports = [i for i, line in enumerate(lines) if line.startswith(official)]
+    # Only the functions that build the official models import the official packages.
+    bodies = [part.split("\ndef ", 1)[0] for part in source.split("\ndef ")[1:]
+              if part.startswith(("official_model(", "_official_sam2_predictor("))]
+    assert len(official_imports) == 4 and len(bodies) == 2
+    assert all(any(lines[i] in body for body in bodies) for i in official_imports)
 
 
 @pytest.mark.slow

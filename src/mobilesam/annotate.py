@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backends import Predictor, create_predictor
+from .backends import ImageFeatures, Predictor, create_predictor
+from .cache import DiskFeatureCache, FeatureCache
 from .detectors import (
     AnnotationInputError,
     CocoBoxesDetector,
@@ -47,6 +48,7 @@ from .formats.classes import CLASSES_FILE, read_classes, write_classes
 from .formats.data_yaml import DATA_YAML, write_data_yaml
 from .io import IMAGE_SUFFIXES, atomic_write_text, read_image, walk_images
 from .masks import DEFAULT_SIMPLIFY, check_simplify, mask_to_segment
+from .pipeline import Pending, cache_key_maker, chunks, encode_pending, prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +134,16 @@ def coco_part_path(output_dir: Path, name: str) -> Path:
 format_segment = yolo.format_line  # ``class x1 y1 ...`` normalised: the rule of mobilesam.formats.yolo
 
 
-def _segment_boxes(predictor: Predictor, image: np.ndarray, boxes: np.ndarray) -> Iterator[np.ndarray]:
-    """Boolean (H, W) masks, one per XYXY box, in box order: one image embedding, all boxes decoded in
-    one batched pass (split only when B x H x W would exceed ``MAX_MASK_ELEMENTS``)."""
-    predictor.set_image(image)
+def _segment_boxes(
+    predictor: Predictor, image: np.ndarray, boxes: np.ndarray, features: ImageFeatures | None = None
+) -> Iterator[np.ndarray]:
+    """Boolean (H, W) masks, one per XYXY box, in box order: one image embedding (``features`` when they
+    are at hand), all boxes decoded in one batched pass (split only when B x H x W would exceed
+    ``MAX_MASK_ELEMENTS``)."""
+    if features is not None:
+        predictor.set_features(features)
+    else:
+        predictor.set_image(image)
     h, w = image.shape[:2]
     b = torch.as_tensor(boxes, dtype=torch.float32, device=predictor.device)
     b = predictor.transform.apply_boxes_torch(b, (h, w))
@@ -372,6 +380,9 @@ def auto_annotate(
     backend: str = "torch",
     trust_weights: bool = False,
     verbose: bool = True,
+    batch: int = 1,
+    embedding_cache: str | os.PathLike | None = None,
+    embedding_cache_bytes: int | None = None,
     simplify: float = DEFAULT_SIMPLIFY,
 ) -> AnnotateSummary:
     """Label a folder of images with segmentation masks: detector boxes -> SAM masks -> YOLO polygons.
@@ -402,6 +413,10 @@ def auto_annotate(
         trust_weights: load Ultralytics weights that are not official (by SHA-256): they are pickles of
             Python objects, and loading one runs code from the file.
         verbose: progress bar and summary (rank 0).
+        batch: images per image-encoder call (images are read on a background thread meanwhile).
+        embedding_cache: a folder of image embeddings kept across runs (:class:`~mobilesam.cache.
+            DiskFeatureCache`): labelling the same images again (``overwrite``, other detector settings)
+            costs no encoder pass. embedding_cache_bytes: its size bound (default 4 GiB).
 
     Writes one ``.txt`` per image (``class x1 y1 x2 y2 ...`` normalised, one line per object in
     detection order, empty for an image without objects), ``classes.txt`` and ``data.yaml`` (also when
@@ -412,6 +427,9 @@ def auto_annotate(
     t0 = time.perf_counter()
     classes = _check_args(conf, iou, imgsz, max_det, classes, strategy)
     simplify = check_simplify(simplify)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: expected an int >= 1 (images per encoder call), got {batch!r}")
+    disk = DiskFeatureCache.open(embedding_cache, embedding_cache_bytes)
     root, names_list = list_images(data)
     out = Path(output_dir).expanduser() if output_dir is not None else default_output_dir(data)
     coco_path = None
@@ -447,29 +465,42 @@ def auto_annotate(
         failed_files: list[str] = []
         seen: set[int] = set()
         predictor = _make_predictor(sam_model, dev, backend) if shard else None  # a bad checkpoint fails before any work
+        cache = None
+        if disk is not None and predictor is not None:
+            DiskFeatureCache.check_predictor(disk, predictor)
+            cache = FeatureCache(0, disk=disk)  # no image comes twice in a run: the disk tier only
+        key_of = cache_key_maker(predictor) if cache is not None else None
         # Mask -> polygon work runs on CPU threads while the next image waits; ranks of a node share the cores.
         workers = min(8, (os.cpu_count() or 1) // max(dist.local_world, 1))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="annotate") if workers > 1 and shard else None
 
-        def annotate_one(i: int) -> None:
-            name = names_list[i]
+        def read(i: int) -> tuple[int, Any]:
+            """On the background thread: the image (its cache lookup and resize too), or why it failed."""
             try:
-                try:
-                    image = read_image(root / name)
-                except Exception as e:  # noqa: BLE001 - any unreadable file is this image's problem only
-                    raise AnnotationInputError(str(e)) from None
-                dets = filter_detections(
-                    detector.detect(image, name), conf=float(conf), iou=float(iou), max_det=max_det,
+                image = read_image(root / names_list[i])
+            except Exception as e:  # noqa: BLE001 - any unreadable file is this image's problem only
+                return i, AnnotationInputError(str(e))
+            return i, Pending.of(predictor, i, image, cache, key_of)
+
+        def detect(i: int, ready: Any) -> Detections | None:
+            """The image's detections, or None (counted as failed) when it cannot be used."""
+            try:
+                if isinstance(ready, AnnotationInputError):
+                    raise ready
+                return filter_detections(
+                    detector.detect(ready.image, names_list[i]), conf=float(conf), iou=float(iou), max_det=max_det,
                     classes=classes, is_model=detector.is_model,
                 )  # fmt: skip
             except AnnotationInputError as e:
                 stats["failed"] += 1
-                failed_files.append(name)
-                logger.warning("auto_annotate: %s skipped: %s", name, e)
-                return
-            lines, anns, empty = _label_image(
-                predictor, image, dets, detector, strategy, coco_path is not None, pool, simplify
-            )
+                failed_files.append(names_list[i])
+                logger.warning("auto_annotate: %s skipped: %s", names_list[i], e)
+                return None
+
+        def write_one(i: int, image: np.ndarray, dets: Detections, features: ImageFeatures | None) -> None:
+            name = names_list[i]
+            lines, anns, empty = _label_image(predictor, image, dets, detector, strategy, coco_path is not None,
+                                              pool, features, simplify)
             if empty:
                 logger.warning(
                     "auto_annotate: %s: %d of %d detections have an empty mask (detections %s, classes %s); "
@@ -488,18 +519,32 @@ def auto_annotate(
             stats["empty_masks"] += len(empty)
             stats["background"] += int(len(dets) == 0)
 
+        def annotate_group(group: list[tuple[int, Any]]) -> None:
+            """Detections of each image, one encoder call for the images with any (and not cached), labels."""
+            found = []
+            try:
+                for i, ready in group:
+                    dets = detect(i, ready)
+                    if dets is None:
+                        bar.update(1)
+                    else:
+                        found.append((i, ready, dets))
+                encode_pending(predictor, [ready for _, ready, dets in found if len(dets)], cache)
+                for i, ready, dets in found:
+                    write_one(i, ready.image, dets, ready.features)
+                    bar.update(1)
+            finally:
+                bar.set_postfix(objects=stats["objects"], failed=stats["failed"], refresh=False)
+
         # Counted by hand: every image (labelled, failed or not) moves the bar, so a finished run ends at 100%.
         bar = tqdm(
             total=len(shard), desc="auto_annotate", unit="img", disable=not (verbose and dist.rank == 0),
             dynamic_ncols=True,
         )  # fmt: skip
         try:
-            for i in shard:
-                try:
-                    annotate_one(i)
-                finally:
-                    bar.set_postfix(objects=stats["objects"], failed=stats["failed"], refresh=False)
-                    bar.update(1)
+            # Images are read (and resized for the encoder) on a background thread while the encoder runs.
+            for group in chunks(prefetch(shard, read, depth=2 * batch), batch):
+                annotate_group(group)
         except BaseException:
             bar.close()
             if stats["annotated"]:
@@ -566,6 +611,7 @@ def _label_image(
     strategy: str,
     with_coco: bool,
     pool: ThreadPoolExecutor | None = None,
+    features: ImageFeatures | None = None,
     simplify: float = 0.0,
 ) -> tuple[list[str], list[dict[str, Any]], list[int]]:
     """Label lines, COCO annotations and indices of detections with an empty mask, for one image.
@@ -582,7 +628,7 @@ def _label_image(
     lines: list[str] = []
     anns: list[dict[str, Any]] = []
     empty: list[int] = []
-    masks = _segment_boxes(predictor, image, dets.boxes)
+    masks = _segment_boxes(predictor, image, dets.boxes, features)
     convert = partial(_mask_record, strategy=strategy, with_coco=with_coco, simplify=simplify)
     j = 0
     while batch := list(islice(masks, 64)):

@@ -39,10 +39,12 @@ ONNX_PREFIX = "onnxruntime"  # the built-in ONNX Runtime backends run the export
 
 
 def benchmark_backends() -> list[str]:
-    """What ``backends`` accepts: every registered backend, and ``"official"`` (the official code)."""
+    """What ``backends`` accepts: every registered backend, ``"official"`` (the official code) and the plain
+    runtime baselines of ``--peers`` (:mod:`mobilesam.bench_peers`)."""
     from .backends import available_backends
+    from .bench_peers import PEERS as RUNTIME_PEERS
 
-    return [*available_backends(), OFFICIAL]
+    return [*available_backends(), OFFICIAL, *RUNTIME_PEERS]
 
 
 def check_options(backends: Sequence[str], rounds: int, runs: int, prompts: int) -> None:
@@ -136,7 +138,8 @@ def edge_format(backend: str) -> str | None:
     from .export.registry import available_export_formats, get_export_format
 
     for name in available_export_formats():
-        if name != "onnx" and backend in get_export_format(name).backends:
+        # ONNX: ensure_onnx; the openvino backends convert a checkpoint themselves (cached).
+        if name not in ("onnx", "openvino") and backend in get_export_format(name).backends:
             return name
     return None
 
@@ -230,14 +233,43 @@ def _official_sam2_predictor(checkpoint: str, model_type: str) -> _OfficialSam2:
     return _OfficialSam2(SAM2ImagePredictor(model))
 
 
-def _official_predictor(checkpoint: str) -> Any:
-    """The official code's predictor, built as its README does; its packages are imported only here."""
-    import warnings
-
+def _checkpoint_keys(checkpoint: str) -> dict[str, Any]:
+    """The checkpoint's state dict, memory-mapped where its format allows (only its keys and shapes are
+    looked at here)."""
     import torch
 
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a checkpoint in torch's legacy (pre-zip) format cannot be memory-mapped
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
+
+
+def official_model(checkpoint: str) -> tuple[Any, Any]:
+    """The official model of a SAM / MobileSAM ``checkpoint``, built as its README does, and its package
+    (``mobile_sam`` for vit_t, ``segment_anything`` otherwise); the packages are imported only here."""
+    import warnings
+
     warnings.simplefilter("ignore")
-    state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state_dict = _checkpoint_keys(checkpoint)
+    if any(k.startswith("image_encoder.layers.") for k in state_dict):
+        import mobile_sam as package
+
+        model_type = "vit_t"
+    else:
+        import segment_anything as package
+
+        from .build import detect_model_type
+
+        model_type = detect_model_type(state_dict)
+    del state_dict
+    sam = package.sam_model_registry[model_type](checkpoint=checkpoint)
+    sam.eval()  # as its README: after loading (the official TinyViT caches biases in eval())
+    return sam, package
+
+
+def _official_predictor(checkpoint: str) -> Any:
+    """The official code's predictor, built as its README does (Meta's SAM 2 one for a SAM 2 checkpoint)."""
+    state_dict = _checkpoint_keys(checkpoint)
     if isinstance(state_dict.get("model"), dict):  # Meta's SAM 2 layout
         from .hub import SAM2_FAMILY
 
@@ -245,30 +277,23 @@ def _official_predictor(checkpoint: str) -> Any:
         if model_type is not None:
             del state_dict
             return _official_sam2_predictor(checkpoint, model_type)
-    if any(k.startswith("image_encoder.layers.") for k in state_dict):
-        from mobile_sam import SamPredictor, sam_model_registry
-
-        model_type = "vit_t"
-    else:
-        from segment_anything import SamPredictor, sam_model_registry
-
-        from .build import detect_model_type
-
-        model_type = detect_model_type(state_dict)
     del state_dict
-    sam = sam_model_registry[model_type](checkpoint=checkpoint)
-    sam.eval()  # as its README: after loading (the official TinyViT caches biases in eval())
-    return SamPredictor(sam)
+    sam, package = official_model(checkpoint)
+    return package.SamPredictor(sam)
 
 
 def _make_predictor(backend: str, checkpoint: str, onnx_dir: str | None, threads: int | None,
-                    export_dir: str | None = None) -> Any:
+                    export_dir: str | None = None, peer_dir: str | None = None) -> Any:
     import torch
+
+    from .bench_peers import PREFIX, PeerPredictor
 
     if threads:
         torch.set_num_threads(threads)
     if backend == OFFICIAL:
         return _official_predictor(checkpoint)
+    if backend.startswith(PREFIX):
+        return PeerPredictor(checkpoint, backend[len(PREFIX):], Path(peer_dir), threads)
     from .backends import create_predictor, get_backend
 
     entry = get_backend(backend)
@@ -280,7 +305,8 @@ def _make_predictor(backend: str, checkpoint: str, onnx_dir: str | None, threads
 
 def run_worker(backend: str, checkpoint: str, image_path: str, onnx_dir: str | None, runs: int, prompts: int,
                batch: bool, masks_out: str | None, threads: int | None = None,
-               plugin_modules: Sequence[str] = (), export_dir: str | None = None) -> dict[str, Any]:
+               plugin_modules: Sequence[str] = (), export_dir: str | None = None,
+               peer_dir: str | None = None) -> dict[str, Any]:
     """Time one backend in this process: load, ``runs`` encoder passes, ``prompts`` single-point decodes,
     optionally the masks of :func:`iou_prompts` (to ``masks_out``) and one ``BATCH``-prompt batch.
 
@@ -297,7 +323,7 @@ def run_worker(backend: str, checkpoint: str, image_path: str, onnx_dir: str | N
     if backend != OFFICIAL:  # as the mobilesam command line and server run; the official code runs as its users do
         tune_allocator()
     t0 = time.perf_counter()
-    pred = _make_predictor(backend, checkpoint, onnx_dir, threads, export_dir)
+    pred = _make_predictor(backend, checkpoint, onnx_dir, threads, export_dir, peer_dir)
     load_s = time.perf_counter() - t0
     img = read_image(image_path)
     h, w = img.shape[:2]
@@ -322,6 +348,7 @@ def run_worker(backend: str, checkpoint: str, image_path: str, onnx_dir: str | N
         "decoder_s": dec,
         "peak_encoder_mb": peak_encoder,
         "threads": torch.get_num_threads(),
+        "precision": str(getattr(pred, "precision", "")),
     }
     if masks_out:
         masks = [pred.predict(**{k: np.asarray(v) for k, v in p.items()}, multimask_output=False)[0][0]
@@ -385,7 +412,7 @@ def _plugin_modules(backends: Sequence[str]) -> list[str]:
 
     modules = []
     for name in backends:
-        if name == OFFICIAL:
+        if name == OFFICIAL or name.startswith("peer:"):
             continue
         module = get_backend(name).factory.__module__
         if module == "__main__":
@@ -434,7 +461,10 @@ def run_benchmark(
     from .masks import mask_iou
     from .weights import CheckpointError, load_state_dict, resolve_weights
 
-    backends = list(dict.fromkeys([*backends, *([OFFICIAL] if vs_official else [])]))
+    from .bench_peers import PEERS as RUNTIME_PEERS
+    from .bench_peers import PREFIX, describe, ensure_peer_exports
+
+    backends = list(dict.fromkeys([*backends, *([OFFICIAL] if vs_official else []), *(RUNTIME_PEERS if peers else [])]))
     check_options(backends, rounds, runs, prompts)
     plugin_modules = _plugin_modules(backends)
     # Removed on every way out: success, a failed backend, Ctrl-C.
@@ -468,6 +498,7 @@ def run_benchmark(
         onnx_dir = None
         if any(b.startswith(ONNX_PREFIX) for b in backends):
             onnx_dir = ensure_onnx(ckpt, quantize=f"{ONNX_PREFIX}-int8" in backends)
+        peer_dir = ensure_peer_exports(ckpt) if any(b.startswith(PREFIX) for b in backends) else None
         # The edge formats (executorch, tflite) are exported once here, timed: minutes for a full-size model.
         export_dirs: dict[str, Path] = {}
         export_s: dict[str, float | None] = {}
@@ -486,8 +517,9 @@ def run_benchmark(
                 print(f"round {r + 1}/{rounds}: {b}", file=sys.stderr)
                 result, failure = _run_in_process("backend", {
                     "backend": b, "checkpoint": str(ckpt), "image_path": str(image_path),
-                    "onnx_dir": str(onnx_dir) if onnx_dir else None, "runs": runs, "prompts": prompts, "batch": batch,
-                    "masks_out": str(m) if m else None, "threads": threads, "plugin_modules": plugin_modules,
+                    "onnx_dir": str(onnx_dir) if onnx_dir else None, "runs": runs, "prompts": prompts,
+                    "batch": batch and not b.startswith(PREFIX), "masks_out": str(m) if m else None, "threads": threads,
+                    "plugin_modules": plugin_modules, "peer_dir": str(peer_dir) if peer_dir else None,
                     "export_dir": str(export_dirs[b]) if b in export_dirs else None,
                 }, tmp)
                 if result is None:
@@ -502,6 +534,9 @@ def run_benchmark(
             dec = float(np.median([x for s in samples[b] for x in s["decoder_s"]])) * 1e3
             if b.startswith(ONNX_PREFIX):
                 size = sum(Path(onnx_dir, f).stat().st_size for f in _onnx_files(onnx_dir, b)) / 1e6
+            elif b.startswith(PREFIX):
+                suffixes = (".onnx",) if b == f"{PREFIX}onnxruntime" else (".bin",)
+                size = sum(f.stat().st_size for f in Path(peer_dir).iterdir() if f.suffix in suffixes) / 1e6
             elif b in export_dirs:
                 size = _edge_size(export_dirs[b], edge_format(b), b) / 1e6
             else:
@@ -514,10 +549,16 @@ def run_benchmark(
                 "peak_enc": max(s["peak_encoder_mb"] for s in samples[b]),
                 "peak_batch": max((s.get("peak_batch_mb", float("nan")) for s in samples[b])),
                 "batch": float(np.median([s.get("batch_s", float("nan")) for s in samples[b]])) * 1e3,
-                "iou": iou, "threads": samples[b][0]["threads"], "export_s": export_s.get(b),
-                "exported": b in export_dirs,
+                "iou": iou, "threads": samples[b][0]["threads"], "precision": samples[b][0].get("precision", ""),
+                "export_s": export_s.get(b), "exported": b in export_dirs,
             })
         lines = _report(rows, model_type, params, img_shape, note, ref_iou, rounds, runs, prompts, threads)
+        if peer_dir is not None:
+            how = describe(peer_dir)
+            picked = {r["backend"]: r["precision"] for r in rows if r["backend"].startswith(PREFIX)}
+            lines.append(f"Peers ({PREFIX}*): the official graph exported the plain way: encoder by "
+                         f"{how['encoder_exporter']}; OpenVINO: {how['openvino']}; inference precision OpenVINO "
+                         f"chose: {picked}.")
         if command:
             lines.append(f"Command: {command}")
         if peers:

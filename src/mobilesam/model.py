@@ -5,21 +5,21 @@
     model.predict("image.jpg", points=[900, 370], labels=[1])
 
 Pre-processing is the official one (``SamPredictor``), so each mask equals what ``SamPredictor`` gives
-for the same prompt. Image embeddings are cached (bounded LRU, keyed by image content), so prompting
-the same image again only runs the mask decoder.
+for the same prompt. Image embeddings are cached (bounded LRU, keyed by image content; on disk too with
+``embedding_cache=DIR``), so prompting the same image again only runs the mask decoder. Several images
+are read on a background thread while the encoder runs, ``batch`` per encoder call (:mod:`.pipeline`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io as _io
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,11 +32,12 @@ from tqdm import tqdm
 from .backends import BACKENDS, ImageFeatures, create_predictor, get_backend, is_exported_model
 from .backends.torch_fast import optimize_for_export
 from .build import build_sam, detect_model_type
-from .cache import FeatureCache
+from .cache import DiskFeatureCache, FeatureCache, feature_key, image_digest
 from .device import select_device
 from .hub import family_for_size, family_of
 from .masks import masks_to_boxes
 from .modeling import Sam
+from .pipeline import Embedded, embed_stream
 from .predict_args import RunWriter, parse_options, save_dir_for, split_kwargs, with_outputs
 from .prompts import check_inside_image, validate_boxes
 from .results import Results
@@ -263,11 +264,6 @@ def _from_source(result: Results, item: LoadedImage) -> Results:
     return result
 
 
-def _image_key(rgb: np.ndarray) -> str:
-    digest = hashlib.sha1(memoryview(np.ascontiguousarray(rgb)).cast("B"), usedforsecurity=False).hexdigest()
-    return f"{digest}-{rgb.shape[0]}x{rgb.shape[1]}"
-
-
 class SAM:
     """MobileSAM / SAM with the Ultralytics interface.
 
@@ -281,6 +277,9 @@ class SAM:
         cache_size: how many image embeddings to keep (LRU); each is 4 MB.
         half: the default of ``predict(half=...)``: float16 autocast, CUDA only (as Ultralytics'
             ``half`` override).
+        embedding_cache: a folder that keeps image embeddings across sessions and processes (float16,
+            keyed by image content, model weights, backend and precision; least recently used out beyond
+            ``embedding_cache_bytes``): an image seen before costs no encoder pass.
     """
 
     task = "segment"
@@ -292,6 +291,8 @@ class SAM:
         backend: str = "torch",
         cache_size: int = 8,
         half: bool = False,
+        embedding_cache: str | os.PathLike | None = None,
+        embedding_cache_bytes: int | None = None,
     ) -> None:
         get_backend(backend)  # an unknown name fails here, before any file is read
         if not isinstance(cache_size, int) or cache_size < 0:
@@ -300,7 +301,8 @@ class SAM:
             raise TypeError(f"half: expected True or False, got {half!r}")
         self.half = half
         self.cache_size = cache_size
-        self._cache: FeatureCache[ImageFeatures] = FeatureCache(cache_size)
+        disk = DiskFeatureCache.open(embedding_cache, embedding_cache_bytes)
+        self._cache: FeatureCache[ImageFeatures] = FeatureCache(cache_size, disk=disk)
         self._info: ModelInfo | None = None
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of files skipped in the last run
         if is_exported_model(model):
@@ -315,6 +317,7 @@ class SAM:
             self.model: Sam | None = None
             self.ckpt_path, self.model_type = os.fspath(model), self.predictor.model_type
             self._check_half(half)
+            DiskFeatureCache.check_predictor(disk, self.predictor)
             return
         if isinstance(model, torch.nn.Module):
             family_of(model)  # a module of no registered family (Sam, Sam2, ...) fails here, naming them
@@ -330,6 +333,7 @@ class SAM:
         self.backend = backend
         self.predictor = create_predictor(self.model, backend)
         self._check_half(half)
+        DiskFeatureCache.check_predictor(disk, self.predictor)
 
     def _check_half(self, half: bool) -> None:
         if half and self.device.type != "cuda":
@@ -361,18 +365,23 @@ class SAM:
         """Forget the cached image embeddings."""
         self._cache.clear()
 
-    # --- embedding cache --------------------------------------------------------------------------
-    def _set_image(self, rgb: np.ndarray, half: bool) -> bool:
-        """Make ``rgb`` the predictor's image; returns True when the features came from the cache."""
-        key = (_image_key(rgb), str(self.device), half)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self.predictor.set_features(hit)
-            return True
-        with self._autocast(half):
-            self.predictor.set_image(rgb, image_format="RGB")
-        self._cache.put(key, self.predictor.get_features())
-        return False
+    # --- embedding cache ---------------------------------------------------------------------------
+    def _feature_key(self, predictor: Any, cache: FeatureCache, rgb: np.ndarray, half: bool) -> Hashable:
+        """The cache key of ``rgb``'s features: in memory only, this predictor's; with the disk tier, a
+        name shared with other processes (model, backend, precision)."""
+        if cache.disk is None:
+            return image_digest(rgb), str(self.device), half
+        # The same key as the other front ends give these features (serve, annotate, everything).
+        return feature_key(image_digest(rgb), predictor.feature_identity(), *(["half"] if half else []))
+
+    def _embedded(self, images: Iterator[LoadedImage], half: bool, batch: int | None) -> Iterator[Embedded]:
+        """The features of each image: from the caches, or ``batch`` per encoder call, read ahead. The
+        predictor and cache are taken now: keys are made on the reading thread, while ``_at_input_size``
+        may have put the usual ones back."""
+        predictor, cache = self.predictor, self._cache
+        return embed_stream(predictor, images, lambda item: item.image, batch=batch or 1, cache=cache,
+                            key_of=lambda rgb: self._feature_key(predictor, cache, rgb, half),
+                            context=lambda: self._autocast(half))
 
     def _autocast(self, half: bool) -> contextlib.AbstractContextManager:
         # Half precision as autocast: fp16 matmuls and convolutions, fp32 weights and reductions.
@@ -399,6 +408,7 @@ class SAM:
         verbose: bool = True,
         mode: str = "fast",
         strict: bool = False,
+        batch: int | None = None,
         **everything_kwargs: Any,
     ) -> list[Results] | Iterator[Results]:
         """Segment the images of ``source``; one ``Results`` per image (a generator with ``stream=True``).
@@ -420,6 +430,8 @@ class SAM:
                 per call (logger ``mobilesam``), however many images and prompts are outside.
             verbose: a progress bar over the images of a source of several, and over the grid points
                 of segment-everything (stderr).
+            batch: images per image-encoder call when ``source`` has several (default 1); the same masks
+                as one at a time. Images are read on a background thread while the encoder runs.
             mode, everything_kwargs: with no prompt at all, every object is segmented by
                 ``mobilesam.everything.SamAutomaticMaskGenerator(model, mode=mode, **everything_kwargs)``
                 (``progress`` defaults to ``verbose``).
@@ -443,6 +455,8 @@ class SAM:
             raise ValueError(f"conf: expected a number in [0, 1] or None, got {conf!r}")
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format: expected 'BGR' (as cv2.imread gives) or 'RGB', got {image_format!r}")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"batch: expected an int >= 1 (images per encoder call) or None, got {batch!r}")
         prompts = parse_prompts(points, labels, bboxes, masks)
         if prompts is not None and everything_kwargs:
             raise TypeError(
@@ -456,7 +470,7 @@ class SAM:
         images = self._images(entries, image_format, verbose)
         if prompts is None:
             everything_kwargs = {"progress": verbose, **everything_kwargs}
-        gen = self._run(images, prompts, multimask_output, conf, half, mode, everything_kwargs, strict)
+        gen = self._run(images, prompts, multimask_output, conf, half, mode, everything_kwargs, strict, batch)
         if options.imgsz is not None and options.imgsz != self._native_imgsz():
             if prompts is not None and prompts.masks is not None:
                 raise ValueError(f"imgsz: masks= (256 x 256 low-res logits) refine at the native input size "
@@ -533,22 +547,25 @@ class SAM:
         mode: str,
         everything_kwargs: dict[str, Any],
         strict: bool,
+        batch: int | None = None,
     ) -> Iterator[Results]:
         generator = None
         warned = False  # one warning per call about prompts outside the images
-        for item in images:
+        for emb in self._embedded(images, half, batch):
+            item = emb.item
             if prompts is None:
                 if generator is None:
                     generator = self._everything_generator(mode, everything_kwargs)
-                yield _from_source(self._predict_everything(item, generator, half), item)
+                yield _from_source(self._predict_everything(item, generator, half, emb), item)
             else:
                 if strict or not warned:
                     points = np.concatenate(prompts.points) if prompts.points else None
                     warned = check_inside_image(item.image.shape[:2], points, prompts.bboxes, strict)
-                yield _from_source(self._predict_prompts(item, prompts, multimask_output, conf, half), item)
+                yield _from_source(self._predict_prompts(item, prompts, multimask_output, conf, half, emb), item)
 
     def _predict_prompts(
-        self, item: LoadedImage, prompts: Prompts, multimask_output: bool, conf: float | None, half: bool
+        self, item: LoadedImage, prompts: Prompts, multimask_output: bool, conf: float | None, half: bool,
+        emb: Embedded,
     ) -> Results:
         t0 = time.perf_counter()
         rgb = item.image
@@ -557,7 +574,7 @@ class SAM:
         c = 3 if multimask_output else 1
         dev = self.device
         t1 = time.perf_counter()
-        self._set_image(rgb, half)
+        self.predictor.set_features(emb.features)
         masks = torch.empty((prompts.count, c, h, w), dtype=torch.bool, device=dev)
         scores = torch.empty((prompts.count, c), dtype=torch.float32, device=dev)
         side = self.predictor.transform.target_length // 4  # 256 at the native 1024; imgsz changes it
@@ -574,7 +591,9 @@ class SAM:
             masks, boxes, low_res = masks[keep], boxes[keep], low_res[keep]
         names = {i: str(i) for i in range(prompts.count)}
         t3 = time.perf_counter()
-        speed = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        # The encoder pass ran before (in a batch of images, this image's share of it).
+        inference = t2 - t1 + emb.seconds
+        speed = {"preprocess": (t1 - t0) * 1e3, "inference": inference * 1e3, "postprocess": (t3 - t2) * 1e3}
         return Results(bgr, item.path, names, boxes, masks, low_res, prompts.as_dict(), speed)
 
     def _decode(
@@ -613,15 +632,15 @@ class SAM:
         # The generator of the model's family (SAM 2's has its own defaults and options).
         return automatic_mask_generator(self.predictor, mode=mode, **kwargs)
 
-    def _predict_everything(self, item: LoadedImage, generator: Any, half: bool) -> Results:
+    def _predict_everything(self, item: LoadedImage, generator: Any, half: bool, emb: Embedded) -> Results:
         from .masks import decode_rle
 
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - emb.seconds
         rgb = item.image
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         h, w = rgb.shape[:2]
         with self._autocast(half):
-            records = generator.generate(rgb)
+            records = generator.generate(rgb, features=emb.features)
         t1 = time.perf_counter()
         records = sorted(records, key=lambda r: -int(r["area"]))
         segs = [r["segmentation"] for r in records]

@@ -62,7 +62,6 @@ NOT_FOR_SAM = {
     "data": "SAM needs no dataset file to predict",
     "tracker": "tracking objects across frames is the SAM 2 video predictor's job",
     "cfg": "pass the arguments themselves",
-    "batch": "SAM predicts one image at a time here (Ultralytics' SAM forces batch=1 too)",
     "save_json": "use r.to_json(), or mobilesam convert for a COCO file",
 }
 

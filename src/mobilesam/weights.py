@@ -46,6 +46,7 @@ __all__ = [
     "is_offline",
     "load_state_dict",
     "resolve_weights",
+    "weights_digest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,18 @@ ALIASES: dict[str, str] = weights_aliases()  # short names and Ultralytics' file
 
 class CheckpointError(ValueError):
     """A checkpoint could not be found, downloaded or loaded."""
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 (hex) of a model's state_dict, names and bytes in sorted order: one name for the same weights
+    however they were loaded. Keys the converted files of the onnxruntime and openvino backends and the
+    disk cache of embeddings."""
+    sd = model.state_dict()
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def get_weights_entry(name: str) -> WeightsEntry | None:

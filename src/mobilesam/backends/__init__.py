@@ -66,6 +66,8 @@ def _openvino(precision: str) -> Any:
     def factory(model: Any, **options: Any) -> Predictor:
         from .openvino_predictor import OpenVinoSamPredictor
 
+        if is_exported_model(model):  # written by mobilesam export --format openvino
+            return OpenVinoSamPredictor(model, precision=precision, **options)
         return OpenVinoSamPredictor.from_sam(model, precision=precision, **options)
 
     return factory
@@ -87,9 +89,11 @@ register_backend("torch", _torch, description="PyTorch, fp32 (exact)")
 register_backend("torch-bf16", _torch_bf16, description="PyTorch, bfloat16 image encoder, fp32 decoder")
 register_backend("onnxruntime", _onnx("fp32"), description="ONNX Runtime, fp32", exported=True)
 register_backend("onnxruntime-int8", _onnx("int8"), description="ONNX Runtime, int8 image encoder", exported=True)
-register_backend("openvino", _openvino("fp32"), description="OpenVINO, fp32 (exact)")
-register_backend("openvino-bf16", _openvino("bf16"), description="OpenVINO, bfloat16 image encoder, fp32 decoder")
-register_backend("openvino-int8", _openvino("int8"), description="OpenVINO, int8 image encoder (NNCF), fp32 decoder")
+register_backend("openvino", _openvino("fp32"), description="OpenVINO, fp32 (exact)", exported=True)
+register_backend("openvino-bf16", _openvino("bf16"), description="OpenVINO, bfloat16 image encoder, fp32 decoder",
+                 exported=True)
+register_backend("openvino-int8", _openvino("int8"), description="OpenVINO, int8 image encoder (NNCF), fp32 decoder",
+                 exported=True)
 register_backend("executorch", _edge(".executorch_predictor", "ExecuTorchSamPredictor", "fp32"),
                  description="ExecuTorch (XNNPACK), fp32: a .pte export, checked on the desktop", exported=True)
 register_backend("executorch-int8", _edge(".executorch_predictor", "ExecuTorchSamPredictor", "int8"),

@@ -6,6 +6,12 @@ A predictor embeds an image once (``set_image``) and then answers many prompts o
 logits to the image (``postprocess_masks``). Everything else (the resize to the model's input frame,
 prompt validation, splitting large batches, thresholding) is written once, in :class:`PredictorBase`.
 
+Several images are embedded with one encoder call each ``encoder_batch`` images (``set_images``,
+``encode_prepared``): a backend whose encoder takes a batch overrides ``_encode_batch``; the others get
+one call per image from the default. ``prepare_image`` (read, convert, resize) holds no state, so a
+folder run makes the next images ready on another thread while the encoder runs
+(:mod:`mobilesam.pipeline`).
+
 The image features are opaque to the callers: an :class:`ImageFeatures` holds whatever tensors the
 model family's decoder needs (one ``image_embeddings`` tensor for SAM and MobileSAM; several feature
 levels for families such as SAM 2) with the sizes that map prompts into its frame. Caches, the server
@@ -54,9 +60,29 @@ class ImageFeatures:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image resized into the model's input frame, ready for the image encoder.
+
+    ``tensor`` (1, 3, h, w), 0-255 (uint8 from ``prepare_image``), longest side ``transform.target_length``;
+    ``original_size`` (H, W) of the image it was made from.
+    """
+
+    tensor: torch.Tensor
+    original_size: tuple[int, int]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.tensor.shape[-2]), int(self.tensor.shape[-1])
+
+
 @runtime_checkable
 class Predictor(Protocol):
     """The interface of every backend's predictor (``SamPredictor`` and ``OnnxSamPredictor`` are two).
+
+    :class:`PredictorBase` adds what folder runs use when a predictor has it (:mod:`mobilesam.pipeline`):
+    ``prepare_image`` / ``encode_prepared`` (several images per encoder call) and ``feature_identity``
+    (the key of the disk cache of embeddings); a predictor without them is run one ``set_image`` at a time.
 
     Prompts given to ``predict`` are in original-image pixels; those given to ``predict_torch`` and
     ``decode_low_res`` are already in the model's input frame (``transform.apply_coords``).
@@ -73,7 +99,9 @@ class Predictor(Protocol):
     @property
     def device(self) -> torch.device: ...
     def set_image(self, image: Any, image_format: str = "RGB") -> None: ...
-    def set_images(self, images: Sequence[Any], image_format: str = "RGB") -> list[ImageFeatures]: ...
+    def set_images(
+        self, images: Sequence[Any], image_format: str = "RGB", batch: int | None = None
+    ) -> list[ImageFeatures]: ...
     def get_features(self) -> ImageFeatures: ...
     def set_features(self, features: ImageFeatures) -> None: ...
     def reset_image(self) -> None: ...
@@ -114,16 +142,17 @@ class PredictorBase(ABC):
 
     ``max_batch`` bounds how many prompts one decoder run takes: ``predict_torch`` splits a larger batch
     into chunks (same results, bounded memory). A runtime that decodes one prompt at a time sets 1.
+    ``encoder_batch``: images per encoder call in ``set_images`` / ``encode_prepared`` when no ``batch`` is
+    given there.
     """
 
     backend: str = "?"
 
-    def __init__(self, transform: Any, mask_threshold: float, max_batch: int = 16) -> None:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch: expected an int >= 1, got {max_batch!r}")
+    def __init__(self, transform: Any, mask_threshold: float, max_batch: int = 16, encoder_batch: int = 1) -> None:
+        self.max_batch = check_batch(max_batch, "max_batch")
+        self.encoder_batch = check_batch(encoder_batch, "encoder_batch")
         self.transform = transform
         self.mask_threshold = float(mask_threshold)
-        self.max_batch = max_batch
         self.reset_image()
 
     # --- what a backend provides ---------------------------------------------------------------------
@@ -163,6 +192,18 @@ class PredictorBase(ABC):
         low, iou = self.decode_low_res(point_coords, point_labels, None, None, multimask_output)
         return low, iou, torch.ones(len(iou), dtype=torch.bool, device=iou.device)
 
+    def _encode_batch(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Features of several resized images (each (1, 3, h, w) 0-255, sizes may differ), one dict per image
+        with batch 1. Here one ``_encode`` call per image; a backend whose encoder takes a batch overrides
+        this to embed them in one call. Every encoder pass of the predictor goes through here."""
+        return [self._encode(x) for x in images]
+
+    def feature_identity(self) -> str | None:
+        """What, besides the image, decides the features: model family and size, a digest of the weights,
+        backend and precision (the key of the disk cache of embeddings, :mod:`mobilesam.cache`); None when
+        this backend cannot say, and then its features are not stored on disk."""
+        return None
+
     def _check_features(self, features: ImageFeatures) -> None:
         """Refuse features this backend cannot decode (override to check the layout)."""
 
@@ -193,6 +234,9 @@ class PredictorBase(ABC):
         if not isinstance(features, ImageFeatures):
             raise TypeError(f"features: expected an ImageFeatures (from get_features), got {type(features).__name__}")
         self._check_features(features)
+        if any(t.device != self.device for t in features.tensors.values()):  # e.g. read from the disk cache
+            features = ImageFeatures({k: v.to(self.device) for k, v in features.tensors.items()},
+                                     features.original_size, features.input_size)
         self.reset_image()
         self._features = features
         self.original_size = (int(features.original_size[0]), int(features.original_size[1]))
@@ -208,22 +252,45 @@ class PredictorBase(ABC):
 
         Greyscale, RGBA, 16-bit and float-in-[0, 1] arrays are converted.
         """
+        prepared = self.prepare_image(image, image_format)
+        self.set_torch_image(prepared.tensor, prepared.original_size)
+
+    def prepare_image(self, image: Any, image_format: str = "RGB") -> PreparedImage:
+        """Read and convert ``image`` (as ``set_image`` takes it) and resize it into the input frame; no
+        encoder pass, no change to the predictor (safe on another thread)."""
         rgb = load_image(image, image_format=image_format)
         resized = self.transform.apply_image(rgb)
         tensor = torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None]
-        self.set_torch_image(tensor, rgb.shape[:2])
-
-    def set_images(self, images: Sequence[Any], image_format: str = "RGB") -> list[ImageFeatures]:
-        """Embed several images; returns their features in order, and the last one stays set."""
-        out = []
-        for image in images:
-            self.set_image(image, image_format)
-            out.append(self.get_features())
-        return out
+        return PreparedImage(tensor, (int(rgb.shape[0]), int(rgb.shape[1])))
 
     @torch.no_grad()
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
-        """Embed an image already resized into the input frame: (1, 3, h, w) in 0-255."""
+    def encode_prepared(self, prepared: Sequence[PreparedImage], batch: int | None = None) -> list[ImageFeatures]:
+        """Features of prepared images, ``batch`` (default ``encoder_batch``) per encoder call, in order; the
+        current image is left as it is."""
+        batch = self.encoder_batch if batch is None else check_batch(batch, "batch")
+        out: list[ImageFeatures] = []
+        for start in range(0, len(prepared), batch):
+            chunk = list(prepared[start : start + batch])
+            for p in chunk:
+                self._check_transformed(p.tensor)
+            tensors = self._encode_batch([p.tensor for p in chunk])
+            out += [ImageFeatures(t, p.original_size, p.input_size) for t, p in zip(tensors, chunk)]
+        return out
+
+    def set_images(
+        self, images: Sequence[Any], image_format: str = "RGB", batch: int | None = None
+    ) -> list[ImageFeatures]:
+        """Embed several images, ``batch`` (default ``encoder_batch``) per encoder call; returns their features
+        in order and leaves the last one set. The same features as one ``set_image`` each, up to float
+        rounding (the runtimes may order sums differently for a batch)."""
+        if isinstance(images, (str, np.ndarray)) or not isinstance(images, Sequence):
+            raise ValueError(f"images: expected a list of images, got {type(images).__name__}")
+        out = self.encode_prepared([self.prepare_image(image, image_format) for image in images], batch)
+        if out:
+            self.set_features(out[-1])
+        return out
+
+    def _check_transformed(self, transformed_image: Any) -> None:
         size = self.transform.target_length
         if (
             not isinstance(transformed_image, torch.Tensor)
@@ -235,8 +302,13 @@ class PredictorBase(ABC):
             got = tuple(transformed_image.shape) if isinstance(transformed_image, torch.Tensor) else type(
                 transformed_image).__name__
             raise ValueError(f"transformed_image: expected shape (1, 3, h, w) with longest side {size}, got {got}")
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Embed an image already resized into the input frame: (1, 3, h, w) in 0-255."""
+        self._check_transformed(transformed_image)
         original = (int(original_image_size[0]), int(original_image_size[1]))
-        tensors = self._encode(transformed_image)
+        tensors = self._encode_batch([transformed_image])[0]
         input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
         self.set_features(ImageFeatures(tensors, original, input_size))
 
@@ -349,6 +421,13 @@ class PredictorBase(ABC):
         if not return_logits:
             masks = masks > self.mask_threshold
         return masks, iou, low_res
+
+
+def check_batch(value: Any, name: str) -> int:
+    """An int >= 1 (a batch size), or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    return value
 
 
 def check_torch_prompts(

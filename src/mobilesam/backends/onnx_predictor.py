@@ -6,7 +6,6 @@ padding, mask decoding and upscaling run inside the exported graphs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..export.graphs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
+from ..export.graphs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD, pad_square
 from ..export.manifest import ExportError, file_entry, read_manifest
 from ..export.runtime import check_io, import_onnxruntime, make_session
 from ..transforms import ResizeLongestSide
@@ -42,22 +41,11 @@ def cached_export(
 ) -> Path:
     """The export of ``sam`` (any family: ``export_onnx`` picks its graphs) in a cache folder keyed by
     its weights, made once (again only when int8 files are asked for and missing); returns the folder."""
-    from ..build import detect_model_type
     from ..export.onnx_export import export_onnx
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-    sd = sam.state_dict()
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-    model_type = detect_model_type(sd) or "sam"
-    if cache is None:
-        from ..weights import cache_dir
-
-        cache = cache_dir() / "onnx"
-    folder = Path(cache) / f"{model_type}-{h.hexdigest()[:16]}"
+    folder = cache_folder(sam, cache)
     int8 = "int8" in (precision, decoder_precision)
     try:
         _, manifest = read_manifest(folder)
@@ -75,7 +63,9 @@ class OnnxSamPredictor(PredictorBase):
 
     ``model_dir`` is a folder written by ``mobilesam export`` (or its ``manifest.json``).
     ``precision`` "fp32" or "int8" picks the image encoder file, ``decoder_precision`` the decoder's (int8
-    files need an export with ``--quantize int8``).
+    files need an export with ``--quantize int8``). ``encoder_batch``: images per encoder run in
+    ``set_images`` when the encoder graph has a dynamic batch (exports from this version on; older ones
+    run one image at a time).
     Same methods and outputs as :class:`~mobilesam.predictor.SamPredictor`; tensors are on the CPU.
     """
 
@@ -88,6 +78,7 @@ class OnnxSamPredictor(PredictorBase):
         providers: Sequence[str] | None = None,
         verify: bool = True,
         max_batch: int = 16,
+        encoder_batch: int = 4,
     ) -> None:
         import_onnxruntime()
         for name, value in (("precision", precision), ("decoder_precision", decoder_precision)):
@@ -105,16 +96,19 @@ class OnnxSamPredictor(PredictorBase):
         self.single_mask = bool(manifest.get("decoder_return_single_mask", False))
         files = manifest["files"]
         self.encoder = None
+        self._batched_encoder = False
         self.hwc_input = manifest.get("layout") == "anylabeling"
         if "encoder" in files or "encoder_int8" in files:  # a decoder-only export works from embeddings
             path = file_entry(manifest, folder, _key("encoder", precision), verify)
             self.encoder = make_session(path, threads, providers)
             # The anylabeling layout (samexporter / X-AnyLabeling) takes input_image (h, w, 3).
             check_io(self.encoder, path, "image encoder", *(_HWC_ENCODER_IO if self.hwc_input else _ENCODER_IO))
+            self._batched_encoder = not self.hwc_input and not isinstance(self.encoder.get_inputs()[0].shape[0], int)
         path = file_entry(manifest, folder, _key("decoder", decoder_precision), verify)
         self.decoder = make_session(path, threads, providers)
         check_io(self.decoder, path, "prompt decoder", *_DECODER_IO)
-        super().__init__(ResizeLongestSide(self.img_size), float(manifest.get("mask_threshold", 0.0)), max_batch)
+        super().__init__(ResizeLongestSide(self.img_size), float(manifest.get("mask_threshold", 0.0)), max_batch,
+                         encoder_batch)
 
     @classmethod
     def from_sam(
@@ -136,15 +130,35 @@ class OnnxSamPredictor(PredictorBase):
         return (f"OnnxSamPredictor(model_dir='{self.model_dir}', precision={self.precision!r}, "
                 f"decoder_precision={self.decoder_precision!r})")
 
-    def _encode(self, transformed_image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _require_encoder(self) -> Any:
         if self.encoder is None:
             raise ExportError(
                 f"onnx model: the export in '{self.model_dir}' has no image encoder; use set_embedding(...) or "
                 "re-export with the encoder"
             )
+        return self.encoder
+
+    def _encode(self, transformed_image: torch.Tensor) -> dict[str, torch.Tensor]:
         image = np.ascontiguousarray(transformed_image.detach().cpu().numpy(), dtype=np.float32)
         feeds = {"input_image": np.ascontiguousarray(image[0].transpose(1, 2, 0))} if self.hwc_input else {"image": image}
-        return {"image_embeddings": torch.from_numpy(self.encoder.run(None, feeds)[0])}
+        return {"image_embeddings": torch.from_numpy(self._require_encoder().run(None, feeds)[0])}
+
+    def _encode_batch(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Several images in one encoder run, padded to the square input with the pixel mean (zero once the
+        graph normalises them: the padding one image gets inside the graph)."""
+        encoder = self._require_encoder()
+        if len(images) == 1 or not self._batched_encoder:
+            return super()._encode_batch(images)
+        batch = np.concatenate([pad_square(x.detach().cpu().numpy(), self.img_size, self.manifest["pixel_mean"])
+                                for x in images])
+        embeddings = torch.from_numpy(encoder.run(None, {"image": batch})[0])
+        return [{"image_embeddings": embeddings[i : i + 1]} for i in range(len(images))]
+
+    def feature_identity(self) -> str:
+        """``sam/size/encoder file digest/backend``: the encoder file's SHA-256 from the manifest names the
+        weights and the precision at once."""
+        entry = self.manifest["files"][_key("encoder", self.precision)] if self.encoder is not None else {}
+        return f"sam/{self.model_type or 'unknown'}/{entry.get('sha256', 'no-encoder')[:32]}/{self.backend}"
 
     def _embedding_tensors(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
         features = torch.as_tensor(embedding).detach().cpu().float()
@@ -233,3 +247,14 @@ class OnnxSamPredictor(PredictorBase):
         if not return_logits:
             masks = masks > self.mask_threshold
         return masks, iou, low_res
+
+
+def cache_folder(sam: torch.nn.Module, cache: str | os.PathLike | None = None) -> Path:
+    """Where ``from_sam`` exports ``sam``: ``{cache}/{model_type}-{weights digest}`` (default cache:
+    ``$MOBILESAM_HOME/onnx``). The openvino backends convert from the export found here."""
+    from ..build import detect_model_type
+    from ..weights import cache_dir, weights_digest
+
+    model_type = detect_model_type(sam.state_dict()) or "sam"
+    root = Path(cache).expanduser() if cache is not None else cache_dir() / "onnx"
+    return root / f"{model_type}-{weights_digest(sam)[:16]}"

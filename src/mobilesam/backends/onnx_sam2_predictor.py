@@ -113,6 +113,11 @@ class OnnxSam2Predictor(Sam2PredictorMethods, PredictorBase):
         outputs = self.encoder.run(None, {"image": image})
         return {name: torch.from_numpy(a) for name, a in zip(ENCODER_OUTPUTS, outputs)}
 
+    def feature_identity(self) -> str:
+        """``sam2/size/encoder file digest/backend`` (the disk cache's key; the digest names weights and precision)."""
+        entry = self.manifest["files"][_key("encoder", self.precision)] if self.encoder is not None else {}
+        return f"sam2/{self.model_type or 'unknown'}/{entry.get('sha256', 'no-encoder')[:32]}/{self.backend}"
+
     def _check_features(self, features: ImageFeatures) -> None:
         got = {k: tuple(v.shape) for k, v in features.tensors.items()}
         if got != self.feature_layout:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,15 +30,14 @@ from ..export.openvino_export import (
     describe_calibration,
     import_openvino,
     ir_file,
-    pad_square,
     quantize_openvino_int8,
     read_openvino_manifest,
     require_sam,
 )
-from ..io import load_image
+from ..export.graphs import pad_square
 from ..transforms import ResizeLongestSide
-from .base import ImageFeatures, PredictorBase
-from .onnx_predictor import OnnxSamPredictor
+from .base import PredictorBase, check_batch
+from .onnx_predictor import OnnxSamPredictor, cache_folder
 
 logger = logging.getLogger("mobilesam")
 
@@ -82,8 +80,7 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
             raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads: expected an int >= 1 or None (torch's thread count), got {threads!r}")
-        if isinstance(encoder_batch, bool) or not isinstance(encoder_batch, int) or encoder_batch < 1:
-            raise ValueError(f"encoder_batch: expected an int >= 1, got {encoder_batch!r}")
+        check_batch(encoder_batch, "encoder_batch")
         if precision == "bf16":
             check_bf16()
         folder, manifest = read_openvino_manifest(model_dir)
@@ -97,13 +94,18 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
         self.single_mask = bool(manifest.get("decoder_return_single_mask", False))
         self.pixel_mean = manifest["pixel_mean"]
         self.threads = int(threads or torch.get_num_threads())
-        self.encoder_batch = encoder_batch
         key = "encoder_int8" if precision == "int8" else "encoder"
         self.calibration = manifest["files"][key].get("calibration") if key in manifest["files"] else None
+        if precision == "int8" and (self.calibration or {}).get("source") == "synthetic":
+            # Measured (benchmarks/RESULTS.md, issue 15): masks at IoU 0.49 of f32 on the benchmark proxy.
+            logger.warning("openvino-int8: an encoder calibrated on the built-in synthetic images gave masks far from "
+                           "f32 (mask IoU 0.49 on the benchmark's proxy model); calibrate on your own images "
+                           "(calibration=DIR) and check the masks, or use 'openvino' / 'openvino-bf16'")
         self.encoder = InferRunner(compile_model(ir_file(manifest, folder, key, verify), _HINTS[precision],
                                                  self.threads))
         self.decoder = InferRunner(compile_model(ir_file(manifest, folder, "decoder", verify), "f32", self.threads))
-        PredictorBase.__init__(self, ResizeLongestSide(self.img_size), float(manifest["mask_threshold"]), max_batch)
+        PredictorBase.__init__(self, ResizeLongestSide(self.img_size), float(manifest["mask_threshold"]), max_batch,
+                               encoder_batch)
 
     @classmethod
     def from_sam(
@@ -113,11 +115,13 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
         cache: str | os.PathLike | None = None,
         calibration: str | os.PathLike | None = None,
         calibration_size: int = CALIBRATION_SIZE,
+        check: bool = True,
         **kwargs: Any,
     ) -> OpenVinoSamPredictor:
         """Convert ``sam`` once into a cache folder keyed by its weights and the OpenVINO release (reused
         later), then load it. ``int8`` quantizes the encoder once per calibration set: ``calibration``, a
         folder of images (``calibration_size`` of them are used), or None for built-in synthetic images.
+        ``check``: compare the converted graphs with PyTorch before they are used (as ``mobilesam export``).
         """
         import_openvino()
         require_sam(sam)
@@ -134,7 +138,10 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
                 ir_file(manifest, folder, key)
         except (FileNotFoundError, ExportError):
             logger.info("converting the model to OpenVINO in %s (once)", folder)
-            manifest = convert_openvino(sam, folder)
+            # From the onnxruntime backend's export in the default cache (made there when missing): one
+            # export serves both runtimes.
+            manifest = convert_openvino(sam, folder, check=check,
+                                        onnx_dir=None if cache is not None else cache_folder(sam))
         if precision == "int8":
             _, info = calibration_set(calibration, calibration_size)
             have = manifest["files"].get("encoder_int8", {}).get("calibration", {})
@@ -145,7 +152,7 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
             if not ok:
                 logger.info("quantizing the image encoder to int8 in %s (once per calibration set: %s)", folder,
                             describe_calibration(info))
-                quantize_openvino_int8(folder, calibration, calibration_size, sam=sam)
+                quantize_openvino_int8(folder, calibration, calibration_size, sam=sam if check else None)
         kwargs.setdefault("verify", False)  # the checksums were verified above (a mismatch converts again)
         return cls(folder, precision=precision, **kwargs)
 
@@ -167,30 +174,18 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
             "checks": self.manifest.get("checks", {}),
         }
 
-    def _run_encoder(self, images: list[np.ndarray]) -> np.ndarray:
-        """Resized images (1, 3, h, w) 0-255 -> embeddings (B, 256, 64, 64), in one encoder pass."""
-        batch = np.concatenate([pad_square(x, self.img_size, self.pixel_mean) for x in images])
-        return self.encoder.run(None, {"image": batch})[0]
-
     def _encode(self, transformed_image: torch.Tensor) -> dict[str, torch.Tensor]:
-        image = np.ascontiguousarray(transformed_image.detach().cpu().numpy(), dtype=np.float32)
-        return {"image_embeddings": torch.from_numpy(self._run_encoder([image]))}
+        return self._encode_batch([transformed_image])[0]
 
-    def set_images(self, images: Sequence[Any], image_format: str = "RGB") -> list[ImageFeatures]:
-        """Embed several images, ``encoder_batch`` per encoder pass (the encoder IR has a dynamic batch);
-        returns their features in order and leaves the last one set."""
-        images = list(images)
-        out: list[ImageFeatures] = []
-        for start in range(0, len(images), self.encoder_batch):
-            inputs, sizes = [], []
-            for image in images[start : start + self.encoder_batch]:
-                rgb = load_image(image, image_format=image_format)
-                resized = self.transform.apply_image(rgb).astype(np.float32).transpose(2, 0, 1)[None]
-                inputs.append(resized)
-                sizes.append((tuple(rgb.shape[:2]), tuple(resized.shape[-2:])))
-            embeddings = torch.from_numpy(self._run_encoder(inputs))
-            out += [ImageFeatures({"image_embeddings": embeddings[i : i + 1]}, orig, inp)
-                    for i, (orig, inp) in enumerate(sizes)]
-        if out:
-            self.set_features(out[-1])
-        return out
+    def _encode_batch(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Resized images (1, 3, h, w) 0-255 -> one encoder pass over them all (the encoder IR takes a batch
+        of square images: each is padded with the pixel mean, see the module doc of the conversion)."""
+        batch = np.concatenate([pad_square(x.detach().cpu().numpy(), self.img_size, self.pixel_mean) for x in images])
+        embeddings = torch.from_numpy(self.encoder.run(None, {"image": batch})[0])
+        return [{"image_embeddings": embeddings[i : i + 1]} for i in range(len(images))]
+
+    def feature_identity(self) -> str:
+        """``sam/size/weights digest/backend``, and the calibration set's digest for int8."""
+        calibrated = f"/{self.calibration['digest'][:32]}" if self.precision == "int8" and self.calibration else ""
+        return (f"sam/{self.model_type or 'unknown'}/{self.manifest['weights_sha256'][:32]}/{self.backend}"
+                f"{calibrated}")

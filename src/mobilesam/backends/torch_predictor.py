@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hub import family_of
-from ..io import load_image
 from ..modeling.mask_decoder import MaskDecoder
 from ..transforms import fill_holes_and_sprinkles, transform_for
 from .base import ImageFeatures, PredictorBase
@@ -38,7 +37,8 @@ class SamPredictor(Sam2PredictorMethods, PredictorBase):
     into chunks (same results, bounded memory: full-size masks are thresholded chunk by chunk).
     ``encoder_precision="bf16"`` runs the image encoder under bfloat16 autocast (about 2x faster on CPUs
     with AMX or AVX512-BF16, and on GPUs; embeddings within about 2% of fp32); the decoder stays fp32.
-    ``encoder_batch``: images per encoder pass in ``set_images``.
+    ``encoder_batch``: images per encoder pass in ``set_images`` / ``encode_prepared`` (one pass for a batch:
+    the images are padded to the square input, as one image is).
     ``max_hole_area`` / ``max_sprinkle_area``: as SAM 2's predictor, background regions (holes) and
     foreground regions (sprinkles) of at most that many low-resolution pixels are flipped before the
     masks are upscaled (:func:`mobilesam.transforms.fill_holes_and_sprinkles`); 0 (default) is off.
@@ -60,12 +60,9 @@ class SamPredictor(Sam2PredictorMethods, PredictorBase):
             raise TypeError(f"sam_model: expected a Sam module (build_sam(...)), got {type(sam_model).__name__}")
         if encoder_precision not in ENCODER_PRECISIONS:
             raise ValueError(f"encoder_precision: expected 'fp32' or 'bf16', got {encoder_precision!r}")
-        if isinstance(encoder_batch, bool) or not isinstance(encoder_batch, int) or encoder_batch < 1:
-            raise ValueError(f"encoder_batch: expected an int >= 1, got {encoder_batch!r}")
         for name, value in (("max_hole_area", max_hole_area), ("max_sprinkle_area", max_sprinkle_area)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name}: expected a number of pixels >= 0 (0 = off), got {value!r}")
-        self.encoder_batch = encoder_batch
         self.max_hole_area = float(max_hole_area)
         self.max_sprinkle_area = float(max_sprinkle_area)
         family = family_of(sam_model)
@@ -83,7 +80,8 @@ class SamPredictor(Sam2PredictorMethods, PredictorBase):
         # Low-res logits handed back clipped (SAM 2), the full-size masks made from the unclipped ones.
         self._low_res_limit = getattr(sam_model, "low_res_logit_limit", None)
         self._batch_features: list[ImageFeatures] | None = None
-        super().__init__(transform_for(pre), sam_model.mask_threshold, max_batch)
+        self._identity: str | None = None
+        super().__init__(transform_for(pre), sam_model.mask_threshold, max_batch, encoder_batch)
 
     @property
     def device(self) -> torch.device:
@@ -131,25 +129,24 @@ class SamPredictor(Sam2PredictorMethods, PredictorBase):
             )
         return super()._embedding_tensors(embedding)
 
-    @torch.no_grad()
-    def set_images(self, images: Sequence[Any], image_format: str = "RGB") -> list[ImageFeatures]:
-        """Embed several images, ``encoder_batch`` per encoder pass; returns their features in order and
-        leaves the last one set. Same features as one ``set_image`` each, up to float rounding."""
-        images = list(images)
-        out: list[ImageFeatures] = []
-        for start in range(0, len(images), self.encoder_batch):
-            inputs, sizes = [], []
-            for image in images[start : start + self.encoder_batch]:
-                rgb = load_image(image, image_format=image_format)
-                resized = torch.as_tensor(self.transform.apply_image(rgb)).permute(2, 0, 1)[None]
-                inputs.append(self._normalise(resized))
-                sizes.append((tuple(rgb.shape[:2]), tuple(resized.shape[-2:])))
-            features = self._run_encoder(torch.cat(inputs))
-            out += [ImageFeatures({k: v[i : i + 1] for k, v in features.items()}, orig, inp)
-                    for i, (orig, inp) in enumerate(sizes)]
-        if out:
-            self.set_features(out[-1])
-        return out
+    def _encode_batch(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """One encoder pass for all ``images`` (each normalised and zero-padded to the square input)."""
+        features = self._run_encoder(torch.cat([self._normalise(x) for x in images]))
+        return [{k: v[i : i + 1] for k, v in features.items()} for i in range(len(images))]
+
+    def feature_identity(self) -> str:
+        """``family/size/weights digest/backend/device type`` (the weights are hashed once per predictor:
+        an in-place change of them afterwards is not seen)."""
+        if self._identity is None:
+            from ..hub import detect_family
+            from ..weights import weights_digest
+
+            sd = self.model.state_dict()
+            found = detect_family(sd)
+            size = found[1] if found else "unknown"
+            self._identity = (f"{self.family.name}/{size}/{weights_digest(self.model)[:32]}/{self.backend}/"
+                              f"{self.device.type}")
+        return self._identity
 
     @torch.no_grad()
     def decode_low_res(

@@ -68,6 +68,41 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_embedding_cache_arguments(parser: argparse.ArgumentParser, batch: bool = True) -> None:
+    """``--embedding-cache DIR`` (image embeddings kept on disk across runs and commands) and, for the
+    commands that run over folders, ``--batch N`` (images per image-encoder call)."""
+    parser.add_argument(
+        "--embedding-cache", default=None, metavar="DIR",
+        help="keep image embeddings in this folder (float16, keyed by image content, weights, backend and "
+        "precision; shared by predict, everything, annotate and serve): an image seen before costs no encoder "
+        "pass; e.g. --embedding-cache ~/.cache/mobilesam/embeddings",
+    )
+    parser.add_argument(
+        "--embedding-cache-gb", type=float, default=4.0, metavar="GB",
+        help="size bound of --embedding-cache, least recently used embeddings out (default: %(default)s); "
+        "e.g. --embedding-cache-gb 10",
+    )
+    if batch:
+        parser.add_argument(
+            "--batch", type=int, default=1, metavar="N",
+            help="images per image-encoder call (the next images are read meanwhile; on a CPU with few cores 1 is "
+            "as fast; default: %(default)s); e.g. --batch 4",
+        )
+
+
+def embedding_cache_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Python API's ``embedding_cache`` / ``embedding_cache_bytes`` from the options above (usage errors
+    name the option)."""
+    if getattr(args, "batch", 1) < 1:
+        raise CLIError(f"--batch: expected an integer >= 1, got {args.batch}", 2)
+    if not args.embedding_cache_gb > 0:
+        raise CLIError(f"--embedding-cache-gb: expected a positive size, got {args.embedding_cache_gb}", 2)
+    if args.embedding_cache is None:
+        return {"embedding_cache": None, "embedding_cache_bytes": None}
+    return {"embedding_cache": args.embedding_cache,
+            "embedding_cache_bytes": max(1, int(args.embedding_cache_gb * 2**30))}
+
+
 def check_backend(name: str) -> str:
     """``name`` if a backend of that name is registered; a usage error naming ``--backend`` otherwise."""
     from ..backends import available_backends

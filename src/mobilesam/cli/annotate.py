@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from . import CLIError, add_backend_argument, add_model_argument, check_backend
+from . import (
+    CLIError,
+    add_backend_argument,
+    add_embedding_cache_arguments,
+    add_model_argument,
+    check_backend,
+    embedding_cache_options,
+)
 
 EXAMPLES = """\
 examples:
@@ -95,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: %(default)s): --strategy largest",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary: --quiet")
+    add_embedding_cache_arguments(p)
     from .convert import FORMATS, add_simplify_argument
 
     add_simplify_argument(p)
@@ -148,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
             backend=check_backend(args.backend),
             trust_weights=args.trust_weights,
             verbose=not args.quiet,
+            batch=args.batch,
+            **embedding_cache_options(args),
             **({} if args.simplify is None else {"simplify": args.simplify}),
         )
     except (ValueError, RuntimeError) as e:

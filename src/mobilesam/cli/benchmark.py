@@ -12,11 +12,15 @@ examples:
   mobilesam benchmark --vs-official --backends torch,torch-bf16,onnxruntime,onnxruntime-int8
   mobilesam benchmark --model my_sam.pt --image bus.jpg --rounds 5 --out results.md
   mobilesam benchmark --random-weights --vs-official             no weights at hand: random vit_t
-  mobilesam benchmark --peers                                    also SAM-b, SAM2, FastSAM, YOLO-seg (Ultralytics)
+  mobilesam benchmark --peers --vs-official --backends torch,openvino,openvino-bf16,openvino-int8
+                                  also the official graph exported the plain way on ONNX Runtime and OpenVINO
 
 Backends: every registered one (mobilesam.backends.available_backends()); built in: torch (fp32, default),
 torch-bf16 (encoder under bf16 autocast; fast on CPUs with AMX/AVX512-BF16), onnxruntime (fp32),
-onnxruntime-int8 (int8 encoder, fp32 decoder; needs VNNI to be fast); and official (the official code).
+onnxruntime-int8 (int8 encoder, fp32 decoder; needs VNNI to be fast), openvino (fp32), openvino-bf16,
+openvino-int8 (NNCF int8 encoder); official (the official code); and with --peers peer:onnxruntime,
+peer:openvino (OpenVINO's own default precision), peer:openvino-f32: the official graph exported the plain
+way a user would (torch.onnx.export / ov.convert_model, default settings).
 Ratios are against the official code measured in the same run. Numbers vary with other load on the
 machine: rerun with more --rounds on a quiet machine for figures to publish.
 """
@@ -55,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--random-weights", action="store_true",
                    help="if the checkpoint is not available, time a randomly initialised vit_t; e.g. --random-weights")
     p.add_argument("--peers", action="store_true",
-                   help="also time SAM-b, SAM2-t/b, FastSAM-s, YOLOv8n-seg, YOLO11n-seg through Ultralytics "
-                        "when installed and their weights are present; e.g. --peers")
+                   help="also time the official graph exported the plain way on ONNX Runtime and OpenVINO (default "
+                        "settings) in the same rounds, and SAM-b, SAM2-t/b, FastSAM-s, YOLOv8n-seg, YOLO11n-seg "
+                        "through Ultralytics when installed and their weights are present; e.g. --peers")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for every backend, the official code included (default: each "
                         "runtime's own default); on a busy machine 1 gives steadier ratios; e.g. --threads 1")

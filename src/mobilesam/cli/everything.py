@@ -19,11 +19,13 @@ import numpy as np
 from . import (
     CLIError,
     add_backend_argument,
+    add_embedding_cache_arguments,
     add_model_argument,
     add_save_dir_arguments,
     check_backend,
     check_outputs,
     deferred_interrupt,
+    embedding_cache_options,
     input_files,
     planned_stems,
     next_free_dir,
@@ -94,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rle", action="store_true",
                    help="write NAME.json with COCO-RLE masks instead of a folder of PNGs: --rle")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available): --device cpu")
+    add_embedding_cache_arguments(p)
     add_save_dir_arguments(p, "runs/everything")
     p.set_defaults(func=run)
 
@@ -185,9 +188,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..backends import create_predictor
+    from ..cache import DiskFeatureCache, FeatureCache
     from ..everything import automatic_mask_generator, check_options
     from ..io import atomic_write_bytes, write_image
     from ..masks import decode_rle
+    from ..pipeline import embed_stream
     from ..sources import iter_entries, resolve_sources
 
     # An option left at None takes the default of the model family's generator (SAM 2's differ).
@@ -197,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         check_options(**options)  # bad options and a missing source fail before the model loads
     except (ValueError, TypeError) as e:
         raise CLIError(_option_names(str(e)), exit_code=2) from None
+    cache_options = embedding_cache_options(args)
     source = args.source[0] if len(args.source) == 1 else args.source
     entries = resolve_sources(source)
     save_dir = Path(args.save_dir) if args.save_dir else next_free_dir("runs/everything")
@@ -204,19 +210,25 @@ def run(args: argparse.Namespace) -> int:
     planned = planned_stems(entries)
     for stem in sorted(planned):  # results of an earlier run, or an input in the way: refused before the model loads
         check_outputs(output_paths(save_dir, stem, args.rle, inputs), inputs, args.exist_ok, save_dir)
+    disk = DiskFeatureCache.open(cache_options["embedding_cache"], cache_options["embedding_cache_bytes"])
     predictor = create_predictor(args.model, check_backend(args.backend), device=args.device)
+    DiskFeatureCache.check_predictor(disk, predictor)
+    cache = FeatureCache(0, disk=disk) if disk is not None else None  # no image comes twice: the disk tier only
     generator = automatic_mask_generator(predictor, **options)  # the model family's (SAM 2: Meta's SAM 2 one)
     stems: set[str] = set()
     done = 0
     # A skipped file counts as done, so the bar ends at 100%.
     bar = tqdm(total=len(entries), desc="everything", unit="image")
     with _cli_logging(), bar:
-        for item in iter_entries(entries, "RGB", lambda path, reason: bar.update()):
+        # Images are read on a background thread while the encoder runs, --batch per encoder call.
+        images = iter_entries(entries, "RGB", lambda path, reason: bar.update())
+        for embedded in embed_stream(predictor, images, lambda item: item.image, batch=args.batch, cache=cache):
+            item = embedded.item
             unique = unique_stem(item.path, stems)
             masks_path, overlay_file = output_paths(save_dir, unique, args.rle, inputs)
             if unique not in planned:
                 check_outputs((masks_path, overlay_file), inputs, args.exist_ok, save_dir)
-            records = generator.generate(item.image)
+            records = generator.generate(item.image, features=embedded.features)
             if args.rle:
                 masks = [decode_rle(r["segmentation"]) for r in records]
             else:

@@ -13,6 +13,7 @@ examples:
   mobilesam export --model mobile_sam.pt --format onnx --quantize int8 --out models/mobilesam
   mobilesam export --model sam_vit_b_01ec64.pth --format onnx --parts decoder
   mobilesam export --model mobile_sam.pt --format onnx --return-single-mask   for SAM's web demo and tools
+  mobilesam export --model mobile_sam.pt --format openvino --quantize int8 --calibration photos/
   mobilesam export --model mobile_sam.pt --format executorch --quantize int8   .pte for ExecuTorch (XNNPACK)
   mobilesam export --model mobile_sam.pt --format tflite                      .tflite for LiteRT
   mobilesam export --model mobile_sam.pt --format coreml --quantize fp16      .mlpackage for Core ML (macOS/iOS)
@@ -51,8 +52,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--quantize",
         choices=["int8", "fp16"],
         default=None,
-        help="also write int8 variants (onnx: ONNX Runtime dynamic quantization of MatMul weights; executorch: "
-        "XNNPACK dynamic int8; tflite: LiteRT quantizer dynamic int8) or fp16 ones (coreml); e.g. --quantize int8",
+        help="also write int8 variants (onnx: ONNX Runtime dynamic quantization of MatMul weights; openvino: NNCF "
+        "post-training quantization of the image encoder; executorch: XNNPACK dynamic int8; tflite: LiteRT quantizer "
+        "dynamic int8) or fp16 ones (coreml); e.g. --quantize int8",
+    )
+    p.add_argument(
+        "--calibration", default=None, metavar="DIR",
+        help="openvino --quantize int8: a folder of your images to calibrate on (default: built-in synthetic "
+        "images; the manifest says which); e.g. --calibration photos/",
+    )
+    p.add_argument(
+        "--calibration-size", type=int, default=None, metavar="N",
+        help="openvino --quantize int8: images of --calibration used (default: 32); e.g. --calibration-size 64",
     )
     p.add_argument(
         "--out",
@@ -94,7 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # CLI option -> exporter keyword, for the format options above.
 FORMAT_OPTIONS = {"quantize": "quantize", "parts": "parts", "opset": "opset", "return_single_mask": "return_single_mask",
-                  "layout": "layout", "max_points": "max_points"}
+                  "layout": "layout", "max_points": "max_points",
+                  "calibration": "calibration", "calibration_size": "calibration_size"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +129,13 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--parts: expected 'encoder', 'decoder' or both comma-separated, got {args.parts!r}", 2)
         options["parts"] = parts
     out = Path(args.out) if args.out else Path.cwd() / f"{Path(str(args.model)).stem}_{entry.folder_suffix}"
-    manifest = export_model(args.model, out, args.format, check=not args.no_check, **options)
+    try:
+        manifest = export_model(args.model, out, args.format, check=not args.no_check, **options)
+    except ValueError as e:  # an option's value: the message starts with its keyword, the flag without "--"
+        keyword, _, rest = str(e).partition(":")
+        if keyword not in FORMAT_OPTIONS or not rest:
+            raise
+        raise CLIError(f"--{keyword.replace('_', '-')}:{rest}", 2) from None
     detail = f" (opset {manifest['opset']})" if "opset" in manifest else ""
     print(f"exported {manifest.get('model_type', 'the model')} as {args.format} to {out}/{detail}:")
     for key, entry_ in manifest["files"].items():
@@ -133,7 +151,10 @@ def run(args: argparse.Namespace) -> int:
         elif "low_res_max_abs_diff" in check:
             note = (f"logit max abs diff vs PyTorch {check['low_res_max_abs_diff']:.2g}, "
                     f"min mask IoU {check['mask_iou_min']:.4f}")
-        print(f"  {entry_['path']:<28} {entry_.get('precision', ''):>5} {entry_['bytes'] / 1e6:8.1f} MB   {note}")
+        elif "mask_iou_vs_fp32" in check:
+            note = f"mask IoU vs fp32 {check['mask_iou_vs_fp32']:.4f}"
+        name = entry_.get("path") or entry_.get("xml")  # onnx: one file; openvino: .xml + .bin
+        print(f"  {name:<28} {entry_.get('precision', ''):>5} {entry_['bytes'] / 1e6:8.1f} MB   {note}")
     print("  manifest.json")
     if manifest.get("layout") == "anylabeling":
         print("  anylabeling_config.yaml   (X-AnyLabeling: Load Custom Model -> this file)")

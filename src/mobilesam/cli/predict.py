@@ -14,11 +14,13 @@ import numpy as np
 from . import (
     CLIError,
     add_backend_argument,
+    add_embedding_cache_arguments,
     add_model_argument,
     add_save_dir_arguments,
     check_backend,
     check_outputs,
     deferred_interrupt,
+    embedding_cache_options,
     input_files,
     planned_stems,
     next_free_dir,
@@ -106,6 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="segment-everything mode, used only without prompts (default: %(default)s): --mode exact",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available): --device cpu")
+    add_embedding_cache_arguments(p)
     add_save_dir_arguments(p, "runs/predict")
     p.set_defaults(func=run)
 
@@ -295,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
     for stem in sorted(planned):  # results of an earlier run, or an input in the way: refused before the model loads
         check_outputs(output_paths(save_dir, stem, inputs), inputs, args.exist_ok, save_dir)
 
-    model = SAM(args.model, device=args.device, backend=check_backend(args.backend))
+    cache_options = embedding_cache_options(args)
+    model = SAM(args.model, device=args.device, backend=check_backend(args.backend), **cache_options)
     stems: set[str] = set()
     n_images = 0
     # Warnings (skipped files, images without masks) above SAM.predict's progress bar, not through it.
@@ -309,6 +313,7 @@ def run(args: argparse.Namespace) -> int:
             multimask_output=args.multimask,
             conf=args.conf,
             mode=args.mode,
+            batch=args.batch,
         ):
             unique = unique_stem(result.path, stems)
             if unique not in planned:

@@ -9,7 +9,14 @@ import sys
 from typing import Any
 
 from ..allocator import tune_allocator
-from . import CLIError, add_backend_argument, add_model_argument, check_backend
+from . import (
+    CLIError,
+    add_backend_argument,
+    add_embedding_cache_arguments,
+    add_model_argument,
+    check_backend,
+    embedding_cache_options,
+)
 
 EXAMPLES = """examples:
   mobilesam serve --images data/images               label the images of a folder (labels saved beside them)
@@ -44,6 +51,7 @@ def register(subparsers: Any) -> None:
         "--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one; e.g. --port 8080)"
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda, then mps, then cpu; e.g. --device cpu)")
+    add_embedding_cache_arguments(p, batch=False)
     p.add_argument(
         "--cache-size",
         type=int,
@@ -136,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--max-queue: expected at least 1, got {args.max_queue}", 2)
     if not args.max_upload_mb > 0 or args.max_pixels < 1:
         raise CLIError("--max-upload-mb, --max-pixels: expected positive limits", 2)
+    cache_options = embedding_cache_options(args)
     try:
         import uvicorn
 
@@ -154,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
             max_pixels=args.max_pixels,
             max_queue=args.max_queue,
+            **cache_options,
             # Against DNS rebinding: on loopback only local host names are accepted.
             allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]", args.host] if loopback else None,
             decode=args.decode,

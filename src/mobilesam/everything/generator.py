@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..backends import Predictor, create_predictor
+from ..backends import ImageFeatures, Predictor, create_predictor
 from ..io import ImageLike, load_image
 from ..masks import encode_rle, masks_to_boxes
 from .amg import (
@@ -358,16 +358,23 @@ class SamAutomaticMaskGenerator:
     # ------------------------------------------------------------------ public
 
     @torch.no_grad()
-    def generate(self, image: ImageLike) -> list[dict[str, Any]]:
+    def generate(self, image: ImageLike, features: ImageFeatures | None = None) -> list[dict[str, Any]]:
         """Masks for an image (HxWx3 uint8 RGB array, as the official; a PIL image or path also works).
+
+        ``features``: the image's features when they are at hand (from a cache, or a batch of images
+        embedded together: :mod:`mobilesam.pipeline`); they replace the encoder pass of the whole image
+        (crops of ``crop_n_layers`` are still embedded).
 
         Returns one record per mask: ``segmentation`` (HxW bool array, or an RLE dict per
         ``output_mode``), ``area`` (int), ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``
         ([[x, y]]), ``stability_score`` and ``crop_box`` (XYWH).
         """
         image = load_image(image)
+        if features is not None and tuple(features.original_size) != image.shape[:2]:
+            raise ValueError(f"features: they are of an image of size {tuple(features.original_size)}, but the image "
+                             f"is {image.shape[:2]}")
         self.counts = FilterCounts()
-        data = self._generate_masks(image)
+        data = self._generate_masks(image, features)
         if self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(
                 data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
@@ -402,7 +409,7 @@ class SamAutomaticMaskGenerator:
             for i in range(len(rles))
         ]
 
-    def _generate_masks(self, image: np.ndarray) -> MaskData:
+    def _generate_masks(self, image: np.ndarray, features: ImageFeatures | None = None) -> MaskData:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         data = MaskData()
@@ -411,7 +418,8 @@ class SamAutomaticMaskGenerator:
         with tqdm(total=total, desc="grid points", unit="point", leave=False, delay=PROGRESS_DELAY,
                   disable=not self.progress) as bar:
             for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
-                data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, bar))
+                whole = features if layer_idx == 0 else None  # layer 0 is the whole image
+                data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, bar, whole))
         if len(crop_boxes) > 1 and len(data):
             # Prefer masks from smaller crops.
             crop = data["crop_boxes"].float()
@@ -424,12 +432,16 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _process_crop(
-        self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, ...], bar: tqdm
+        self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, ...], bar: tqdm,
+        features: ImageFeatures | None = None,
     ) -> MaskData:
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1, :]
         crop_size = cropped.shape[:2]
-        self.predictor.set_image(cropped)
+        if features is not None:
+            self.predictor.set_features(features)
+        else:
+            self.predictor.set_image(cropped)
         points = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
         if self.mode == "fast":
             data = self._process_crop_fast(points, crop_size, crop_box, orig_size, bar)

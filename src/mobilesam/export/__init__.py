@@ -1,8 +1,9 @@
 """Exporters, one module per format, chosen through one registry (:mod:`.registry`).
 
-Built in: ``onnx`` (:func:`export_onnx`); for phones and edge boards ``executorch``, ``tflite`` and
-``coreml`` (:func:`export_executorch`, :func:`export_tflite`, :func:`export_coreml`); ``web`` (a static page
-that segments in the browser: :func:`mobilesam.export.web_export.export_web`). ``export_model(model, out, format=...)`` runs any registered
+Built in: ``onnx`` (:func:`export_onnx`) and ``openvino`` (``openvino_export.export_openvino``); for phones
+and edge boards ``executorch``, ``tflite`` and ``coreml`` (:func:`export_executorch`, :func:`export_tflite`,
+:func:`export_coreml`); ``web`` (a static page that segments in the browser:
+:func:`mobilesam.export.web_export.export_web`). ``export_model(model, out, format=...)`` runs any registered
 one; ``register_export_format`` adds one. ``export_onnx`` writes the image encoder (pre-processing
 inside), the prompt decoder (SAM's official ONNX interface), optional int8 variants and a manifest;
 ``OnnxSamPredictor`` (``mobilesam.backends``) runs them with ``SamPredictor``'s interface. Needs the
@@ -47,6 +48,14 @@ register_export_format(
     options=("model_type", "quantize", "parts", "opset", "return_single_mask", "layout"),
     backends=("onnxruntime", "onnxruntime-int8"),
     extra="onnx",
+)
+register_export_format(
+    "openvino",
+    ".openvino_export:export_openvino",
+    description="OpenVINO IR: f32 image encoder (batched, pre-processing inside) + prompt decoder; NNCF int8 encoder",
+    options=("quantize", "calibration", "calibration_size"),
+    backends=("openvino", "openvino-bf16", "openvino-int8"),
+    extra="openvino",
 )
 # Phones and edge boards: static-shape graphs (export/edge_graphs.py), checked in each runtime (edge_export.py).
 _EDGE_OPTIONS = ("model_type", "quantize", "parts", "max_points")

@@ -10,6 +10,9 @@ so everything that depends on input sizes is written with tensor arithmetic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,10 +24,22 @@ from ..modeling import Sam
 LABEL_PAD, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
 
 
-class EncoderGraph(nn.Module):
-    """RGB image resized to longest side ``img_size`` (1, 3, h, w), float 0-255 -> embedding (1, 256, 64, 64).
+def pad_square(image: np.ndarray, img_size: int, pixel_mean: Sequence[float]) -> np.ndarray:
+    """(B, 3, h, w) 0-255 -> (B, 3, S, S) float32, padded bottom/right with the pixel mean, which the encoder
+    graph's normalisation turns into exactly the zero padding it gives one unpadded image: images of any
+    aspect ratio then share one encoder run."""
+    b, c, h, w = image.shape
+    out = np.empty((b, c, img_size, img_size), np.float32)
+    out[...] = np.asarray(pixel_mean, np.float32).reshape(1, c, 1, 1)
+    out[:, :, :h, :w] = image
+    return out
 
-    Normalisation with SAM's pixel mean/std and zero padding (bottom/right) happen inside the graph.
+
+class EncoderGraph(nn.Module):
+    """RGB images resized to longest side ``img_size`` (B, 3, h, w), float 0-255 -> embeddings (B, 256, 64, 64).
+
+    Normalisation with SAM's pixel mean/std and zero padding (bottom/right) happen inside the graph. A batch
+    of images of different sizes is given padded to the square input with :func:`pad_square`.
     """
 
     def __init__(self, sam: Sam) -> None:

@@ -305,9 +305,10 @@ def export_onnx(
         else:  # a decoder-only export is checked on a random embedding (an encoder pass of ViT-H is slow)
             embedding = np.random.default_rng(0).normal(0.0, 1.0, emb_shape).astype(np.float32)
         enc_io = (
-            {"image": {"shape": [1, 3, "height", "width"], "dtype": "float32",
-                       "description": f"RGB, 0-255, resized so the longest side is {img_size} (not padded)"}},
-            {"image_embeddings": {"shape": emb_shape, "dtype": "float32"}},
+            {"image": {"shape": ["batch", 3, "height", "width"], "dtype": "float32",
+                       "description": f"RGB, 0-255, resized so the longest side is {img_size} (not padded); "
+                                      f"a batch of several: each padded to {img_size}x{img_size} with pixel_mean"}},
+            {"image_embeddings": {"shape": ["batch", *emb_shape[1:]], "dtype": "float32"}},
         )
         if anylabeling:
             enc_io = ({"input_image": {"shape": ["height", "width", 3], "dtype": "float32",
@@ -343,8 +344,10 @@ def export_onnx(
                 checks["encoder"] = _compare_encoder(path, image, embedding, strict=check)
                 files["encoder"] = _file_info(path, "fp32", *enc_io)
             elif part == "encoder":
+                # A dynamic batch too: set_images pads several images to the square input for one run.
                 _export(EncoderGraph(sam).eval(), (torch.from_numpy(image[..., :700]),), path, ENCODER_INPUTS,
-                        ENCODER_OUTPUTS, {"image": {2: "height", 3: "width"}}, opset)
+                        ENCODER_OUTPUTS, {"image": {0: "batch", 2: "height", 3: "width"},
+                                          "image_embeddings": {0: "batch"}}, opset)
                 _check_graph(path)
                 checks["encoder"] = _compare_encoder(path, image, embedding, strict=check)
                 files["encoder"] = _file_info(path, "fp32", *enc_io)

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from ..modeling import Sam
-from .graphs import DecoderGraph, EncoderGraph
+from .graphs import DecoderGraph, EncoderGraph, pad_square
+from ..weights import weights_digest
 from .manifest import ExportError, sha256_file, write_json_atomic
 from .signal_stack import keeps_signal_stack
 
@@ -69,19 +70,6 @@ def import_nncf() -> Any:
 def openvino_release() -> str:
     """The OpenVINO release ("2026.4.1"): converted files are kept per release, as its IR and kernels change."""
     return import_openvino().__version__.split("-")[0]
-
-
-def weights_digest(sam: torch.nn.Module) -> str:
-    """SHA-256 of the state_dict (names and bytes, sorted): the key of the converted files in the cache.
-
-    Same digest as the onnxruntime backend's cache key, so both name one model alike.
-    """
-    sd = sam.state_dict()
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def require_sam(sam: Any) -> None:
@@ -156,6 +144,39 @@ def _save_ir(model: Any, folder: Path, stem: str, precision: str, **extra: Any) 
             "bytes": bin_.stat().st_size, "precision": precision, **extra}
 
 
+def _copy_conversion(cached: Path, out: Path, checked: bool) -> dict[str, Any] | None:
+    """The f32 encoder and decoder of the conversion in ``cached`` copied into ``out`` (hard links where the
+    file system allows), or None when there is none usable (missing, damaged, or unchecked when ``checked``)."""
+    try:
+        _, manifest = read_openvino_manifest(cached)
+        for key in ("encoder", "decoder"):
+            ir_file(manifest, cached, key)
+    except (FileNotFoundError, ExportError):
+        return None
+    if checked and not manifest.get("checks", {}).get("decoder"):
+        return None
+    if out.resolve() == cached.resolve():
+        return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=out))
+    try:
+        files = {k: manifest["files"][k] for k in ("encoder", "decoder")}
+        staged = []
+        for entry in files.values():
+            for part in ("xml", "bin"):
+                try:
+                    os.link(cached / entry[part], tmp / entry[part])
+                except OSError:
+                    shutil.copy2(cached / entry[part], tmp / entry[part])
+                staged.append(tmp / entry[part])
+        manifest = {**manifest, "files": files,
+                    "checks": {k: v for k, v in manifest.get("checks", {}).items() if k in files}}
+        _publish(staged, out, manifest)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _publish(staged: Sequence[Path], out: Path, manifest: dict[str, Any]) -> None:
     """Move the staged files into ``out``, then write the manifest: a reader never sees half a model."""
     out.mkdir(parents=True, exist_ok=True)
@@ -167,29 +188,34 @@ def _publish(staged: Sequence[Path], out: Path, manifest: dict[str, Any]) -> Non
 # ----------------------------------------------------------------------------------------------------
 # Inputs of the compiled graphs
 # ----------------------------------------------------------------------------------------------------
-def pad_square(image: np.ndarray, img_size: int, pixel_mean: Sequence[float]) -> np.ndarray:
-    """(B, 3, h, w) 0-255 -> (B, 3, S, S), padded bottom/right with the pixel mean (zero once normalised)."""
-    b, c, h, w = image.shape
-    out = np.empty((b, c, img_size, img_size), np.float32)
-    out[...] = np.asarray(pixel_mean, np.float32).reshape(1, c, 1, 1)
-    out[:, :, :h, :w] = image
-    return out
-
-
 @keeps_signal_stack
 def compile_model(path: str | os.PathLike | Any, precision: str = "f32", threads: int | None = None) -> Any:
     """A CPU ``CompiledModel`` with the inference precision always explicit (OpenVINO picks bf16 on AMX CPUs
-    unless told) and ``threads`` inference threads (None: torch's thread count, as the torch backend uses)."""
+    unless told) and ``threads`` inference threads (None: torch's thread count, as the torch backend uses).
+
+    A model file is compiled through OpenVINO's model cache (``$MOBILESAM_HOME/openvino/compiled``, keyed by
+    OpenVINO on the file and the settings): a predictor made again (another ``SAM``, a server thread)
+    loads the compiled blob instead of compiling again.
+    """
     ov = import_openvino()
     core = ov.Core()
-    config = {
+    config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": precision,
         "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         "PERFORMANCE_HINT": "LATENCY",
     }
     try:
-        model = core.read_model(str(path)) if isinstance(path, (str, os.PathLike)) else path
-        return core.compile_model(model, "CPU", config)
+        if isinstance(path, (str, os.PathLike)):
+            from ..weights import cache_dir
+
+            compiled = cache_dir() / "openvino" / "compiled"
+            try:
+                compiled.mkdir(parents=True, exist_ok=True)
+                config["CACHE_DIR"] = str(compiled)
+            except OSError:  # a read-only cache: compile every time
+                pass
+            return core.compile_model(str(path), "CPU", config)
+        return core.compile_model(path, "CPU", config)
     except RuntimeError as e:
         raise ExportError(f"openvino model: cannot compile '{path}' for the CPU ({str(e).strip()[:300]})") from None
 
@@ -251,15 +277,20 @@ def _check_decoder(run: Callable, refs: list, name: str) -> dict[str, float]:
 
 
 @keeps_signal_stack
-def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True, progress: bool = True) -> dict:
+def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True, progress: bool = True,
+                     onnx_dir: str | os.PathLike | None = None) -> dict:
     """Convert ``sam`` to f32 OpenVINO IR in ``out_dir``: ``{model_type}_encoder.xml/.bin`` (images (B, 3, S, S),
     see the module doc -> embeddings (B, 256, 64, 64)), ``{model_type}_decoder.xml/.bin`` (the official SAM
     ONNX decoder interface) and ``manifest.json``. With ``check`` (default) both must match PyTorch on this CPU
     (embedding within 1e-4 x max abs, logits within 1e-3) or an :class:`ExportError` is raised. Returns the
     manifest. Needs ``onnx`` and ``onnxruntime`` besides ``openvino`` (the ONNX export is the intermediate).
+
+    ``onnx_dir``: an export of ``sam`` by ``export_onnx`` to convert from (the onnxruntime backend's, in the
+    cache: one export serves both runtimes), made there when missing; None exports to a temporary folder.
     """
     from .._version import __version__
-    from .onnx_export import _check_image, _decoder_references, _resolve_model, export_onnx
+    from .manifest import file_entry
+    from .onnx_export import _check_image, _decoder_references, _resolve_model
 
     ov = import_openvino()
     require_sam(sam)
@@ -271,12 +302,12 @@ def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
-        onnx_manifest = export_onnx(sam, tmp / "onnx", progress=progress)
-        onnx_files = onnx_manifest["files"]
+        onnx_folder, onnx_manifest = _onnx_export_of(sam, Path(onnx_dir) if onnx_dir else tmp / "onnx", check,
+                                                     progress)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            encoder = ov.convert_model(str(tmp / "onnx" / onnx_files["encoder"]["path"]))
-            decoder = ov.convert_model(str(tmp / "onnx" / onnx_files["decoder"]["path"]))
+            encoder = ov.convert_model(str(file_entry(onnx_manifest, onnx_folder, "encoder", verify=False)))
+            decoder = ov.convert_model(str(file_entry(onnx_manifest, onnx_folder, "decoder", verify=False)))
         encoder.reshape({"image": ov.PartialShape([-1, 3, img_size, img_size])})
         files = {
             "encoder": _save_ir(encoder, tmp, f"{name}_encoder", "f32"),
@@ -314,6 +345,21 @@ def convert_openvino(sam: Sam, out_dir: str | os.PathLike, *, check: bool = True
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _onnx_export_of(sam: Sam, folder: Path, check: bool, progress: bool) -> tuple[Path, dict[str, Any]]:
+    """The fp32 ONNX export of ``sam`` in ``folder``: the one there when it holds these weights' encoder and
+    decoder with their checksums, else a new one (checked against PyTorch by ``export_onnx``)."""
+    from .manifest import file_entry, read_manifest
+    from .onnx_export import export_onnx
+
+    try:
+        found, manifest = read_manifest(folder)
+        for key in ("encoder", "decoder"):
+            file_entry(manifest, found, key)
+        return found, manifest
+    except (FileNotFoundError, ExportError):
+        return folder, export_onnx(sam, folder, check=check, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -443,3 +489,42 @@ def quantize_openvino_int8(
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The export format (mobilesam export --format openvino)
+# ----------------------------------------------------------------------------------------------------
+def export_openvino(
+    model: Sam | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    check: bool = True,
+    progress: bool = True,
+    quantize: str | None = None,
+    calibration: str | os.PathLike | None = None,
+    calibration_size: int = CALIBRATION_SIZE,
+) -> dict[str, Any]:
+    """``mobilesam export --format openvino``: :func:`convert_openvino` of ``model`` (a ``Sam``, a checkpoint
+    path or a weights name) into ``out_dir`` (a copy of the openvino backends' conversion in the cache when
+    it holds these weights for this OpenVINO release, and, with ``check``, was checked against PyTorch),
+    and with ``quantize="int8"`` the NNCF int8 image encoder
+    (:func:`quantize_openvino_int8`, calibrated on the folder ``calibration`` or on built-in synthetic
+    images; the manifest says which). The backends ``openvino``, ``openvino-bf16`` and ``openvino-int8``
+    run the folder. Returns the manifest."""
+    from .onnx_export import _resolve_model
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize: expected None or 'int8', got {quantize!r}")
+    if quantize is None and calibration is not None:
+        raise ValueError("calibration: only the int8 encoder is calibrated; add quantize='int8' (--quantize int8)")
+    calibration_set(calibration, calibration_size)  # a bad folder fails before the conversion
+    sam, _ = _resolve_model(model, None)
+    from ..backends.onnx_predictor import cache_folder
+
+    manifest = _copy_conversion(default_folder(sam), Path(out_dir).expanduser(), check)
+    if manifest is None:
+        # From the onnxruntime backend's export in the cache when it holds these weights (made there otherwise).
+        manifest = convert_openvino(sam, out_dir, check=check, progress=progress, onnx_dir=cache_folder(sam))
+    if quantize == "int8":
+        manifest = quantize_openvino_int8(out_dir, calibration, calibration_size, sam=sam if check else None)
+    return manifest

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
 from ..backends import create_predictor, get_backend, is_exported_model
+from ..cache import DiskFeatureCache
 from .engine import EncoderBusy, Engine, EverythingUnavailable, PredictorLike, Slot
 from .images import (
     DecodedImage,
@@ -344,6 +345,8 @@ def create_app(
     decode: str = "auto",
     decoder_precision: str = "fp32",
     embedding_dtype: str = "float16",
+    embedding_cache: str | os.PathLike | None = None,
+    embedding_cache_bytes: int | None = None,
     simplify: float | None = None,
 ) -> FastAPI:
     """The web app. ``model`` is a ``Sam``, a checkpoint (path or known name, built with ``build_sam``) or,
@@ -363,6 +366,8 @@ def create_app(
     the model has an exported decoder (SAM / MobileSAM, or an export folder), the server otherwise (and
     the page falls back to the server by itself where WebAssembly is missing). ``decoder_precision``:
     "fp32", or "int8" where its masks stay within IoU 0.99 of fp32 (measured at export).
+    ``embedding_cache``: a folder of image embeddings kept across sessions (:class:`~mobilesam.cache.
+    DiskFeatureCache`, at most ``embedding_cache_bytes``): reopening an image costs no encoder pass.
     ``simplify``: tolerance in pixels of the saved YOLO polygons (None: ``mobilesam.masks.DEFAULT_SIMPLIFY``;
     0 keeps every contour point).
     """
@@ -386,6 +391,7 @@ def create_app(
     ):
         if value not in allowed:
             raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
+    disk = DiskFeatureCache.open(embedding_cache, embedding_cache_bytes)
     folder = ImageFolder(images_dir) if images_dir is not None else None  # checked before a slow model load
     if model is not None and not hasattr(model, "image_encoder") and not is_exported_model(model):
         from ..build import build_sam
@@ -422,6 +428,7 @@ def create_app(
         generator_factory=generator_factory,
         backend=backend,
         max_queue=max_queue,
+        disk_cache=disk,
     )
     registry = Registry(max_images, max_bytes=16 * max_upload_bytes)
 

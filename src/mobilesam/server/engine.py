@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..backends.base import ImageFeatures
-from ..cache import FeatureCache
+from ..cache import DiskFeatureCache, FeatureCache, feature_key, image_digest
 from ..masks import decode_rle
 
 
@@ -112,6 +112,7 @@ class Engine:
         decoder_workers: int = 2,
         backend: str = "torch",
         max_queue: int = 8,
+        disk_cache: DiskFeatureCache | None = None,
     ) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size: expected at least 1 cached embedding, got {cache_size}")
@@ -126,6 +127,11 @@ class Engine:
         self._generator_factory = generator_factory or functools.partial(default_generator_factory, backend=backend)
         self._generator: Any = None
         self._decoder = predictor_factory()
+        # Embeddings on disk, shared with other runs and commands: keyed by pixels (not by file bytes, as
+        # the memory cache is) and by what the predictor says makes its features.
+        DiskFeatureCache.check_predictor(disk_cache, self._decoder)
+        self._disk = disk_cache
+        self._identity = self._decoder.feature_identity() if disk_cache is not None else None
         self._decoder_lock = threading.Lock()
         self._generator_lock = threading.Lock()
         self._local = threading.local()
@@ -228,14 +234,21 @@ class Engine:
         cpu = time.thread_time()
         try:
             rgb = load_rgb()
-            pred = self._encoder_predictor()
-            t0 = time.perf_counter()
-            pred.set_image(rgb)
+            disk_key = feature_key(image_digest(rgb), self._identity) if self._disk is not None else None
+            stored = self._disk.get(disk_key) if disk_key is not None else None
+            if stored is not None:
+                emb = Embedding(stored, 0.0)
+            else:
+                pred = self._encoder_predictor()
+                t0 = time.perf_counter()
+                pred.set_image(rgb)
+                emb = Embedding(pred.get_features(), time.perf_counter() - t0)
+                pred.reset_image()
+                self.encoder_passes += 1
+                self._last_seconds = emb.seconds
+                if disk_key is not None:
+                    self._disk.put(disk_key, emb.features)
             del rgb
-            emb = Embedding(pred.get_features(), time.perf_counter() - t0)
-            pred.reset_image()
-            self.encoder_passes += 1
-            self._last_seconds = emb.seconds
             self._cache.put(key, emb)
             return emb
         finally:
