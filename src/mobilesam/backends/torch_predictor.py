@@ -179,9 +179,9 @@ class SamPredictor(Sam2PredictorMethods, PredictorBase):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """See ``PredictorBase.decode_low_res_above``: the transformer and IoU head for every prompt (about
         60% of a decode on CPU), the mask upscaling only for the prompts that keep an output."""
-        dec = self._fast.mask_decoder
         # SAM 2 decodes through its own module; any other decoder (a subclass with its own forward) whole.
-        if self._multi_level or not (
+        dec = None if self._multi_level else self._fast.mask_decoder
+        if dec is None or not (
             isinstance(dec, MaskDecoder)
             and type(dec).forward is MaskDecoder.forward
             and type(dec).predict_masks is MaskDecoder.predict_masks
