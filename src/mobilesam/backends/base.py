@@ -147,6 +147,9 @@ class PredictorBase(ABC):
     """
 
     backend: str = "?"
+    # Low-res logits handed back clipped to +-this (SAM 2's predictor does, so they are safe to feed back as
+    # mask_input); the full-size masks are made from the unclipped ones. None: handed back as decoded.
+    low_res_limit: float | None = None
 
     def __init__(self, transform: Any, mask_threshold: float, max_batch: int = 16, encoder_batch: int = 1) -> None:
         self.max_batch = check_batch(max_batch, "max_batch")
@@ -420,6 +423,8 @@ class PredictorBase(ABC):
         masks = self.postprocess_masks(low_res)
         if not return_logits:
             masks = masks > self.mask_threshold
+        if self.low_res_limit is not None:
+            low_res = low_res.clamp(-self.low_res_limit, self.low_res_limit)
         return masks, iou, low_res
 
 

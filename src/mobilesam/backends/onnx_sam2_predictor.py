@@ -165,16 +165,3 @@ class OnnxSam2Predictor(Sam2PredictorMethods, PredictorBase):
         self._require_image()
         low_res = fill_holes_and_sprinkles(low_res, self.mask_threshold, self.max_hole_area, self.max_sprinkle_area)
         return F.interpolate(low_res.float(), self.original_size, mode="bilinear", align_corners=False)
-
-    def _decode(
-        self,
-        point_coords: torch.Tensor | None,
-        point_labels: torch.Tensor | None,
-        boxes: torch.Tensor | None,
-        mask_input: torch.Tensor | None,
-        multimask_output: bool,
-        return_logits: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        masks, iou, low_res = super()._decode(point_coords, point_labels, boxes, mask_input, multimask_output,
-                                              return_logits)
-        return masks, iou, low_res.clamp(-self.low_res_limit, self.low_res_limit)

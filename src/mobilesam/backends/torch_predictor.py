@@ -77,8 +77,7 @@ class SamPredictor(Sam2PredictorMethods, PredictorBase):
         self._fast = optimize_for_inference(sam_model)
         # Families with several feature tensors bring their own encode / decode steps (see the module doc).
         self._multi_level = hasattr(sam_model, "image_features") and hasattr(sam_model, "decode_prompts")
-        # Low-res logits handed back clipped (SAM 2), the full-size masks made from the unclipped ones.
-        self._low_res_limit = getattr(sam_model, "low_res_logit_limit", None)
+        self.low_res_limit = getattr(sam_model, "low_res_logit_limit", None)
         self._batch_features: list[ImageFeatures] | None = None
         self._identity: str | None = None
         super().__init__(transform_for(pre), sam_model.mask_threshold, max_batch, encoder_batch)
@@ -206,18 +205,3 @@ class SamPredictor(Sam2PredictorMethods, PredictorBase):
         low_res = fill_holes_and_sprinkles(low_res, self.mask_threshold, self.max_hole_area, self.max_sprinkle_area)
         return self._fast.postprocess_masks(low_res, self.input_size, self.original_size)
 
-    def _decode(
-        self,
-        point_coords: torch.Tensor | None,
-        point_labels: torch.Tensor | None,
-        boxes: torch.Tensor | None,
-        mask_input: torch.Tensor | None,
-        multimask_output: bool,
-        return_logits: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        masks, iou, low_res = super()._decode(
-            point_coords, point_labels, boxes, mask_input, multimask_output, return_logits
-        )
-        if self._low_res_limit is not None:
-            low_res = low_res.clamp(-self._low_res_limit, self._low_res_limit)
-        return masks, iou, low_res
