@@ -53,9 +53,10 @@ if os.environ.get("MOBILESAM_BENCH_SRC"):  # the ``fast_before`` worker: another
 import hard_scenes  # noqa: E402
 import proxy  # noqa: E402
 
-METHODS = ("official", "exact", "fast", "fast_noskip", "fast_before")
-LABELS = {"fast_noskip": "fast, no point skipping", "fast_before": "fast, before (--before-src)"}
-FAST_METHODS = ("fast", "fast_noskip", "fast_before")
+METHODS = ("official", "exact", "fast", "fast_accepted", "fast_noskip", "fast_before")
+LABELS = {"fast_noskip": "fast, no point skipping", "fast_before": "fast, before (--before-src)",
+          "fast_accepted": "fast, neighbours agree on accepted masks only (FAST_ACCEPTED_ONLY)"}
+FAST_METHODS = ("fast", "fast_accepted", "fast_noskip", "fast_before")
 SECTIONS = {"proxy": "## Segment everything", "hard": "## Segment everything on hard scenes"}
 SCENE_SEED = 555_000_000
 
@@ -124,6 +125,10 @@ def run_worker(args: argparse.Namespace) -> None:
                 generator_module.FAST_SKIP = False
             else:  # the fast mode before issue 20: no mask is ever confirmed, so no point is skipped
                 generator_module.FAST_CONFIRM_IOU = float("inf")
+        if method == "fast_accepted":
+            import mobilesam.everything.generator as generator_module
+
+            generator_module.FAST_ACCEPTED_ONLY = True
         gen = SamAutomaticMaskGenerator(model, mode=mode, backend=backend or "torch", progress=False, **kw)
         small = SamAutomaticMaskGenerator(gen.predictor, mode=mode, points_per_side=4, progress=False)
     # Scenes made one at a time (a 1280 px hard scene takes a while): a worker stopped early keeps its first ones.
@@ -315,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 2)), help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", default="fast,exact,official,fast_noskip",
-                    help="comma-separated subset of official,exact,fast,fast_noskip (fast mode with the point "
+                    help="comma-separated subset of official,exact,fast,fast_accepted (fast mode skipping a point "
+                    "when its neighbours' accepted masks agree),fast_noskip (fast mode with the point "
                     "skipping switched off, to show what each part of it costs and finds),fast_before (fast mode "
                     "of --before-src)")
     ap.add_argument("--json", default=None, help="also write the full results here (for --from-json)")

@@ -6,7 +6,7 @@ px): exact mode's masks, fast mode's, how many of exact's no fast mask matches w
 many grid points fast mode decoded. ``--src`` runs another tree's package (e.g. ``git archive 8b3495e src``
 unpacked), for before/after.
 
-    python benchmarks/fast_recall_standin.py --scenes 8 --points-per-side 16 [--src /tmp/before/src]
+    python benchmarks/fast_recall_standin.py --scenes 8 --points-per-side 16 [--src /tmp/before/src] [--accepted-only]
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", type=int, default=8)
     ap.add_argument("--points-per-side", type=int, default=16)
     ap.add_argument("--src", default=None, help="the src folder of the mobilesam to run (default: this tree's)")
+    ap.add_argument("--accepted-only", action="store_true",
+                    help="neighbours agree when their accepted masks agree (generator.FAST_ACCEPTED_ONLY)")
     args = ap.parse_args(argv)
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
     if args.src:
@@ -31,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     import hard_scenes
     from test_everything import colour_models, mask_iou
 
-    from mobilesam.everything import SamAutomaticMaskGenerator
+    from mobilesam.everything import SamAutomaticMaskGenerator, generator
 
+    generator.FAST_ACCEPTED_ONLY = args.accepted_only
     print(f"mobilesam from {Path(mobilesam.__file__).parent}", flush=True)
     model = colour_models()[1]
     kw = dict(points_per_side=args.points_per_side, progress=False)

@@ -329,8 +329,51 @@ def test_int8_encoder_calibrated_on_a_folder(ov_cache, predictors, vit_t_pair, i
     with caplog.at_level("WARNING", logger="mobilesam"):
         synthetic = OpenVinoSamPredictor.from_sam(vit_t_pair[1], "int8", cache=cache, calibration_size=2, check=False)
     assert len(_NNCFStandIn.calls) == 2 and synthetic.info()["calibration"] == "synthetic (2 images)"
-    assert "calibrated on the built-in synthetic images gave masks far from f32" in caplog.text  # measured IoU 0.49
+    assert "made without the check, so its masks were never compared with f32's" in caplog.text
     assert synthetic.feature_identity() != int8.feature_identity()  # other calibration, other features
+
+
+class _NNCFNegating(_NNCFStandIn):
+    """A quantizer that ruins the encoder: its embedding comes out negated."""
+
+    calls: list = []
+
+    @classmethod
+    def quantize(cls, model, dataset, **options):
+        import openvino.opset13 as ops
+
+        cls.calls.append(options)
+        result = model.get_results()[0]
+        negated = ops.multiply(result.input_value(0), ops.constant(np.float32(-1.0)))
+        result.input(0).replace_source_output(negated.output(0))
+        return model
+
+
+def test_int8_is_offered_only_where_its_masks_stay_near_f32(ov_cache, vit_t_pair, tmp_path, monkeypatch) -> None:
+    """The int8 gate: masks of the int8 encoder against the f32 encoder's, measured with the model's own weights.
+    A quantizer that ruins the embedding is refused (nothing added, the refusal kept, so the next request fails
+    at once); one that keeps it is offered with its IoU in the manifest."""
+    cache = tmp_path / "openvino"
+    shutil.copytree(ov_cache[0].model_dir, cache / ov_cache[0].model_dir.name, copy_function=os.link)
+    folder = cache / ov_cache[0].model_dir.name
+    monkeypatch.setattr(ove, "import_nncf", lambda: _NNCFNegating)
+    _NNCFNegating.calls.clear()
+    with pytest.raises(ExportError, match=r"calibrated on synthetic \(1 images\) gives masks at IoU 0\.\d+ of the f32 "
+                                          r"encoder's .*at least 0\.95 needed.*calibration=DIR.*'openvino'") as refused:
+        OpenVinoSamPredictor.from_sam(vit_t_pair[1], "int8", cache=cache, calibration_size=1)
+    manifest = ove.read_openvino_manifest(folder)[1]
+    assert "encoder_int8" not in manifest["files"] and not list(folder.glob("*int8*"))
+    (verdict,) = manifest["int8_refused"].values()
+    assert verdict["mask_iou_vs_f32_mean"] < 0.95 and verdict["images"] == 2
+    with pytest.raises(ExportError) as again:
+        OpenVinoSamPredictor.from_sam(vit_t_pair[1], "int8", cache=cache, calibration_size=1)
+    assert len(_NNCFNegating.calls) == 1 and str(again.value) == str(refused.value)
+
+    monkeypatch.setattr(ove, "import_nncf", lambda: _NNCFStandIn)  # leaves the encoder as it is
+    int8 = OpenVinoSamPredictor.from_sam(vit_t_pair[1], "int8", cache=cache, calibration_size=2)
+    gate = int8.info()["checks"]["encoder_int8"]
+    assert gate["mask_iou_vs_f32_mean"] == gate["mask_iou_vs_f32_min"] == 1.0
+    assert gate["masks_compared"] == 2 * 4 * ove.INT8_GATE_GRID**2 and gate["embedding_max_abs_diff"] < 1e-3
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..masks import mask_iou
 from ..modeling import Sam
 from .edge_graphs import DEFAULT_MAX_POINTS, LABEL_PAD, LABEL_UNUSED, EdgeGraphs, GraphPart, edge_graphs
 from .manifest import MANIFEST_NAME, ExportError, sha256_file, write_json_atomic
@@ -167,13 +168,6 @@ def _numpy(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     return [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in inputs]
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two logit maps thresholded at 0 (1.0 when both are empty)."""
-    a, b = a > 0, b > 0
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def check_encoder(run: Runner, image: torch.Tensor, ref: np.ndarray, strict: bool, name: str) -> dict[str, float]:
     got = run(_numpy([image]))[0]
     if got.shape != ref.shape:
@@ -199,7 +193,7 @@ def check_decoder(run: Runner, refs: list[tuple[list[np.ndarray], list[np.ndarra
         worst_iou = max(worst_iou, float(np.abs(ref[0] - got[0]).max()))
         worst_logit = max(worst_logit, float(np.abs(ref[1] - got[1]).max()))
         bad_pixels += int((((ref[1] > 0) != (got[1] > 0)) & (np.abs(ref[1]) > LOGIT_ATOL)).sum())
-        min_iou = min(min_iou, min(mask_iou(r, g) for r, g in zip(ref[1][0], got[1][0])))
+        min_iou = min(min_iou, float(mask_iou(ref[1][0] > 0, got[1][0] > 0).min()))
     if strict and not (worst_logit <= LOGIT_ATOL and worst_iou <= LOGIT_ATOL and bad_pixels == 0):
         raise ExportError(f"export: {name} differs from PyTorch: low-res logits by {worst_logit:.3g}, iou predictions "
                           f"by {worst_iou:.3g}, {bad_pixels} mask pixels away from the threshold")
@@ -218,7 +212,7 @@ def reduced_mask_iou(encoder: Runner | None, decoder: Runner, image: torch.Tenso
         if embedding is not None:
             feeds[0] = embedding
         got = decoder(feeds)
-        ious += [mask_iou(r, g) for r, g in zip(ref[1][0], got[1][0])]
+        ious += mask_iou(ref[1][0] > 0, got[1][0] > 0).tolist()
     return {"mask_iou_vs_fp32_mean": float(np.mean(ious)), "mask_iou_vs_fp32_min": float(np.min(ious))}
 
 

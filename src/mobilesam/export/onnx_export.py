@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..masks import mask_iou
 from ..modeling import Sam
 from .graphs import DecoderGraph, EncoderGraph, HWCEncoderGraph
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, ExportError, sha256_file, write_json_atomic
@@ -114,12 +115,6 @@ def _check_graph(path: Path) -> None:
         raise ExportError(f"export: onnx.checker rejected {path.name}: {e}") from None
 
 
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def _compare_encoder(path: Path, image: np.ndarray, ref: np.ndarray, strict: bool) -> dict[str, float]:
     """ORT's embedding of ``image`` (1, 3, h, w) against PyTorch's (``ref``), in the graph's own input layout."""
     session = make_session(path)
@@ -160,7 +155,7 @@ def _compare_decoder(path: Path, refs: list[tuple[dict, list[np.ndarray]]], stri
         worst_iou = max(worst_iou, float(np.abs(ref[1] - got[1]).max()))
         differ = (ref[0] > 0) != (got[0] > 0)
         bad_pixels += int((differ & (np.abs(ref[0]) > LOGIT_ATOL)).sum())
-        min_mask_iou = min(min_mask_iou, _mask_iou(ref[0], got[0]))
+        min_mask_iou = min(min_mask_iou, float(mask_iou(ref[0] > 0, got[0] > 0).min()))
     if strict and (worst_logit > LOGIT_ATOL or worst_iou > LOGIT_ATOL or bad_pixels):
         raise ExportError(
             f"export: {path.name} differs from PyTorch: low-res logits by {worst_logit:.3g}, iou predictions by "

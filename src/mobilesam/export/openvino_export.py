@@ -46,6 +46,11 @@ FORMAT = "mobilesam-openvino"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 CALIBRATION_SIZE = 32  # images; NNCF's statistics need a few dozen, each costs one f32 encoder pass
+# The int8 encoder is offered only where its masks stay this close to f32's (mean IoU, see _int8_mask_iou):
+# NNCF's int8 ranges from 1.0 to unusable depending on the weights and the calibration images (0.49 on the
+# benchmark proxy with the synthetic images), so it is measured with the user's weights, never assumed.
+INT8_MIN_MASK_IOU = 0.95
+INT8_GATE_GRID = 4  # clicks per side of the grid decoded on each gate image
 _SYNTHETIC_VERSION = 1  # bump when synthetic_calibration_image changes: the int8 cache key holds it
 
 
@@ -431,6 +436,48 @@ def describe_calibration(info: dict[str, Any] | None) -> str:
     return f"{where} ({info['images']} images)"
 
 
+def _int8_gate_images(calibration: str | os.PathLike | None, used: list[Any]) -> list[Any]:
+    """What the int8 gate decodes on besides the check image: an image the calibration did not use (the
+    next synthetic image; a file of the user's folder left out of the calibration subset, or its first file
+    when the subset is the whole folder)."""
+    if calibration is None:
+        return [len(used)]
+    from ..io import walk_images
+
+    root = Path(calibration).expanduser()
+    chosen = set(used)
+    unused = [root / n for n in walk_images(root) if root / n not in chosen]
+    return [unused[len(unused) // 2] if unused else used[0]]
+
+
+def _int8_mask_iou(sam: Sam, f32_run: Callable, int8_run: Callable, images: list[np.ndarray],
+                   img_size: int, mean: Sequence[float]) -> dict[str, Any]:
+    """Masks of the int8 encoder against the f32 encoder's: each image (1, 3, h, w) in the resized frame is
+    encoded by both IRs, then PyTorch's decoder answers the same :data:`INT8_GATE_GRID` x ``INT8_GATE_GRID``
+    grid of single clicks from each embedding (all four outputs, masks at h x w). Returns the mean and
+    least IoU over every (click, output) pair (1.0 where both masks are empty) and how many were compared."""
+    from ..masks import mask_iou
+
+    graph = DecoderGraph(sam).eval()
+    ious: list[float] = []
+    for image in images:
+        h, w = image.shape[2:]
+        square = pad_square(image, img_size, mean)
+        f32, int8 = (run(None, {"image": square})[0] for run in (f32_run, int8_run))
+        frac = (np.arange(INT8_GATE_GRID) + 0.5) / INT8_GATE_GRID
+        clicks = np.array([[x * w, y * h] for y in frac for x in frac], np.float32)
+        n = len(clicks)
+        coords = np.stack([clicks, np.zeros_like(clicks)], axis=1)  # each click with SAM's padding point
+        labels = np.tile(np.array([[1.0, -1.0]], np.float32), (n, 1))
+        rest = (torch.from_numpy(coords), torch.from_numpy(labels), torch.zeros(1, 1, 256, 256), torch.zeros(1),
+                torch.tensor([float(h), float(w)]))
+        with torch.no_grad():
+            ref, got = (graph(torch.from_numpy(np.ascontiguousarray(e)), *rest)[0].numpy() for e in (f32, int8))
+        ious += mask_iou(ref > 0, got > 0).flatten().tolist()
+    return {"mask_iou_vs_f32_mean": float(np.mean(ious)), "mask_iou_vs_f32_min": float(np.min(ious)),
+            "masks_compared": len(ious), "images": len(images), "min_mean_needed": INT8_MIN_MASK_IOU}
+
+
 @keeps_signal_stack
 def quantize_openvino_int8(
     folder: str | os.PathLike,
@@ -440,9 +487,15 @@ def quantize_openvino_int8(
     sam: Sam | None = None,
 ) -> dict[str, Any]:
     """Add an int8 image encoder to a converted folder: NNCF post-training quantization of the f32 encoder
-    IR, calibrated on ``calibration`` (see :func:`calibration_set`). The decoder stays f32. When ``sam`` is
-    given, the int8 embedding's difference from PyTorch is recorded in the manifest (never a failure:
-    quantization changes outputs by design). Returns the updated manifest.
+    IR, calibrated on ``calibration`` (see :func:`calibration_set`). The decoder stays f32. Returns the
+    updated manifest.
+
+    When ``sam`` is given (the check, on by default in the backend and the export), the int8 embedding's
+    difference from PyTorch is recorded, and the int8 encoder's masks are compared with the f32 encoder's
+    (:func:`_int8_mask_iou`, on the conversion's check image and one image the calibration did not use):
+    below a mean IoU of :data:`INT8_MIN_MASK_IOU` nothing is added, the refusal is recorded in the manifest
+    (so the same weights and calibration are refused at once next time) and an :class:`ExportError` says
+    what to do instead.
     """
     from ..io import load_image
     from ..transforms import ResizeLongestSide
@@ -451,13 +504,18 @@ def quantize_openvino_int8(
     ov = import_openvino()
     images, info = calibration_set(calibration, calibration_size)
     out, manifest = read_openvino_manifest(folder)
+    refused = manifest.get("int8_refused", {}).get(info["digest"])
+    if refused is not None and sam is not None:
+        raise ExportError(_int8_refusal(refused, info))
     img_size, mean = int(manifest["image_size"]), manifest["pixel_mean"]
     resize = ResizeLongestSide(img_size)
 
-    def sample(item: Any) -> np.ndarray:
+    def resized(item: Any) -> np.ndarray:
         rgb = synthetic_calibration_image(item) if isinstance(item, int) else load_image(item)
-        resized = resize.apply_image(rgb).astype(np.float32).transpose(2, 0, 1)[None]
-        return pad_square(resized, img_size, mean)
+        return resize.apply_image(rgb).astype(np.float32).transpose(2, 0, 1)[None]
+
+    def sample(item: Any) -> np.ndarray:
+        return pad_square(resized(item), img_size, mean)
 
     model = ov.Core().read_model(str(ir_file(manifest, out, "encoder")))
     nncf_logger = logging.getLogger("nncf")
@@ -484,11 +542,28 @@ def quantize_openvino_int8(
                 embedding = EncoderGraph(ref_sam)(torch.from_numpy(image)).numpy()
             runner = InferRunner(compile_model(tmp / entry["xml"]))
             checks["encoder_int8"] = _check_encoder(runner.run, image, embedding, img_size, mean, False, "int8 encoder")
+            f32 = InferRunner(compile_model(ir_file(manifest, out, "encoder")))
+            gate = [image] + [resized(item) for item in _int8_gate_images(calibration, images)]
+            checks["encoder_int8"].update(_int8_mask_iou(ref_sam, f32.run, runner.run, gate, img_size, mean))
+            measured = checks["encoder_int8"]
+            if not measured["mask_iou_vs_f32_mean"] >= INT8_MIN_MASK_IOU:  # "not >=": NaN is refused too
+                verdict = {k: measured[k] for k in ("mask_iou_vs_f32_mean", "mask_iou_vs_f32_min", "images")}
+                manifest = {**manifest, "int8_refused": {**manifest.get("int8_refused", {}), info["digest"]: verdict}}
+                write_json_atomic(out / MANIFEST_NAME, manifest)
+                raise ExportError(_int8_refusal(verdict, info))
         manifest = {**manifest, "files": {**manifest["files"], "encoder_int8": entry}, "checks": checks}
         _publish([tmp / entry["xml"], tmp / entry["bin"]], out, manifest)
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _int8_refusal(verdict: dict[str, Any], info: dict[str, Any]) -> str:
+    return (f"openvino-int8: the int8 image encoder calibrated on {describe_calibration(info)} gives masks at "
+            f"IoU {verdict['mask_iou_vs_f32_mean']:.3f} of the f32 encoder's (mean; least "
+            f"{verdict['mask_iou_vs_f32_min']:.3f}; at least {INT8_MIN_MASK_IOU} needed), so it is not offered for "
+            "these weights: calibrate on images of your own domain (calibration=DIR, --calibration DIR), or use "
+            "'openvino' (f32, exact)")
 
 
 # ----------------------------------------------------------------------------------------------------
