@@ -22,7 +22,7 @@ from PIL import Image
 from mobilesam import SAM
 from mobilesam.backends import ImageFeatures
 from mobilesam.cache import DiskFeatureCache, FeatureCache, feature_key, image_digest
-from mobilesam.pipeline import embed_stream, prefetch
+from mobilesam.pipeline import prefetch
 
 
 def _features(value: float, size: tuple[int, int] = (30, 40)) -> ImageFeatures:

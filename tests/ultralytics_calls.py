@@ -194,7 +194,6 @@ def _record_ultralytics(path: str) -> None:
 def random_checkpoint(seed: int = 0) -> dict[str, Any]:
     """A random MobileSAM state_dict whose predicted IoUs are high (so Ultralytics' default conf=0.25 keeps
     every mask and both packages return the same number of masks)."""
-    import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
     from oracle import reference_model

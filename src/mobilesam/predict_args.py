@@ -20,7 +20,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,6 @@ def split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 def parse_options(kwargs: dict[str, Any]) -> PredictOptions:
     """Check Ultralytics-style arguments; a ValueError naming the first bad or meaningless one."""
     opts = PredictOptions()
-    names = {f.name for f in fields(PredictOptions)}
     for key, value in kwargs.items():
         if key in NOT_FOR_SAM:
             raise ValueError(f"{key}: an Ultralytics argument that has no meaning for SAM here ({NOT_FOR_SAM[key]})")

@@ -469,3 +469,21 @@ def check_torch_prompts(
     if len(set(batches.values())) > 1:
         raise ValueError(f"prompts: batch sizes differ: {batches}")
     return next(iter(batches.values()), 1)
+
+
+class ExportedPredictor(PredictorBase):
+    """A predictor over exported files (ONNX Runtime, OpenVINO, ExecuTorch, LiteRT): its tensors live on the
+    CPU, and ``model_dir`` and ``precision`` say what runs (``_repr_extra`` adds a backend's own options)."""
+
+    model_dir: Any
+    precision: str
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _repr_extra(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_dir='{self.model_dir}', precision={self.precision!r}{self._repr_extra()})"

@@ -25,13 +25,13 @@ from ..export.graphs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PA
 from ..export.manifest import ExportError
 from ..export.openvino_export import pad_square, weights_digest
 from ..transforms import ResizeLongestSide
-from .base import PredictorBase
+from .base import ExportedPredictor
 from .onnx_predictor import OnnxSamPredictor
 
 logger = logging.getLogger("mobilesam")
 
 
-class EdgeSamPredictor(PredictorBase):
+class EdgeSamPredictor(ExportedPredictor):
     """Embeds an image once and predicts masks for prompts on it, with an edge runtime's Python package.
 
     Subclasses set ``runtime`` (the export format: "executorch", "tflite"), ``backend_name`` and
@@ -119,13 +119,6 @@ class EdgeSamPredictor(PredictorBase):
             logger.info("exporting the model to %s in %s (once; minutes for a full-size model)", cls.runtime, folder)
             cls._exporter()(sam, folder, quantize=None if precision == "fp32" else precision)
         return cls(folder, precision=precision, **kwargs)
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(model_dir='{self.model_dir}', precision={self.precision!r})"
 
     # --- image ---------------------------------------------------------------------------------------
     def _encode(self, transformed_image: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from ..export.graphs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PA
 from ..export.manifest import ExportError, file_entry, read_manifest
 from ..export.runtime import check_io, import_onnxruntime, make_session
 from ..transforms import ResizeLongestSide
-from .base import ImageFeatures, PredictorBase
+from .base import ExportedPredictor, ImageFeatures
 
 logger = logging.getLogger("mobilesam")
 
@@ -58,7 +58,42 @@ def cached_export(
     return folder
 
 
-class OnnxSamPredictor(PredictorBase):
+def open_export(predictor: Any, model_dir: str | os.PathLike, precision: str,
+                decoder_precision: str) -> tuple[Path, dict[str, Any]]:
+    """The setup every ONNX Runtime predictor shares: checks the precisions, reads the export's manifest and
+    sets ``manifest``, ``model_dir``, ``precision``, ``decoder_precision``, ``backend``, ``model`` (None: the
+    graphs hold the weights) and ``model_type`` on ``predictor``. Returns the folder and the manifest."""
+    import_onnxruntime()
+    for name, value in (("precision", precision), ("decoder_precision", decoder_precision)):
+        if value not in PRECISIONS:
+            raise ValueError(f"{name}: expected one of {list(PRECISIONS)}, got {value!r}")
+    folder, manifest = read_manifest(model_dir)
+    predictor.manifest, predictor.model_dir = manifest, folder
+    predictor.precision, predictor.decoder_precision = precision, decoder_precision
+    predictor.backend = "onnxruntime" if precision == "fp32" else f"onnxruntime-{precision}"
+    predictor.model = None  # the official attribute; no torch model here
+    predictor.model_type = manifest.get("model_type")
+    return folder, manifest
+
+
+def open_sessions(predictor: Any, folder: Path, manifest: dict[str, Any], threads: int | None,
+                  providers: Sequence[str] | None, verify: bool, encoder_io: tuple, decoder_io: tuple
+                  ) -> tuple[Any, Any]:
+    """ONNX Runtime sessions of the export's encoder (None for a decoder-only export, which works from
+    embeddings) and decoder, in the precisions :func:`open_export` set on ``predictor``, each checked
+    against its expected ``(label, inputs, outputs)``."""
+    encoder = None
+    if "encoder" in manifest["files"] or "encoder_int8" in manifest["files"]:
+        path = file_entry(manifest, folder, _key("encoder", predictor.precision), verify)
+        encoder = make_session(path, threads, providers)
+        check_io(encoder, path, *encoder_io)
+    path = file_entry(manifest, folder, _key("decoder", predictor.decoder_precision), verify)
+    decoder = make_session(path, threads, providers)
+    check_io(decoder, path, *decoder_io)
+    return encoder, decoder
+
+
+class OnnxSamPredictor(ExportedPredictor):
     """Embeds an image once and predicts masks for prompts on it, with ONNX Runtime.
 
     ``model_dir`` is a folder written by ``mobilesam export`` (or its ``manifest.json``).
@@ -80,33 +115,17 @@ class OnnxSamPredictor(PredictorBase):
         max_batch: int = 16,
         encoder_batch: int = 4,
     ) -> None:
-        import_onnxruntime()
-        for name, value in (("precision", precision), ("decoder_precision", decoder_precision)):
-            if value not in PRECISIONS:
-                raise ValueError(f"{name}: expected one of {list(PRECISIONS)}, got {value!r}")
-        folder, manifest = read_manifest(model_dir)
-        self.manifest = manifest
-        self.model_dir = folder
-        self.precision, self.decoder_precision = precision, decoder_precision
-        self.backend = "onnxruntime" if precision == "fp32" else f"onnxruntime-{precision}"
-        self.model = None  # kept for the official attribute; no torch model here: the graphs hold the weights
-        self.model_type = manifest.get("model_type")
+        folder, manifest = open_export(self, model_dir, precision, decoder_precision)
         self.img_size = int(manifest.get("image_size", 1024))
         self.embedding_shape = tuple(manifest.get("embedding_shape", (1, 256, 64, 64)))
         self.single_mask = bool(manifest.get("decoder_return_single_mask", False))
-        files = manifest["files"]
-        self.encoder = None
-        self._batched_encoder = False
+        # The anylabeling layout (samexporter / X-AnyLabeling) takes input_image (h, w, 3).
         self.hwc_input = manifest.get("layout") == "anylabeling"
-        if "encoder" in files or "encoder_int8" in files:  # a decoder-only export works from embeddings
-            path = file_entry(manifest, folder, _key("encoder", precision), verify)
-            self.encoder = make_session(path, threads, providers)
-            # The anylabeling layout (samexporter / X-AnyLabeling) takes input_image (h, w, 3).
-            check_io(self.encoder, path, "image encoder", *(_HWC_ENCODER_IO if self.hwc_input else _ENCODER_IO))
-            self._batched_encoder = not self.hwc_input and not isinstance(self.encoder.get_inputs()[0].shape[0], int)
-        path = file_entry(manifest, folder, _key("decoder", decoder_precision), verify)
-        self.decoder = make_session(path, threads, providers)
-        check_io(self.decoder, path, "prompt decoder", *_DECODER_IO)
+        encoder_io = ("image encoder", *(_HWC_ENCODER_IO if self.hwc_input else _ENCODER_IO))
+        self.encoder, self.decoder = open_sessions(self, folder, manifest, threads, providers, verify, encoder_io,
+                                                   ("prompt decoder", *_DECODER_IO))
+        self._batched_encoder = (self.encoder is not None and not self.hwc_input
+                                 and not isinstance(self.encoder.get_inputs()[0].shape[0], int))
         super().__init__(ResizeLongestSide(self.img_size), float(manifest.get("mask_threshold", 0.0)), max_batch,
                          encoder_batch)
 
@@ -122,13 +141,8 @@ class OnnxSamPredictor(PredictorBase):
         folder = cached_export(sam, precision, cache, kwargs.get("decoder_precision"))
         return cls(folder, precision=precision, **kwargs)
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def __repr__(self) -> str:
-        return (f"OnnxSamPredictor(model_dir='{self.model_dir}', precision={self.precision!r}, "
-                f"decoder_precision={self.decoder_precision!r})")
+    def _repr_extra(self) -> str:
+        return f", decoder_precision={self.decoder_precision!r}"
 
     def _require_encoder(self) -> Any:
         if self.encoder is None:

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..export.manifest import ExportError, file_entry, read_manifest
-from ..export.runtime import check_io, import_onnxruntime, make_session
+from ..export.manifest import ExportError, read_manifest
 from ..export.sam2_graphs import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS
 from ..hub import SAM2_FAMILY
 from ..transforms import fill_holes_and_sprinkles, transform_for
-from .base import ImageFeatures, PredictorBase
+from .base import ExportedPredictor, ImageFeatures
 from .sam2_api import Sam2PredictorMethods
-from .onnx_predictor import PRECISIONS, _key, cached_export
+from .onnx_predictor import _key, cached_export, open_export, open_sessions
 
 LABEL_PAD = -1.0
 BOX_LABELS = (2.0, 3.0)
@@ -37,7 +36,7 @@ def is_sam2_export(model_dir: str | os.PathLike) -> bool:
     return manifest.get("family") == "sam2"
 
 
-class OnnxSam2Predictor(Sam2PredictorMethods, PredictorBase):
+class OnnxSam2Predictor(Sam2PredictorMethods, ExportedPredictor):
     """A SAM 2 predictor on ONNX Runtime, with :class:`~mobilesam.predictor.SamPredictor`'s methods and
     outputs and ``SAM2ImagePredictor``'s (``normalize_coords``, ``set_image_batch``, ``predict_batch``);
     tensors are on the CPU.
@@ -61,33 +60,19 @@ class OnnxSam2Predictor(Sam2PredictorMethods, PredictorBase):
         max_hole_area: float = 0.0,
         max_sprinkle_area: float = 0.0,
     ) -> None:
-        import_onnxruntime()
-        for name, value in (("precision", precision), ("decoder_precision", decoder_precision)):
-            if value not in PRECISIONS:
-                raise ValueError(f"{name}: expected one of {list(PRECISIONS)}, got {value!r}")
         for name, value in (("max_hole_area", max_hole_area), ("max_sprinkle_area", max_sprinkle_area)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name}: expected a number of pixels >= 0 (0 = off), got {value!r}")
-        folder, manifest = read_manifest(model_dir)
+        folder, manifest = open_export(self, model_dir, precision, decoder_precision)
         if manifest.get("family") != "sam2":
             raise ExportError(f"onnx model: '{folder}' is a {manifest.get('family', 'sam')!r} export, not SAM 2's; "
                               "run it with OnnxSamPredictor")
-        self.manifest, self.model_dir = manifest, folder
-        self.precision, self.decoder_precision = precision, decoder_precision
-        self.backend = "onnxruntime" if precision == "fp32" else f"onnxruntime-{precision}"
-        self.model = None  # the graphs hold the weights
-        self.model_type = manifest.get("model_type")
         self.max_hole_area, self.max_sprinkle_area = float(max_hole_area), float(max_sprinkle_area)
         self.low_res_limit = float(manifest.get("low_res_logit_limit", 32.0))
         self.feature_layout = {k: tuple(v) for k, v in manifest["feature_layout"].items()}
-        self.encoder = None
-        if "encoder" in manifest["files"] or "encoder_int8" in manifest["files"]:
-            path = file_entry(manifest, folder, _key("encoder", precision), verify)
-            self.encoder = make_session(path, threads, providers)
-            check_io(self.encoder, path, "SAM 2 image encoder", ENCODER_INPUTS, ENCODER_OUTPUTS)
-        path = file_entry(manifest, folder, _key("decoder", decoder_precision), verify)
-        self.decoder = make_session(path, threads, providers)
-        check_io(self.decoder, path, "SAM 2 prompt decoder", DECODER_INPUTS, DECODER_OUTPUTS)
+        self.encoder, self.decoder = open_sessions(
+            self, folder, manifest, threads, providers, verify, ("SAM 2 image encoder", ENCODER_INPUTS, ENCODER_OUTPUTS),
+            ("SAM 2 prompt decoder", DECODER_INPUTS, DECODER_OUTPUTS))
         super().__init__(transform_for(SAM2_FAMILY.preprocessing), float(manifest.get("mask_threshold", 0.0)),
                          max_batch)
 
@@ -97,13 +82,6 @@ class OnnxSam2Predictor(Sam2PredictorMethods, PredictorBase):
     ) -> OnnxSam2Predictor:
         """Export ``sam`` (a ``Sam2``) once into a cache folder keyed by its weights, then load it."""
         return cls(cached_export(sam, precision, cache, kwargs.get("decoder_precision")), precision=precision, **kwargs)
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def __repr__(self) -> str:
-        return f"OnnxSam2Predictor(model_dir='{self.model_dir}', precision={self.precision!r})"
 
     def _encode(self, transformed_image: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.encoder is None:

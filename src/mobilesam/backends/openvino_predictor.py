@@ -159,10 +159,9 @@ class OpenVinoSamPredictor(OnnxSamPredictor):
         kwargs.setdefault("verify", False)  # the checksums were verified above (a mismatch converts again)
         return cls(folder, precision=precision, **kwargs)
 
-    def __repr__(self) -> str:
+    def _repr_extra(self) -> str:
         calibrated = f", calibration={describe_calibration(self.calibration)!r}" if self.precision == "int8" else ""
-        return (f"OpenVinoSamPredictor(model_dir='{self.model_dir}', precision={self.precision!r}, "
-                f"threads={self.threads}{calibrated})")
+        return f", threads={self.threads}{calibrated}"
 
     def info(self) -> dict[str, Any]:
         """What runs: backend, precision, threads, the calibration of an int8 encoder, and the conversion's checks."""

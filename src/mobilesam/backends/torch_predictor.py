@@ -12,8 +12,6 @@ returns the feature dict named as the family's ``feature_layout``, and ``decode_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F

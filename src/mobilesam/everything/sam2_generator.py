@@ -29,11 +29,6 @@ from ..transforms import fill_holes_and_sprinkles
 from .amg import calculate_stability_score, is_box_near_crop_edge, mask_to_rle, uncrop_masks
 from .generator import MaskData, SamAutomaticMaskGenerator
 
-# SAM 2's predictor hands its low-resolution logits back clipped to this range; refinement (use_m2m)
-# feeds them as the mask prompt.
-LOW_RES_LIMIT = 32.0
-
-
 class Sam2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
     """A drop-in for Meta's ``SAM2AutomaticMaskGenerator``: same arguments, defaults and records, plus
     ``mode``, ``backend`` and ``progress`` as :class:`SamAutomaticMaskGenerator` (see there).
@@ -122,7 +117,10 @@ class Sam2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
                                            multimask_output=multimask)
             masks.append(pred.postprocess_masks(fill_holes_and_sprinkles(low, pred.mask_threshold, area, area)))
             ious.append(iou)
-            lows.append(low.clamp(-LOW_RES_LIMIT, LOW_RES_LIMIT))
+            # SAM 2's predictor hands its low-res logits back clipped (the predictor's low_res_limit);
+            # refinement (use_m2m) feeds them as the mask prompt.
+            limit = pred.low_res_limit
+            lows.append(low if limit is None else low.clamp(-limit, limit))
         return torch.cat(masks), torch.cat(ious), torch.cat(lows)
 
     def _input_points(self, points: torch.Tensor, im_size: tuple[int, ...]) -> torch.Tensor:
