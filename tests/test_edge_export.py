@@ -78,8 +78,9 @@ def test_graph_descriptions(sam):
 class _Fake:
     """An EdgeRuntime whose 'file' is a copy of the graph run by PyTorch, optionally perturbed."""
 
-    def __init__(self, perturb: float = 0.0) -> None:
+    def __init__(self, perturb: float = 0.0, broken: str | None = None) -> None:
         self.perturb = perturb
+        self.broken = broken  # a file name suffix the runtime fails to prepare, as LiteRT did with ViT-B's int8
 
     def runtime(self) -> EdgeRuntime:
         def convert(part, path, precision):
@@ -87,6 +88,8 @@ class _Fake:
 
         def load(path, part):
             def run(inputs):
+                if self.broken and path.name.endswith(self.broken):
+                    raise RuntimeError("tflite/kernels/batch_matmul.cc:352 Node number 36 (BATCH_MATMUL) failed to prepare")
                 with torch.no_grad():
                     out = part.module(*(torch.from_numpy(a) for a in inputs))
                 out = out if isinstance(out, tuple) else (out,)
@@ -110,6 +113,12 @@ def test_driver_checks_and_publishes(sam, tmp_path):
     assert [p.name for p in (tmp_path / "bad").iterdir()] == []
     with pytest.raises(ValueError, match="^quantize"):
         export_edge(_Fake().runtime(), sam, tmp_path / "q", quantize="fp16", progress=False)
+    # A file the runtime cannot run is named in an ExportError, not a traceback from inside the runtime.
+    with pytest.raises(ExportError, match=r"the Fake encoder \(int8\) \(vit_t_encoder\.int8\.bin\) was written but does "
+                                          r"not run in its runtime: RuntimeError: .*BATCH_MATMUL"):
+        export_edge(_Fake(broken="encoder.int8.bin").runtime(), sam, tmp_path / "broken", quantize="int8",
+                    progress=False)
+    assert [p.name for p in (tmp_path / "broken").iterdir()] == []
 
 
 def test_manifest_errors(tmp_path):

@@ -12,7 +12,6 @@ returns the feature dict named as the family's ``feature_layout``, and ``decode_
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -168,6 +168,24 @@ def _numpy(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     return [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in inputs]
 
 
+def _reported(run: Runner | None, label: str, name: str) -> Runner | None:
+    """``run``, with a failure of the runtime itself (a file it cannot prepare or run) turned into an
+    ExportError that names the file, instead of a traceback from inside the runtime."""
+    if run is None:
+        return None
+
+    def checked(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        try:
+            return run(inputs)
+        except ExportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the runtime raises, the file does not run
+            raise ExportError(f"export: {label} ({name}) was written but does not run in its runtime: "
+                              f"{type(e).__name__}: {str(e)[:300]}") from None
+
+    return checked
+
+
 def check_encoder(run: Runner, image: torch.Tensor, ref: np.ndarray, strict: bool, name: str) -> dict[str, float]:
     got = run(_numpy([image]))[0]
     if got.shape != ref.shape:
@@ -274,9 +292,9 @@ def export_edge(
             bar.set_postfix_str(path.name)
             graph = graphs.parts[part]
             runtime.convert(graph, path, precision)
-            run = runtime.load(path, graph)
-            runners[key] = run
             label = f"the {runtime.title} {part}" + ("" if precision == "fp32" else f" ({precision})")
+            run = _reported(runtime.load(path, graph), label, path.name)
+            runners[key] = run
             if run is None:
                 checks[key] = runtime.validate(path, graph) if runtime.validate else {}
             elif precision == "fp32":

@@ -3,7 +3,8 @@
 
 The graphs are converted with named inputs and outputs (one ``serving_default`` signature whose names are
 those of the manifest), so an app calls them by name. int8 is the quantizer's dynamic recipe: int8
-weights, activations quantized per call by the kernels (no calibration set). Checked by
+weights, activations quantized per call by the kernels (no calibration set), BATCH_MATMUL in float (see
+:func:`int8_recipe`). Checked by
 :mod:`.edge_export` in ``ai-edge-litert``'s interpreter: fp32 against PyTorch, int8 by its mask IoU.
 
 Running an exported folder (the ``litert`` backend) needs only ``ai-edge-litert``; converting needs
@@ -91,14 +92,29 @@ def _convert(part: GraphPart, path: Path, precision: str) -> None:
         model.export(str(fp32))
     if precision == "fp32":
         return
-    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer import quantizer
 
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            result = quantizer.Quantizer(str(fp32), recipe.dynamic_wi8_afp32()).quantize()
+            result = quantizer.Quantizer(str(fp32), int8_recipe()).quantize()
             result.export_model(str(path))
     finally:
         fp32.unlink(missing_ok=True)
+
+
+def int8_recipe() -> Any:
+    """The quantizer's dynamic int8 recipe (int8 weights, activations quantized per call), with every
+    BATCH_MATMUL kept in float: LiteRT's kernel takes an int8 operand on the right only, and the quantizer
+    also quantizes constants that land on the left (SAM ViT-B's relative-position tables), which gave a
+    file LiteRT refuses to prepare ("BATCH_MATMUL failed to prepare"; measured: vit_b encoder, 103 MB int8
+    that does not run, 110 MB with BATCH_MATMUL in float, which does)."""
+    from ai_edge_quantizer import qtyping, recipe_manager
+
+    manager = recipe_manager.RecipeManager()
+    manager.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8)
+    manager.add_quantization_config(regex=".*", operation_name=qtyping.TFLOperationName.BATCH_MATMUL,
+                                    algorithm_key="no_quantize")
+    return manager.get_quantization_recipe()
 
 
 def runner(path: str | os.PathLike, part_inputs: Sequence[str], part_outputs: Sequence[str],
@@ -142,7 +158,8 @@ RUNTIME = EdgeRuntime(
     versions=_versions,
     backend="litert",
     notes={"signature": f"one signature, {SIGNATURE!r}, with the manifest's input and output names",
-           "int8": "ai-edge-quantizer dynamic_wi8_afp32: int8 weights, activations quantized per call"},
+           "int8": "ai-edge-quantizer's dynamic int8 (dynamic_wi8_afp32): int8 weights, activations quantized per "
+                   "call; BATCH_MATMUL kept in float"},
 )
 
 
