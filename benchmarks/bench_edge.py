@@ -47,6 +47,7 @@ def make_model(name: str) -> torch.nn.Module:
     model_type = name.removeprefix("random-")
     from oracle import perturb_
 
+    torch.manual_seed(0)  # the initialisation too: perturb_ adds seeded noise to it, and runs must compare
     sam = build_model(model_type)
     perturb_(sam, seed=0)
     return sam.eval()
