@@ -11,8 +11,9 @@ The variants, all made from our fp32 ONNX export of the checkpoint:
 - ``nncf-qdq``: NNCF's post-training quantization of the ONNX graph (QDQ, per-channel weights, SmoothQuant
   and NNCF's transformer rules: what the openvino-int8 backend does to the IR), same calibration images.
 
-ONNX Runtime's static calibration keeps every augmented output of a pass in memory (gigabytes at 1024 px):
-it runs with ``CalibMaxIntermediateOutputs=1`` (ranges merged after each image).
+ONNX Runtime's MinMax calibration adds ReduceMin/ReduceMax outputs to the graph, so what it keeps per image is
+small; its ``CalibMaxIntermediateOutputs`` option is not used: in onnxruntime 1.32 it drops the collected
+ranges instead of merging them ("No data is collected").
 
 Each variant's encoder is timed in its own process, variants alternating over rounds (the machine may be
 shared: only ratios to fp32 in the same run mean something), and its masks are compared with fp32's for
@@ -98,7 +99,6 @@ def make_variant(name: str, fp32: Path, out: Path, calibration: int) -> Path:
             quant_format=q.QuantFormat.QOperator if name == "static-qop" else q.QuantFormat.QDQ,
             per_channel=True, weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QUInt8,
             op_types_to_quantize=ops, calibrate_method=q.CalibrationMethod.MinMax,
-            extra_options={"CalibMaxIntermediateOutputs": 1},
         )
     print(f"{name}: made in {time.perf_counter() - t:.0f} s ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return path
