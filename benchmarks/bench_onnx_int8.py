@@ -210,12 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         image = tmp / "bench.png"
         Image.fromarray(synthetic_image()).save(image)
         rows: dict[str, dict] = {v: {} for v in variants}
+        failed: dict[str, str] = {}
         for label, (ckpt, images, prompts) in cases.items():
             export = ensure_onnx(ckpt, quantize=False)
             fp32 = export / json.loads((export / "manifest.json").read_text())["files"]["encoder"]["path"]
             out = work / f"{label.split()[0]}-{ckpt.stem}"
             out.mkdir(parents=True, exist_ok=True)
-            files = {v: make_variant(v, fp32, out, args.calibration) for v in variants}
+            files = {}
+            for v in list(variants):
+                try:
+                    files[v] = make_variant(v, fp32, out, args.calibration)
+                except Exception as e:  # noqa: BLE001 - a quantizer failing on this graph is a result to report
+                    failed[v] = f"{type(e).__name__}: {str(e)[:200]}"
+                    print(f"{v}: could not be made ({failed[v]})", file=sys.stderr, flush=True)
+                    variants.remove(v)
+                    rows.pop(v, None)
             folders = {v: _folder_with_encoder(export, f, out / f"folder-{v}") for v, f in files.items()}
             ious = mask_ious(folders, images, prompts)
             for v in variants:
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             ms = float(np.median(rows[v]["ms"]))
             cells = "".join(f" {np.mean(rows[v][label]):.4f} / {np.min(rows[v][label]):.4f} |" for label in cases)
             lines.append(f"| {v} | {rows[v]['MB']:.1f} | {ms:.0f} | {ms / base:.2f}x |{cells}" if base else "")
-        print("\n".join(lines))
+        print("\n".join(lines + [f"\n{v}: could not be made: {why}" for v, why in failed.items()]))
         print(f"\nCommand: python benchmarks/bench_onnx_int8.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
