@@ -152,8 +152,8 @@ def mask_ious(folders: dict[str, Path], images: list[np.ndarray], prompts: list[
         for image, ps in zip(images, prompts):
             pred.set_image(image)
             out += [pred.predict(**p, multimask_output=False)[0][0] for p in ps]
-        masks[name] = np.stack(out)
-    return {n: np.asarray(mask_iou(masks["fp32"], m)).tolist() for n, m in masks.items()}
+        masks[name] = out  # the scenes differ in size: one mask each, not one array
+    return {n: [float(mask_iou(r, g)) for r, g in zip(masks["fp32"], m)] for n, m in masks.items()}
 
 
 def proxy_case(n_scenes: int) -> tuple[Path, list[np.ndarray], list[list[dict]]]:
