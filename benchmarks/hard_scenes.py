@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy import Scene, _distinct_colour  # noqa: E402
+from proxy import Scene, _distinct_colour, visible_instances  # noqa: E402
 
 ASPECTS = ((4, 3), (3, 2), (16, 9), (1, 1))
 LONG_SIDE = (640, 1280)
@@ -222,15 +222,7 @@ def hard_scene(seed: int, long_side: tuple[int, int] = LONG_SIDE, n_objects: tup
     img += rng.normal(0, rng.uniform(3, 9), img.shape).astype(np.float32)
     img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.4, 1.0)))
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
-    out = np.zeros_like(labels)
-    k = 0
-    min_area = max(48, int(min_visible * h * w))
-    for i in range(1, n + 1):
-        m = labels == i
-        if m.sum() >= min_area:
-            k += 1
-            out[m] = k
-    return Scene(image, out, k)
+    return Scene(image, *visible_instances(labels, n, max(48, int(min_visible * h * w))))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -278,7 +278,12 @@ def make_scene(seed: int, size: tuple[int, int] | None = None, min_area: int = 1
         labels[m] = i
     img = img + rng.normal(0, 4, img.shape).astype(np.float32)
     image = np.clip(img, 0, 255).astype(np.uint8)
-    # Keep instances whose visible part is large enough; renumber 1..K.
+    return Scene(image, *visible_instances(labels, n, min_area))
+
+
+def visible_instances(labels: np.ndarray, n: int, min_area: int) -> tuple[np.ndarray, int]:
+    """The label map with instances 1..n whose visible part has at least ``min_area`` pixels, renumbered
+    1..K (the rest set to 0), and K."""
     out = np.zeros_like(labels)
     k = 0
     for i in range(1, n + 1):
@@ -286,7 +291,7 @@ def make_scene(seed: int, size: tuple[int, int] | None = None, min_area: int = 1
         if m.sum() >= min_area:
             k += 1
             out[m] = k
-    return Scene(image, out, k)
+    return out, k
 
 
 @dataclass
