@@ -21,10 +21,10 @@ import torch
 
 from ..export.edge_export import Runner, edge_file, file_key, read_edge_manifest
 from ..export.edge_graphs import LABEL_UNUSED
-from ..export.graphs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
+from ..export.graphs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD, pad_square
 from ..export.manifest import ExportError
-from ..export.openvino_export import pad_square, weights_digest
 from ..transforms import ResizeLongestSide
+from ..weights import weights_digest
 from .base import ExportedPredictor
 from .onnx_predictor import OnnxSamPredictor
 

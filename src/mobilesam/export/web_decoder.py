@@ -194,7 +194,7 @@ def web_decoder_for(model: Any, precision: str = "fp32", cache: str | os.PathLik
     from ..build import detect_model_type
     from .manifest import ExportError, read_manifest
     from .onnx_export import export_onnx
-    from .openvino_export import weights_digest
+    from ..weights import weights_digest
 
     name = f"{detect_model_type(model.state_dict()) or 'sam'}-{weights_digest(model)[:16]}"
     # The onnxruntime backend's export of the same weights has the decoder already.
