@@ -2,6 +2,7 @@
 against fp32 (and of fp32 against PyTorch), on the benchmark proxy and on perturbed random weights.
 
     python benchmarks/bench_edge.py --formats executorch,tflite --models proxy,random-vit_t --scenes 8
+    python benchmarks/bench_edge.py --formats executorch,tflite,coreml --models random-sam2.1_hiera_tiny --scenes 4
 
 The proxy (``benchmarks/proxy.py``, a vit_t that behaves like a trained MobileSAM on synthetic scenes of
 coloured shapes) gives masks that mean something; random weights (every parameter perturbed, as the parity
@@ -32,7 +33,6 @@ from mobilesam.backends import create_predictor  # noqa: E402
 from mobilesam.export import export_model  # noqa: E402
 from mobilesam.export.edge_export import MIN_MASK_IOU  # noqa: E402
 from mobilesam.masks import mask_iou  # noqa: E402
-from mobilesam.modeling import build_model  # noqa: E402
 from mobilesam.predictor import SamPredictor  # noqa: E402
 
 REDUCED = {"executorch": "int8", "tflite": "int8", "coreml": "fp16"}
@@ -47,8 +47,10 @@ def make_model(name: str) -> torch.nn.Module:
     model_type = name.removeprefix("random-")
     from oracle import perturb_
 
+    from mobilesam.hub import family_for_size
+
     torch.manual_seed(0)  # the initialisation too: perturb_ adds seeded noise to it, and runs must compare
-    sam = build_model(model_type)
+    sam = family_for_size(model_type).build(model_type)  # vit_t, vit_b, ..., sam2.1_hiera_tiny, ...
     perturb_(sam, seed=0)
     return sam.eval()
 

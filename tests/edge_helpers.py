@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from mobilesam.modeling import Sam, build_model
-from mobilesam.transforms import ResizeLongestSide
 from mobilesam.modeling.configs import MODEL_CONFIGS, build_image_encoder
+from mobilesam.modeling.sam2 import Sam2, build_sam2
+from mobilesam.modeling.sam2.configs import SAM2_CONFIGS
+from mobilesam.modeling.sam2.hiera import Hiera
+from mobilesam.transforms import ResizeLongestSide, ResizeSquare
 
 SMALL = 256  # encoder input of the test models: a full-size encoder export takes minutes on 2 cores
 # One block per TinyViT stage: lowering time grows with the graph's size (a full-depth encoder took 38 s of
@@ -40,6 +43,38 @@ def small_sam(seed: int = 0, img_size: int = SMALL) -> Sam:
             elif "bias" in name or "running_mean" in name or "attention_biases" in name:
                 t.copy_(torch.randn_like(t) * 0.1)
     return sam.eval()
+
+
+def small_sam2(seed: int = 0, img_size: int = SMALL) -> Sam2:
+    """A perturbed random SAM 2.1 tiny whose Hiera trunk has one block per stage (the third global) and takes
+    ``img_size`` pixels; the neck, prompt encoder and mask decoder are the real ones on that smaller grid."""
+    torch.manual_seed(seed)
+    sam = build_sam2("sam2.1_hiera_tiny")
+    cfg = SAM2_CONFIGS["sam2.1_hiera_tiny"]
+    sam.image_encoder.trunk = Hiera(embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, stages=(1, 1, 1, 1),
+                                    global_att_blocks=(2,),
+                                    window_pos_embed_bkg_spatial_size=cfg.window_pos_embed_bkg_spatial_size,
+                                    window_spec=cfg.window_spec)
+    grid = img_size // 16
+    pe = sam.sam_prompt_encoder
+    pe.image_embedding_size, pe.input_image_size = (grid, grid), (img_size, img_size)
+    pe.mask_input_size = (4 * grid, 4 * grid)
+    sam.image_size = img_size
+    with torch.no_grad():  # away from the initialisation's zeros and ones, as trained weights are
+        for t in sam.state_dict().values():
+            if t.is_floating_point():
+                t.add_(torch.randn_like(t) * 0.05)
+    return sam.eval()
+
+
+def small_sam2_predictor(sam: Sam2):
+    """The torch backend's SamPredictor on :func:`small_sam2` (the reference), stretching images to its own
+    input size (the family's transform stretches to 1024)."""
+    from mobilesam.predictor import SamPredictor
+
+    predictor = SamPredictor(sam)
+    predictor.transform = ResizeSquare(sam.image_size)
+    return predictor
 
 
 def require(module: str, env: str = "MOBILESAM_EDGE_TESTS") -> object:

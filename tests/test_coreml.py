@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from edge_helpers import require, small_sam
+from edge_helpers import require, small_sam, small_sam2
 
 require("coremltools", env="MOBILESAM_COREML_TESTS")
 
@@ -46,3 +46,17 @@ def test_validation_can_fail(exported):
     other = edge_graphs(sam, max_points=5).parts["decoder"]  # 5 point slots, not 4
     with pytest.raises(ExportError, match="expected float32 inputs"):
         validate(out / manifest["files"]["decoder"]["path"], other)
+
+
+def test_sam2_packages_validated(tmp_path):
+    """SAM 2.1's encoder (three feature maps) and slot decoder (object scores too) convert, and their specs
+    have the manifest's tensors."""
+    sam = small_sam2(seed=1)
+    manifest = export_model(sam, tmp_path / "sam2", "coreml", max_points=4, progress=False)
+    graphs = edge_graphs(sam, max_points=4)
+    assert manifest["family"] == "sam2" and set(manifest["files"]) == {"encoder", "decoder"}
+    for key, entry in manifest["files"].items():
+        part = graphs.parts[key]
+        spec = describe_spec(edge_file(manifest, tmp_path / "sam2", key))
+        assert {n: v["shape"] for n, v in spec["inputs"].items()} == {n: v["shape"] for n, v in part.inputs.items()}
+        assert list(spec["outputs"]) == part.output_names and entry["outputs"] == part.outputs

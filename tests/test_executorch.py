@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from edge_helpers import reference_predict, require, small_sam
+from edge_helpers import reference_predict, require, small_sam, small_sam2, small_sam2_predictor
 
 require("executorch", env="MOBILESAM_EXECUTORCH_TESTS")
 
@@ -120,3 +120,38 @@ def test_int8_backend(exported, image):
     print(f"executorch int8 vs torch fp32 mask IoU: mean {np.mean(ious):.4f} min {np.min(ious):.4f}; export check "
           f"{manifest['checks']['pipeline_int8']}")
     assert np.mean(ious) >= 0.9
+
+
+@pytest.fixture(scope="module")
+def exported_sam2(tmp_path_factory):
+    sam = small_sam2(seed=0)
+    out = tmp_path_factory.mktemp("pte2") / "small"
+    # fp32 only: the int8 encoder is the same PT2E step as MobileSAM's (tested above), 24 s more of lowering.
+    manifest = export_model(sam, out, "executorch", max_points=6, progress=False)
+    return sam, out, manifest
+
+
+def test_sam2_masks_equal_pytorch(exported_sam2, image):
+    """A SAM 2.1 export (Hiera encoder, three feature maps; SAM 2's slot order): the executorch backend gives
+    the torch backend's features, logits, scores and masks, for clicks and boxes (mask inputs: the export's own
+    check against PyTorch, and test_edge_export's slot-decoder test)."""
+    sam, out, manifest = exported_sam2
+    assert manifest["family"] == "sam2" and set(manifest["files"]) == {"encoder", "decoder"}
+    checks = manifest["checks"]
+    assert checks["encoder"]["high_res_feats_0_max_abs_diff"] <= 1e-4 * checks["encoder"]["high_res_feats_0_max_abs"]
+    ref = small_sam2_predictor(sam)
+    pred = create_predictor(out, "executorch")
+    assert type(pred).__name__ == "ExecuTorchSam2Predictor"
+    ref.set_image(image)
+    pred.set_image(image)
+    for name, t in ref.get_features().tensors.items():
+        assert float((pred.get_features().tensors[name] - t).abs().max()) <= 1e-4 * float(t.abs().max()), name
+    h, w = image.shape[:2]
+    for prompt in _prompts(h, w):
+        for multimask in (True, False):
+            m_ref, s_ref, low_ref = ref.predict(**prompt, multimask_output=multimask)
+            m, s, low = pred.predict(**prompt, multimask_output=multimask)
+            assert m.shape == m_ref.shape and mask_iou(m_ref, m).min() >= 0.999
+            assert np.abs(s - s_ref).max() <= 1e-3 and np.abs(low - low_ref).max() <= 1e-3
+    with pytest.raises(ValueError, match="^prompts: the exported decoder takes at most 6"):
+        pred.predict(point_coords=np.full((6, 2), 10.0), point_labels=np.ones(6))

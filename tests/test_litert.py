@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edge_helpers import reference_predict, require, small_sam
+from edge_helpers import reference_predict, require, small_sam, small_sam2, small_sam2_predictor
 
 require("litert_torch", env="MOBILESAM_LITERT_TESTS")
 
@@ -76,3 +76,25 @@ def test_masks_equal_pytorch(exported, image):
                          int8.predict(**prompts[1], multimask_output=False)[0])[0])
     print(f"litert int8 vs torch fp32 mask IoU: {iou:.4f}")
     assert iou >= 0.9
+
+
+def test_sam2_masks_equal_pytorch(tmp_path, image):
+    """A SAM 2.1 export through litert-torch (fp32: the int8 recipe is MobileSAM's, tested above): the litert
+    backend gives the torch backend's features, scores and masks."""
+    sam = small_sam2(seed=1)
+    manifest = export_model(sam, tmp_path / "sam2", "tflite", max_points=6, progress=False)
+    assert manifest["family"] == "sam2" and manifest["checks"]["decoder"]["low_res_max_abs_diff"] <= 1e-3
+    ref = small_sam2_predictor(sam)
+    lite = create_predictor(tmp_path / "sam2", "litert")
+    assert type(lite).__name__ == "LiteRtSam2Predictor"
+    ref.set_image(image)
+    lite.set_image(image)
+    for name, t in ref.get_features().tensors.items():
+        assert float((lite.get_features().tensors[name] - t).abs().max()) <= 1e-4 * float(t.abs().max()), name
+    h, w = image.shape[:2]
+    for prompt in (dict(point_coords=np.array([[w * 0.5, h * 0.5]]), point_labels=np.array([1])),
+                   dict(box=np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.75]), point_coords=np.array([[w * 0.4, h * 0.5]]),
+                        point_labels=np.array([0]))):
+        m_ref, s_ref, _ = ref.predict(**prompt)
+        m, s, _ = lite.predict(**prompt)
+        assert mask_iou(m_ref, m).min() >= 0.999 and np.abs(s - s_ref).max() <= 1e-3

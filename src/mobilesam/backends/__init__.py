@@ -77,10 +77,8 @@ def _edge(module: str, cls: str, precision: str) -> Any:
     def factory(model: Any, **options: Any) -> Predictor:
         import importlib
 
-        predictor_class = getattr(importlib.import_module(module, __package__), cls)
-        if is_exported_model(model):
-            return predictor_class(model, precision=precision, **options)
-        return predictor_class.from_sam(model, precision=precision, **options)
+        # The class of the model's family (SAM or SAM 2), from the folder's manifest or the torch model.
+        return getattr(importlib.import_module(module, __package__), cls).open(model, precision=precision, **options)
 
     return factory
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..export.edge_export import Runner
-from .edge_predictor import EdgeSamPredictor
+from .edge_predictor import EdgeSam2Predictor, EdgeSamPredictor
 
 
 class ExecuTorchSamPredictor(EdgeSamPredictor):
@@ -35,3 +35,10 @@ class ExecuTorchSamPredictor(EdgeSamPredictor):
         from ..export.executorch_export import _versions
 
         return "et" + _versions()["executorch"]
+
+
+class ExecuTorchSam2Predictor(EdgeSam2Predictor, ExecuTorchSamPredictor):
+    """The same runtime over a SAM 2 / SAM 2.1 export (:class:`~mobilesam.backends.edge_predictor.EdgeSam2Predictor`)."""
+
+
+ExecuTorchSamPredictor.family_classes = {"sam": ExecuTorchSamPredictor, "sam2": ExecuTorchSam2Predictor}

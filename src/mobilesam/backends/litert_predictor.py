@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..export.edge_export import Runner
-from .edge_predictor import EdgeSamPredictor
+from .edge_predictor import EdgeSam2Predictor, EdgeSamPredictor
 
 
 class LiteRtSamPredictor(EdgeSamPredictor):
@@ -37,3 +37,10 @@ class LiteRtSamPredictor(EdgeSamPredictor):
         from importlib.metadata import version
 
         return "litert" + version("ai-edge-litert")
+
+
+class LiteRtSam2Predictor(EdgeSam2Predictor, LiteRtSamPredictor):
+    """The same runtime over a SAM 2 / SAM 2.1 export (:class:`~mobilesam.backends.edge_predictor.EdgeSam2Predictor`)."""
+
+
+LiteRtSamPredictor.family_classes = {"sam": LiteRtSamPredictor, "sam2": LiteRtSam2Predictor}

@@ -36,7 +36,8 @@ FORMAT_VERSION = 1
 PARTS = ("encoder", "decoder")
 EMB_RTOL = 1e-4  # fp32 embedding: max abs difference relative to its max abs value (as the ONNX export)
 LOGIT_ATOL = 1e-3  # fp32 decoder: low-res logits and IoU predictions
-MIN_MASK_IOU = 0.95  # reduced precision: the least mask IoU against fp32 a variant may have
+MIN_MASK_IOU = 0.95  # reduced precision: the least mean mask IoU against fp32 a variant may have
+GATE_GRID = 4  # the gate's clicks per check image: a 4 x 4 grid (as the OpenVINO int8 gate)
 
 Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
@@ -137,10 +138,24 @@ def edge_file(manifest: dict[str, Any], folder: Path, key: str, verify: bool = T
 # ----------------------------------------------------------------------------------------------------
 # Checks against PyTorch
 # ----------------------------------------------------------------------------------------------------
-def decoder_cases(part: GraphPart, embedding: torch.Tensor, img_size: int) -> list[tuple[torch.Tensor, ...]]:
-    """Decoder inputs to compare on: one click (+ SAM's padding point), a box, a box + click, five points
-    with a mask input; every unused slot labelled -2 with coordinates that would matter if it were read."""
+def _slots(part: GraphPart, rows: Sequence[tuple[Sequence[float], float]], rng: np.random.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` of (point, label) in the decoder's slots, every other slot unused (-2) with coordinates that
+    would matter if it were read."""
     max_points = part.inputs["point_coords"]["shape"][1]
+    s = float(max(part.inputs["mask_input"]["shape"][2:]) * 4)
+    n = min(len(rows), max_points)
+    coords = torch.from_numpy(rng.uniform(0, s, (1, max_points, 2)).astype(np.float32))
+    labels = torch.full((1, max_points), float(LABEL_UNUSED))
+    for i, (point, label) in enumerate(rows[:n]):
+        coords[0, i] = torch.tensor([float(point[0]), float(point[1])])
+        labels[0, i] = float(label)
+    return coords, labels
+
+
+def decoder_cases(part: GraphPart, features: Sequence[torch.Tensor], img_size: int) -> list[tuple[torch.Tensor, ...]]:
+    """Decoder inputs to compare on (``features``: the encoder's outputs, the decoder's first inputs): one
+    click (+ the padding point), a box, a box + click, five points with a mask input."""
     low = part.inputs["mask_input"]["shape"][2:]
     s = float(img_size)
     rng = np.random.default_rng(1)
@@ -153,14 +168,26 @@ def decoder_cases(part: GraphPart, embedding: torch.Tensor, img_size: int) -> li
     ]
     cases = []
     for points, labels, mask_input in prompts:
-        n = min(len(labels), max_points)
-        coords = torch.from_numpy(rng.uniform(0, s, (1, max_points, 2)).astype(np.float32))
-        lab = torch.full((1, max_points), float(LABEL_UNUSED))
-        coords[0, :n] = torch.tensor(points[:n], dtype=torch.float32)
-        lab[0, :n] = torch.tensor(labels[:n], dtype=torch.float32)
+        coords, lab = _slots(part, list(zip(points, labels)), rng)
         has = torch.ones(1) if mask_input is not None else torch.zeros(1)
         mi = mask_input if mask_input is not None else torch.zeros(1, 1, *low)
-        cases.append((embedding, coords, lab, mi, has))
+        cases.append((*features, coords, lab, mi, has))
+    return cases
+
+
+def click_grid_cases(part: GraphPart, features: Sequence[torch.Tensor], width: float, height: float
+                     ) -> list[tuple[torch.Tensor, ...]]:
+    """A :data:`GATE_GRID` x :data:`GATE_GRID` grid of single clicks (each with the padding point) over the
+    image's ``width`` x ``height`` in the input frame, for the reduced-precision gate."""
+    low = part.inputs["mask_input"]["shape"][2:]
+    rng = np.random.default_rng(2)
+    frac = (np.arange(GATE_GRID) + 0.5) / GATE_GRID
+    cases = []
+    for y in frac:
+        for x in frac:
+            click = (x * width, y * height)
+            coords, labels = _slots(part, [(click, 1.0), ((0.0, 0.0), LABEL_PAD)], rng)
+            cases.append((*features, coords, labels, torch.zeros(1, 1, *low), torch.zeros(1)))
     return cases
 
 
@@ -186,16 +213,23 @@ def _reported(run: Runner | None, label: str, name: str) -> Runner | None:
     return checked
 
 
-def check_encoder(run: Runner, image: torch.Tensor, ref: np.ndarray, strict: bool, name: str) -> dict[str, float]:
-    got = run(_numpy([image]))[0]
-    if got.shape != ref.shape:
-        raise ExportError(f"export: {name} gives an embedding of shape {got.shape}, PyTorch {ref.shape}")
-    scale = float(np.abs(ref).max())
-    diff = float(np.abs(ref - got).max())
-    if strict and not diff <= EMB_RTOL * scale:  # "not <=": a NaN fails too
-        raise ExportError(f"export: {name} differs from PyTorch: embedding max abs diff {diff:.3g} > "
-                          f"{EMB_RTOL} x {scale:.3g}")
-    return {"embedding_max_abs_diff": diff, "embedding_max_abs": scale}
+def check_encoder(run: Runner, image: torch.Tensor, refs: Sequence[np.ndarray], names: Sequence[str], strict: bool,
+                  name: str) -> dict[str, float]:
+    """The encoder file's outputs against PyTorch's ``refs``: each output's max abs difference relative to its
+    max abs value (``embedding_*`` for the first, the image embedding; ``{output}_*`` for any further one)."""
+    got = run(_numpy([image]))
+    checks: dict[str, float] = {}
+    for i, (output, ref, out) in enumerate(zip(names, refs, got)):
+        if out.shape != ref.shape:
+            raise ExportError(f"export: {name} gives {output} of shape {out.shape}, PyTorch {ref.shape}")
+        scale = float(np.abs(ref).max())
+        diff = float(np.abs(ref - out).max())
+        key = "embedding" if i == 0 else output
+        checks[f"{key}_max_abs_diff"], checks[f"{key}_max_abs"] = diff, scale
+        if strict and not diff <= EMB_RTOL * scale:  # "not <=": a NaN fails too
+            raise ExportError(f"export: {name} differs from PyTorch: {output} max abs diff {diff:.3g} > "
+                              f"{EMB_RTOL} x {scale:.3g}")
+    return checks
 
 
 def check_decoder(run: Runner, refs: list[tuple[list[np.ndarray], list[np.ndarray]]], strict: bool,
@@ -210,6 +244,8 @@ def check_decoder(run: Runner, refs: list[tuple[list[np.ndarray], list[np.ndarra
                               f"{[r.shape for r in ref]}")
         worst_iou = max(worst_iou, float(np.abs(ref[0] - got[0]).max()))
         worst_logit = max(worst_logit, float(np.abs(ref[1] - got[1]).max()))
+        for r, g in zip(ref[2:], got[2:]):  # SAM 2's object-score logits: held to the logits' tolerance
+            worst_logit = max(worst_logit, float(np.abs(r - g).max()))
         bad_pixels += int((((ref[1] > 0) != (got[1] > 0)) & (np.abs(ref[1]) > LOGIT_ATOL)).sum())
         min_iou = min(min_iou, float(mask_iou(ref[1][0] > 0, got[1][0] > 0).min()))
     if strict and not (worst_logit <= LOGIT_ATOL and worst_iou <= LOGIT_ATOL and bad_pixels == 0):
@@ -218,20 +254,47 @@ def check_decoder(run: Runner, refs: list[tuple[list[np.ndarray], list[np.ndarra
     return {"low_res_max_abs_diff": worst_logit, "iou_max_abs_diff": worst_iou, "mask_iou_min": min_iou}
 
 
-def reduced_mask_iou(encoder: Runner | None, decoder: Runner, image: torch.Tensor,
-                     cases: list[tuple[torch.Tensor, ...]], refs: list[tuple[list[np.ndarray], list[np.ndarray]]]
-                     ) -> dict[str, float]:
-    """Mask IoU of a reduced-precision pair (its encoder's embedding into its decoder; the fp32 embedding
-    for a decoder alone) against PyTorch fp32, over every prompt case and all four outputs."""
-    embedding = encoder(_numpy([image]))[0] if encoder is not None else None
-    ious = []
-    for case, (_, ref) in zip(cases, refs):
-        feeds = _numpy(case)
-        if embedding is not None:
-            feeds[0] = embedding
-        got = decoder(feeds)
-        ious += mask_iou(ref[1][0] > 0, got[1][0] > 0).tolist()
-    return {"mask_iou_vs_fp32_mean": float(np.mean(ious)), "mask_iou_vs_fp32_min": float(np.min(ious))}
+def reduced_mask_iou(encoder: Runner | None, decoder: Runner, checks: Sequence[tuple[torch.Tensor,
+                     list[tuple[list[np.ndarray], list[np.ndarray]]]]]) -> dict[str, Any]:
+    """Mask IoU of a reduced-precision pair against PyTorch fp32: for each (image, [(fp32 feeds, fp32
+    outputs), ...]) the pair's encoder output (the fp32 features for a reduced decoder alone) with each case's
+    prompt into its decoder, over all four outputs (1.0 where both masks are empty)."""
+    ious: list[float] = []
+    for image, refs in checks:
+        features = encoder(_numpy([image])) if encoder is not None else None
+        for feeds, ref in refs:
+            feeds = list(feeds)
+            if features is not None:
+                feeds[: len(features)] = features
+            got = decoder(feeds)
+            ious += mask_iou(ref[1][0] > 0, got[1][0] > 0).tolist()
+    return {"mask_iou_vs_fp32_mean": float(np.mean(ious)), "mask_iou_vs_fp32_min": float(np.min(ious)),
+            "masks_compared": len(ious), "images": len(checks), "min_mean_needed": MIN_MASK_IOU}
+
+
+def _outputs(out: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [out] if isinstance(out, torch.Tensor) else list(out)
+
+
+def _gate_checks(graphs: EdgeGraphs, image: torch.Tensor, features: list[torch.Tensor],
+                 cases: list[tuple[torch.Tensor, ...]], refs: list[tuple[list[np.ndarray], list[np.ndarray]]],
+                 with_encoder: bool) -> list[tuple[torch.Tensor, list[tuple[list[np.ndarray], list[np.ndarray]]]]]:
+    """What the reduced-precision gate compares: on the example input, the decoder's check cases and a click
+    grid; with the encoder, a click grid on each further check image too (PyTorch fp32 answers)."""
+    enc_part, dec_part = graphs.parts["encoder"], graphs.parts["decoder"]
+    mean = torch.tensor(graphs.preprocessing["pixel_mean"]).view(3, 1, 1)
+    images = [image] + (list(graphs.check_images[1:]) if with_encoder else [])
+    checks = []
+    with torch.no_grad():
+        for i, img in enumerate(images):
+            feats = features if i == 0 else _outputs(enc_part.module(img))
+            content = ((img[0] - mean).abs() > 0.5).any(dim=0)  # not SAM's padding: clicks land on the image
+            rows, cols = content.any(dim=1).nonzero(), content.any(dim=0).nonzero()
+            grid = click_grid_cases(dec_part, feats, float(cols.max() + 1) if len(cols) else img.shape[-1],
+                                    float(rows.max() + 1) if len(rows) else img.shape[-2])
+            extra = [(_numpy(c), _numpy(dec_part.module(*c))) for c in grid]
+            checks.append((img, (refs if i == 0 else []) + extra))
+    return checks
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -263,7 +326,7 @@ def export_edge(
     sam, source = _resolve_model(model, model_type)
     graphs: EdgeGraphs = edge_graphs(sam, max_points)
     img_size = int(graphs.preprocessing["image_size"])
-    name = source["model_type"] or "sam"
+    name = source["model_type"] or graphs.family
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
@@ -276,15 +339,16 @@ def export_edge(
     try:
         enc_part, dec_part = graphs.parts["encoder"], graphs.parts["decoder"]
         image = enc_part.example_inputs[0]
+        feature_names = graphs.feature_names
         with torch.no_grad():
             if "encoder" in parts:
-                embedding = enc_part.module(image)
-            else:  # a decoder-only export is checked on a random embedding (an encoder pass of ViT-H is slow)
+                features = _outputs(enc_part.module(image))
+            else:  # a decoder-only export is checked on random features (an encoder pass of ViT-H is slow)
                 g = torch.Generator().manual_seed(0)
-                embedding = torch.randn(dec_part.example_inputs[0].shape, generator=g)
-            cases = decoder_cases(dec_part, embedding, img_size)
+                features = [torch.randn(dec_part.inputs[n]["shape"], generator=g) for n in feature_names]
+            cases = decoder_cases(dec_part, features, img_size)
             refs = [(_numpy(c), _numpy(dec_part.module(*c))) for c in cases]
-        emb_ref = embedding.numpy()
+        features_ref = _numpy(features)
         runners: dict[str, Runner | None] = {}
         for part, precision in steps:
             key = file_key(part, precision)
@@ -298,8 +362,8 @@ def export_edge(
             if run is None:
                 checks[key] = runtime.validate(path, graph) if runtime.validate else {}
             elif precision == "fp32":
-                checks[key] = (check_encoder(run, image, emb_ref, check, label) if part == "encoder"
-                               else check_decoder(run, refs, check, label))
+                checks[key] = (check_encoder(run, image, features_ref, feature_names, check, label)
+                               if part == "encoder" else check_decoder(run, refs, check, label))
             size, digest = path_digest(path)
             files[key] = {"path": path.name, "precision": precision, "bytes": size, "sha256": digest,
                           "inputs": graph.inputs, "outputs": graph.outputs}
@@ -308,17 +372,22 @@ def export_edge(
         # encoder is reduced.
         pair_decoder = (runners.get(file_key("decoder", quantize)) or runners.get("decoder")) if quantize else None
         if quantize and pair_decoder is not None and any(file_key(p, quantize) in runners for p in parts):
-            pair = reduced_mask_iou(runners.get(file_key("encoder", quantize)), pair_decoder, image, cases, refs)
+            bar.set_postfix_str(f"{quantize} masks vs fp32")
+            pair = reduced_mask_iou(runners.get(file_key("encoder", quantize)), pair_decoder,
+                                    _gate_checks(graphs, image, features, cases, refs, "encoder" in parts))
             checks[f"pipeline_{quantize}"] = pair
             if check and not pair["mask_iou_vs_fp32_mean"] >= MIN_MASK_IOU:
                 raise ExportError(
                     f"export: the {quantize} {runtime.title} files give masks at IoU "
-                    f"{pair['mask_iou_vs_fp32_mean']:.3f} of fp32's on the check image (at least {MIN_MASK_IOU} "
-                    "needed); export fp32 (no --quantize), or --no-check to keep them anyway")
+                    f"{pair['mask_iou_vs_fp32_mean']:.3f} of fp32's on average (least "
+                    f"{pair['mask_iou_vs_fp32_min']:.3f}, {pair['masks_compared']} masks on {pair['images']} check "
+                    f"images; at least {MIN_MASK_IOU} needed); export fp32 (no --quantize), or --no-check to keep "
+                    "them anyway")
         bar.close()
         manifest = {
             "format": runtime.manifest_format,
             "format_version": FORMAT_VERSION,
+            "family": graphs.family,
             "model_type": source["model_type"],
             "source": {k: v for k, v in source.items() if k != "model_type"},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -328,10 +397,10 @@ def export_edge(
             "pixel_std": graphs.preprocessing["pixel_std"],
             "preprocessing": graphs.preprocessing,
             "prompt": graphs.prompt,
-            "embedding_shape": dec_part.inputs["image_embeddings"]["shape"],
+            "feature_layout": {n: dec_part.inputs[n]["shape"] for n in feature_names},
+            **({"embedding_shape": dec_part.inputs["image_embeddings"]["shape"]} if graphs.family == "sam" else {}),
             "mask_threshold": float(sam.mask_threshold),
-            "postprocessing": "outside the graphs: low_res_masks bilinear to image_size x image_size, crop to the "
-                              "resized image, bilinear to the original size, threshold at mask_threshold",
+            "postprocessing": graphs.postprocessing,
             "backend": runtime.backend,
             "notes": runtime.notes,
             "files": files,

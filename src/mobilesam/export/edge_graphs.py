@@ -63,11 +63,24 @@ class GraphPart:
 
 @dataclass(frozen=True)
 class EdgeGraphs:
-    """What one model family exports for the edge runtimes, and what the app needs to feed it."""
+    """What one model family exports for the edge runtimes, and what the app needs to feed it.
+
+    The encoder's outputs are the decoder's first inputs, in order. ``check_images`` are encoder inputs
+    the export's reduced-precision gate measures masks on (the example input first).
+    """
 
     parts: dict[str, GraphPart]
+    family: str = "sam"
     preprocessing: dict[str, Any] = field(default_factory=dict)
     prompt: dict[str, Any] = field(default_factory=dict)
+    postprocessing: str = ("outside the graphs: low_res_masks bilinear to image_size x image_size, crop to the "
+                           "resized image, bilinear to the original size, threshold at mask_threshold")
+    check_images: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The encoder's outputs: what an app keeps per image and feeds the decoder."""
+        return self.parts["encoder"].output_names
 
 
 def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
@@ -158,7 +171,7 @@ def sam_edge_graphs(sam: Sam, max_points: int = DEFAULT_MAX_POINTS) -> EdgeGraph
     f32 = "float32"
     encoder = GraphPart(
         EncoderGraph(sam).eval(),
-        (_example_image(s, mean),),
+        (check_pattern(s, mean),),
         {"image": {"shape": [1, 3, s, s], "dtype": f32,
                    "description": f"RGB 0-255, resized so the longest side is {s}, padded bottom/right with "
                                   "the pixel mean"}},
@@ -186,21 +199,35 @@ def sam_edge_graphs(sam: Sam, max_points: int = DEFAULT_MAX_POINTS) -> EdgeGraph
     )
     return EdgeGraphs(
         parts={"encoder": encoder, "decoder": decoder},
+        family="sam",
         preprocessing={"resize": "longest_side", "image_size": s, "pixel_mean": mean, "pixel_std": std,
                        "padding": "bottom/right with pixel_mean (zero after the in-graph normalisation)",
                        "normalisation": "inside the encoder graph: (image - pixel_mean) / pixel_std"},
         prompt={"max_points": max_points, "label_unused": LABEL_UNUSED, "label_pad": LABEL_PAD,
-                "low_res_size": low, "mask_threshold": float(sam.mask_threshold)},
+                "low_res_size": low, "mask_threshold": float(sam.mask_threshold),
+                "order": "clicks, SAM's padding point (-1) when there is no box, box corners (2, 3), unused slots (-2)"},
+        check_images=(check_pattern(s, mean), check_pattern(s, mean, fill=0.75, seed=1)),
     )
 
 
-def _example_image(s: int, mean: list[float]) -> torch.Tensor:
-    """A padded test image (1, 3, S, S): smooth colour fields and a flat rectangle on 2/3 of the width."""
+def check_pattern(s: int, mean: list[float], fill: float = 2 / 3, seed: int = 0) -> torch.Tensor:
+    """A test input (1, 3, S, S), 0-255: smooth colour fields and a flat rectangle (seed 0), or flat
+    rectangles of random colours over textured noise (another seed); right of ``fill`` of the width, the
+    pixel mean (SAM's padding of a landscape image; ``fill=1`` for none)."""
     yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32),
                             indexing="ij")
-    img = torch.stack([128 + 90 * torch.sin(xx / 37.0), 128 + 90 * torch.cos(yy / 53.0), (xx + yy) % 256])
-    img[:, s // 4 : s // 2, s // 4 : s // 2] = 230.0
-    img[:, :, (2 * s) // 3 :] = torch.tensor(mean).view(3, 1, 1)
+    if seed == 0:
+        img = torch.stack([128 + 90 * torch.sin(xx / 37.0), 128 + 90 * torch.cos(yy / 53.0), (xx + yy) % 256])
+        img[:, s // 4 : s // 2, s // 4 : s // 2] = 230.0
+    else:
+        g = torch.Generator().manual_seed(seed)
+        img = 128 + 40 * torch.sin(xx / 11.0 + yy / 7.0).expand(3, s, s) + 25 * torch.randn(3, s, s, generator=g)
+        for _ in range(6):
+            x0, y0 = (torch.randint(0, 3 * s // 4, (2,), generator=g) for _ in range(2))
+            img[:, y0[0] : y0[0] + s // 5 + y0[1] // 4, x0[0] : x0[0] + s // 5 + x0[1] // 4] = (
+                torch.rand(3, 1, 1, generator=g) * 255)
+        img = img.clamp(0, 255)
+    img[:, :, int(s * fill + 1e-9):] = torch.tensor(mean).view(3, 1, 1)
     return img[None]
 
 
@@ -213,8 +240,14 @@ def _example_prompt(max_points: int, s: int) -> tuple[torch.Tensor, torch.Tensor
     return coords, labels
 
 
+def _sam2_edge_graphs(model: nn.Module, max_points: int = DEFAULT_MAX_POINTS) -> EdgeGraphs:
+    from .sam2_graphs import sam2_edge_graphs  # imports this module: bound on first use
+
+    return sam2_edge_graphs(model, max_points=max_points)
+
+
 # Model family name (mobilesam.hub) -> the function that makes its edge graphs.
-EDGE_GRAPHS: dict[str, Callable[..., EdgeGraphs]] = {"sam": sam_edge_graphs}
+EDGE_GRAPHS: dict[str, Callable[..., EdgeGraphs]] = {"sam": sam_edge_graphs, "sam2": _sam2_edge_graphs}
 
 
 def edge_graphs(model: nn.Module, max_points: int = DEFAULT_MAX_POINTS) -> EdgeGraphs:

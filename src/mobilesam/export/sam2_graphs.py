@@ -6,6 +6,10 @@ The decoder interface follows SAM's official ONNX decoder where SAM 2 allows it 
 point, ``mask_input`` / ``has_mask_input``, four outputs with the single-mask one first) and adds what
 SAM 2 needs: the two high-resolution feature maps as inputs, and the object-score logit as an output.
 Upscaling to the image (and SAM 2's hole filling) is left to the caller, which knows the image size.
+
+The phone and edge-board exports (ExecuTorch, LiteRT, Core ML) take the same encoder and a fixed-slot
+decoder, :class:`Sam2SlotDecoderGraph` (static shapes: see :mod:`.edge_graphs`), through
+:func:`sam2_edge_graphs`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,16 @@ from torch import nn
 
 from ..backends.torch_fast import optimize_for_export
 from ..modeling.sam2 import FEATURE_NAMES, Sam2
+from .edge_graphs import (
+    _MASKED,
+    DEFAULT_MAX_POINTS,
+    LABEL_UNUSED,
+    EdgeGraphs,
+    GraphPart,
+    _example_prompt,
+    _masked_transformer,
+    check_pattern,
+)
 
 ENCODER_INPUTS = ["image"]
 ENCODER_OUTPUTS = list(FEATURE_NAMES)  # image_embed, high_res_feats_0, high_res_feats_1
@@ -34,6 +48,25 @@ class Sam2EncoderGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.sam.image_features((image - self.pixel_mean) / self.pixel_std)
+        return tuple(features[name] for name in FEATURE_NAMES)
+
+
+class Sam2FixedSizeEncoderGraph(Sam2EncoderGraph):
+    """:class:`Sam2EncoderGraph` for the edge runtimes: the same computation with Hiera's position embedding
+    computed once for the S x S input and stored (Core ML and LiteRT have no bicubic resize, and the
+    resize of a constant would run at every call)."""
+
+    def __init__(self, sam: Sam2, pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...]) -> None:
+        super().__init__(sam, pixel_mean, pixel_std)
+        trunk = sam.image_encoder.trunk
+        grid = int(sam.image_size) // 4  # the patch embedding's stride
+        with torch.no_grad():  # a persistent buffer: ExecuTorch 1.5 lost a non-persistent "pos_embed" in lowering
+            self.register_buffer("fixed_pos_embed", trunk._pos_embed(grid, grid).detach().clone())
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        encoder = self.sam.image_encoder
+        tokens = encoder.trunk.patch_embed((image - self.pixel_mean) / self.pixel_std) + self.fixed_pos_embed
+        features = self.sam.features_of_levels(encoder.fpn_of_trunk(encoder.trunk.forward_tokens(tokens)))
         return tuple(features[name] for name in FEATURE_NAMES)
 
 
@@ -80,3 +113,112 @@ class Sam2DecoderGraph(nn.Module):
         single, single_iou = decoder._dynamic_multimask_via_stability(masks, iou)
         return (torch.cat([single, masks[:, 1:]], dim=1), torch.cat([single_iou, iou[:, 1:]], dim=1),
                 object_scores)
+
+
+class Sam2SlotDecoderGraph(nn.Module):
+    """SAM 2's prompt encoder and mask decoder over ``max_points`` fixed point slots (see
+    :mod:`.edge_graphs`): a slot labelled ``LABEL_UNUSED`` (-2) is masked out of the two attentions whose
+    keys are prompt tokens, which gives the masks of the prompt without it.
+
+    Inputs: the three feature maps of :class:`Sam2EncoderGraph`; ``point_coords`` (1, P, 2) in the S x S
+    input frame; ``point_labels`` (1, P) float: box corners (2, 3) first, then clicks (1, 0), then SAM 2's
+    one padding point (-1), then unused slots (-2); ``mask_input`` (1, 1, S/4, S/4); ``has_mask_input`` (1,).
+    Outputs: ``iou_predictions`` (1, 4), ``low_res_masks`` (1, 4, S/4, S/4) (index 0 SAM 2's single-mask
+    answer, 1-3 the multimask ones: :class:`Sam2DecoderGraph`'s) and ``object_score_logits`` (1, 1).
+    """
+
+    def __init__(self, sam: Sam2) -> None:
+        super().__init__()
+        self.prompt_encoder = sam.sam_prompt_encoder
+        # The reference decoder, not optimize_for_export's view: XNNPACK takes tensors of at most 6 dimensions.
+        self.mask_decoder = sam.sam_mask_decoder
+
+    def forward(
+        self,
+        image_embed: torch.Tensor,
+        high_res_feats_0: torch.Tensor,
+        high_res_feats_1: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pe, decoder = self.prompt_encoder, self.mask_decoder
+        sparse = pe._embed_points(point_coords, point_labels, pad=False)
+        dense = has_mask_input * pe.mask_downscaling(mask_input)
+        dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        n_output_tokens = decoder.num_mask_tokens + 1 + int(decoder.pred_obj_scores)
+        unused = (point_labels == LABEL_UNUSED).to(sparse.dtype)  # (1, P)
+        key_bias = torch.cat([unused.new_zeros(1, n_output_tokens), unused], dim=1).view(1, 1, 1, -1) * _MASKED
+
+        def masked(src: torch.Tensor, pos_src: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return _masked_transformer(decoder.transformer, src, pos_src, tokens, key_bias)
+
+        masks, iou, _, object_scores = decoder.predict_masks(
+            image_embeddings=image_embed,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            high_res_features=[high_res_feats_0, high_res_feats_1],
+            transformer=masked,
+        )
+        single, single_iou = decoder._dynamic_multimask_via_stability(masks, iou)
+        return (torch.cat([single_iou, iou[:, 1:]], dim=1), torch.cat([single, masks[:, 1:]], dim=1),
+                object_scores)
+
+
+def sam2_edge_graphs(sam: Sam2, max_points: int = DEFAULT_MAX_POINTS) -> EdgeGraphs:
+    """The SAM 2 family's encoder (stretched square image -> three feature maps) and slot decoder."""
+    from ..hub import SAM2_FAMILY
+
+    pre = SAM2_FAMILY.preprocessing
+    s = int(sam.image_size)
+    pe = sam.sam_prompt_encoder
+    grid = list(pe.image_embedding_size)
+    low = [4 * v for v in grid]
+    layout = {name: [1, c, *(v * k for v in grid)]
+              for name, (c, k) in zip(FEATURE_NAMES, ((pe.embed_dim, 1), (pe.embed_dim // 8, 4), (pe.embed_dim // 4, 2)))}
+    mean, std = [float(v) for v in pre.pixel_mean], [float(v) for v in pre.pixel_std]
+    f32 = "float32"
+    features = {name: {"shape": shape, "dtype": f32} for name, shape in layout.items()}
+    encoder = GraphPart(
+        Sam2FixedSizeEncoderGraph(sam, pre.pixel_mean, pre.pixel_std).eval(),
+        (check_pattern(s, mean, fill=1.0),),
+        {"image": {"shape": [1, 3, s, s], "dtype": f32,
+                   "description": f"RGB 0-255, the whole image stretched to {s}x{s} (bilinear, no padding)"}},
+        features,
+    )
+    coords, labels = _example_prompt(max_points, s)
+    decoder = GraphPart(
+        Sam2SlotDecoderGraph(sam).eval(),
+        (*(torch.zeros(shape) for shape in layout.values()), coords, labels, torch.zeros(1, 1, *low), torch.zeros(1)),
+        {
+            **features,
+            "point_coords": {"shape": [1, max_points, 2], "dtype": f32,
+                             "description": f"(x, y) in the {s}x{s} input frame"},
+            "point_labels": {"shape": [1, max_points], "dtype": f32,
+                             "description": "2/3 box corners first, then 1 positive / 0 negative clicks, then one -1 "
+                                            "padding point, then -2 unused slots"},
+            "mask_input": {"shape": [1, 1, *low], "dtype": f32},
+            "has_mask_input": {"shape": [1], "dtype": f32},
+        },
+        {
+            "iou_predictions": {"shape": [1, 4], "dtype": f32},
+            "low_res_masks": {"shape": [1, 4, *low], "dtype": f32,
+                              "description": "logits; index 0 SAM 2's single-mask answer, 1-3 multimask answers"},
+            "object_score_logits": {"shape": [1, 1], "dtype": f32, "description": "> 0: the object is present"},
+        },
+    )
+    return EdgeGraphs(
+        parts={"encoder": encoder, "decoder": decoder},
+        family="sam2",
+        preprocessing={"resize": "square", "image_size": s, "pixel_mean": mean, "pixel_std": std,
+                       "padding": "none: the whole image is stretched to the square",
+                       "normalisation": "inside the encoder graph: (image - pixel_mean) / pixel_std"},
+        prompt={"max_points": max_points, "label_unused": LABEL_UNUSED, "label_pad": -1, "low_res_size": low,
+                "mask_threshold": float(sam.mask_threshold), "low_res_logit_limit": float(sam.low_res_logit_limit),
+                "order": "box corners (2, 3), clicks, one padding point (-1, always), unused slots (-2)"},
+        postprocessing="outside the graphs: low_res_masks bilinear to the original size (no crop: nothing was "
+                       "padded), threshold at mask_threshold",
+        check_images=(check_pattern(s, mean, fill=1.0), check_pattern(s, mean, fill=1.0, seed=1)),
+    )

@@ -210,7 +210,11 @@ class Hiera(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(x)
-        x = x + self._pos_embed(x.shape[1], x.shape[2])
+        return self.forward_tokens(x + self._pos_embed(x.shape[1], x.shape[2]))
+
+    def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The blocks on patch tokens (B, H, W, C) with the position embedding added -> the stage maps.
+        (A fixed-size export adds a precomputed embedding: phone runtimes lack the bicubic resize.)"""
         outputs = []
         for i, block in enumerate(self.blocks):
             x = block(x)

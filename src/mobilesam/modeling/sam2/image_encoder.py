@@ -92,7 +92,11 @@ class ImageEncoder(nn.Module):
 
     def fpn(self, sample: torch.Tensor) -> list[torch.Tensor]:
         """The kept FPN levels of (B, 3, S, S) images, highest resolution first."""
-        features = self.neck(self.trunk(sample))
+        return self.fpn_of_trunk(self.trunk(sample))
+
+    def fpn_of_trunk(self, trunk_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The kept FPN levels of the trunk's stage maps."""
+        features = self.neck(trunk_maps)
         return features[: len(features) - self.scalp]
 
     def forward(self, sample: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:

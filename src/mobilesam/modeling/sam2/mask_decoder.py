@@ -4,6 +4,8 @@ is unstable."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -106,9 +108,12 @@ class Sam2MaskDecoder(MaskDecoder):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         high_res_features: list[torch.Tensor] | None = None,
+        transformer: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks (B, M, 4H, 4W) and scores (B, M), the mask tokens (B, M, C)
-        and object-score logits (B, 1)."""
+        and object-score logits (B, 1). ``transformer(src, pos_src, tokens) -> (tokens, src)`` replaces
+        ``self.transformer`` where the same weights run differently (the fixed-slot export masks unused
+        prompt tokens)."""
         b = sparse_prompt_embeddings.shape[0]
         weights = [self.iou_token.weight, self.mask_tokens.weight]
         if self.pred_obj_scores:
@@ -120,7 +125,7 @@ class Sam2MaskDecoder(MaskDecoder):
         pos_src = image_pe.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
 
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = (transformer or self.transformer)(src, pos_src, tokens)
         iou_token_out = hs[:, first]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens]
         src = src.transpose(1, 2).reshape(b, c, h, w)
@@ -151,7 +156,8 @@ class Sam2MaskDecoder(MaskDecoder):
         delta = self.dynamic_multimask_stability_delta
         inter = (flat > delta).sum(dim=-1).float()
         union = (flat > -delta).sum(dim=-1).float()
-        return torch.where(union > 0, inter / union, 1.0)
+        # A tensor, not the scalar 1.0: Core ML's converter has no where() with a scalar operand.
+        return torch.where(union > 0, inter / union, torch.ones_like(inter))
 
     def _dynamic_multimask_via_stability(
         self, all_mask_logits: torch.Tensor, all_iou_scores: torch.Tensor

@@ -25,6 +25,6 @@ class Sam2PromptEncoder(PromptEncoder):
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
         labels = labels[..., None]
         emb = torch.where(labels == -1, self.not_a_point_embed.weight, emb)
-        for label, embedding in enumerate(self.point_embeddings):
-            emb = emb + torch.where(labels == label, embedding.weight, 0.0)
+        for label, embedding in enumerate(self.point_embeddings):  # zeros as a tensor: Core ML's converter
+            emb = emb + torch.where(labels == label, embedding.weight, torch.zeros_like(embedding.weight))
         return emb

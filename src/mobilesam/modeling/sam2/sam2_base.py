@@ -100,7 +100,11 @@ class Sam2(nn.Module):
         """Normalised (B, 3, S, S) images -> the decoder's features, named as :data:`FEATURE_NAMES`:
         ``image_embed`` (B, 256, S/16, S/16) with ``no_mem_embed`` added (an image is a video frame
         without memories), ``high_res_feats_0`` (B, 32, S/4, S/4), ``high_res_feats_1`` (B, 64, S/8, S/8)."""
-        s0, s1, embed = self.image_encoder.fpn(images)[-3:]
+        return self.features_of_levels(self.image_encoder.fpn(images))
+
+    def features_of_levels(self, levels: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`image_features` from the image encoder's FPN levels."""
+        s0, s1, embed = levels[-3:]
         if self.directly_add_no_mem_embed:
             embed = embed + self.no_mem_embed.reshape(1, -1, 1, 1)
         decoder = self.sam_mask_decoder
