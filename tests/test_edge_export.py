@@ -17,7 +17,7 @@ from mobilesam.export import ExportError, available_export_formats, export_model
 from mobilesam.export.edge_export import EdgeRuntime, export_edge, read_edge_manifest
 from mobilesam.export.edge_graphs import LABEL_PAD, LABEL_UNUSED, SlotDecoderGraph, edge_graphs
 from mobilesam.export.graphs import DecoderGraph
-from mobilesam.export.sam2_graphs import Sam2DecoderGraph, Sam2SlotDecoderGraph
+from mobilesam.export.sam2_graphs import Sam2DecoderGraph, Sam2EncoderGraph, Sam2SlotDecoderGraph
 from mobilesam.export.registry import backend_for_export
 from mobilesam.modeling import build_model
 from mobilesam.modeling.configs import PIXEL_MEAN, PIXEL_STD
@@ -90,6 +90,18 @@ def test_sam2_unused_slots_change_nothing(sam2, points, labels, with_mask):
     assert float((low - low_ref).abs().max()) < 1e-4
     assert float((iou - iou_ref).abs().max()) < 1e-4 and float((obj - obj_ref).abs().max()) < 1e-4
     assert float((low_attended - low_ref).abs().max()) > 1e-3
+
+
+def test_sam2_fixed_size_encoder_equals_the_reference(sam2):
+    """The edge encoder (Hiera's bicubic position resize as two matrices) gives Sam2EncoderGraph's features."""
+    graphs = edge_graphs(sam2)
+    enc = graphs.parts["encoder"].module
+    ref = Sam2EncoderGraph(sam2, graphs.preprocessing["pixel_mean"], graphs.preprocessing["pixel_std"]).eval()
+    with torch.no_grad():
+        for image in graphs.check_images:
+            for got, want in zip(enc(image), ref(image)):
+                assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+        assert enc.pos_rows.numel() + enc.pos_cols.numel() < 1000  # matrices, not the resized embedding
 
 
 def test_sam2_graph_descriptions(sam2):

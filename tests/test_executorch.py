@@ -90,6 +90,25 @@ def test_masks_equal_pytorch(exported, image):
         et_pred.predict(point_coords=np.full((6, 2), 10.0), point_labels=np.ones(6))
 
 
+def test_exports_before_sam2_still_open(exported, image, tmp_path):
+    """A folder written before SAM 2's edge exports (no "family", no "feature_layout" in its manifest) opens
+    as a MobileSAM export and gives the same masks."""
+    import json
+
+    sam, out, manifest = exported
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    data = json.loads((old / "manifest.json").read_text())
+    for key in ("family", "feature_layout"):
+        del data[key]
+    (old / "manifest.json").write_text(json.dumps(data))
+    now, before = create_predictor(out, "executorch"), create_predictor(old, "executorch")
+    for pred in (now, before):
+        pred.set_image(image)
+    prompt = _prompts(*image.shape[:2])[2]
+    assert np.array_equal(now.predict(**prompt)[0], before.predict(**prompt)[0])
+
+
 def test_sam_facade_and_segment_everything(exported, image):
     sam, out, _ = exported
     model = SAM(out)

@@ -76,7 +76,9 @@ class EdgeSamPredictor(ExportedPredictor):
         self.model_type = manifest.get("model_type")
         self.img_size = int(manifest["image_size"])
         self.pixel_mean = manifest["pixel_mean"]
-        self.feature_layout = {k: tuple(v) for k, v in manifest["feature_layout"].items()}
+        # Exports before SAM 2's (format_version 1 too) name only the SAM embedding's shape.
+        layout = manifest.get("feature_layout") or {"image_embeddings": manifest["embedding_shape"]}
+        self.feature_layout = {k: tuple(v) for k, v in layout.items()}
         self.embedding_shape = next(iter(self.feature_layout.values()))
         prompt = manifest["prompt"]
         self.max_points = int(prompt["max_points"])

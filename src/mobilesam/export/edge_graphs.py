@@ -20,7 +20,8 @@ the ONNX export are given fixed-size inputs here:
 
 A model family plugs in with one entry in :data:`EDGE_GRAPHS`: a function that returns its
 :class:`EdgeGraphs` (the modules, example inputs, and the names, shapes and meaning of every input and
-output, which go into the manifest and are checked against the README).
+output, which go into the manifest and are checked against the README). SAM's are here; SAM 2's
+(three feature maps, SAM 2's slot order, object scores) are in :mod:`.sam2_graphs`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ decoder, :class:`Sam2SlotDecoderGraph` (static shapes: see :mod:`.edge_graphs`),
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backends.torch_fast import optimize_for_export
@@ -51,21 +52,39 @@ class Sam2EncoderGraph(nn.Module):
         return tuple(features[name] for name in FEATURE_NAMES)
 
 
+def bicubic_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in): ``F.interpolate(..., mode="bicubic")`` along one axis as a matrix (the resize is linear
+    and separable, so resizing X (n_in, n_in) is ``M @ X @ M.T``)."""
+    basis = torch.eye(n_in).view(n_in, 1, n_in, 1)  # one unit impulse per input position
+    return F.interpolate(basis, size=(n_out, 1), mode="bicubic")[:, 0, :, 0].T.contiguous()
+
+
 class Sam2FixedSizeEncoderGraph(Sam2EncoderGraph):
-    """:class:`Sam2EncoderGraph` for the edge runtimes: the same computation with Hiera's position embedding
-    computed once for the S x S input and stored (Core ML and LiteRT have no bicubic resize, and the
-    resize of a constant would run at every call)."""
+    """:class:`Sam2EncoderGraph` for the edge runtimes, the same computation with Hiera's position embedding
+    resized by two small matrices instead of a bicubic resize (Core ML's converter has none, and LiteRT and
+    ExecuTorch would run it on a constant at every call); storing the resized embedding instead would add
+    25 MB to every file."""
 
     def __init__(self, sam: Sam2, pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...]) -> None:
         super().__init__(sam, pixel_mean, pixel_std)
         trunk = sam.image_encoder.trunk
         grid = int(sam.image_size) // 4  # the patch embedding's stride
-        with torch.no_grad():  # a persistent buffer: ExecuTorch 1.5 lost a non-persistent "pos_embed" in lowering
-            self.register_buffer("fixed_pos_embed", trunk._pos_embed(grid, grid).detach().clone())
+        bh, bw = trunk.pos_embed.shape[-2:]
+        # Persistent buffers: ExecuTorch 1.5 lost a non-persistent constant in lowering.
+        self.register_buffer("pos_rows", bicubic_matrix(bh, grid))
+        self.register_buffer("pos_cols", bicubic_matrix(bw, grid).T.contiguous())
+        self.grid = grid
+
+    def position_embedding(self) -> torch.Tensor:
+        """Hiera's ``_pos_embed(grid, grid)``: (1, grid, grid, C)."""
+        trunk = self.sam.image_encoder.trunk
+        background = self.pos_rows @ trunk.pos_embed @ self.pos_cols
+        win = trunk.pos_embed_window
+        return (background + win.tile(1, 1, self.grid // win.shape[-2], self.grid // win.shape[-1])).permute(0, 2, 3, 1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         encoder = self.sam.image_encoder
-        tokens = encoder.trunk.patch_embed((image - self.pixel_mean) / self.pixel_std) + self.fixed_pos_embed
+        tokens = encoder.trunk.patch_embed((image - self.pixel_mean) / self.pixel_std) + self.position_embedding()
         features = self.sam.features_of_levels(encoder.fpn_of_trunk(encoder.trunk.forward_tokens(tokens)))
         return tuple(features[name] for name in FEATURE_NAMES)
 
