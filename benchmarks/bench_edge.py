@@ -10,6 +10,9 @@ tests do) give speckle, a harder case for quantization. Prompts: the interior-mo
 of ``--scenes`` synthetic scenes (proxy.make_scene); the three multimask outputs are compared one by one.
 Never evidence of real-image accuracy.
 Core ML cannot run on Linux: its fp16 files are converted and validated, not measured.
+``latency``: median set_image and one-click times of torch and of both files' backends over the scenes (the
+first image's set_image left out); the backends run one after the other, not alternating: a quiet machine
+only.
 """
 
 from __future__ import annotations
@@ -65,14 +68,28 @@ def scenes(n: int) -> list[tuple[np.ndarray, list[tuple[float, float]]]]:
     return out
 
 
-def masks_of(predictor, data) -> list[np.ndarray]:
+def masks_of(predictor, data, times: dict[str, list[float]] | None = None) -> list[np.ndarray]:
+    """The masks of every click; with ``times``, the seconds of each set_image ("encoder") and each click
+    to its full-size masks ("click") are appended to it."""
     out = []
     for image, points in data:
+        t = time.perf_counter()
         predictor.set_image(image)
+        if times is not None:
+            times.setdefault("encoder", []).append(time.perf_counter() - t)
         for x, y in points:
+            t = time.perf_counter()
             m, _, _ = predictor.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
+            if times is not None:
+                times.setdefault("click", []).append(time.perf_counter() - t)
             out.append(m)
     return out
+
+
+def latency(times: dict[str, list[float]]) -> dict[str, float]:
+    """Medians in ms, the first image left out (first-call allocations)."""
+    return {f"{k}_ms": round(float(np.median(v[1:] if k == "encoder" and len(v) > 1 else v)) * 1000, 1)
+            for k, v in times.items()}
 
 
 def run(fmt: str, model_name: str, data, folder: Path) -> dict:
@@ -88,9 +105,11 @@ def run(fmt: str, model_name: str, data, folder: Path) -> dict:
            "gate": None if pair is None else ("offered" if pair >= MIN_MASK_IOU else "refused")}
     if fmt not in BACKEND:
         return row
-    ref = masks_of(SamPredictor(sam), data)
-    fp32 = masks_of(create_predictor(folder, BACKEND[fmt]), data)
-    low = masks_of(create_predictor(folder, f"{BACKEND[fmt]}-{REDUCED[fmt]}"), data)
+    times: dict[str, dict[str, list[float]]] = {"torch": {}, "fp32": {}, REDUCED[fmt]: {}}
+    ref = masks_of(SamPredictor(sam), data, times["torch"])
+    fp32 = masks_of(create_predictor(folder, BACKEND[fmt]), data, times["fp32"])
+    low = masks_of(create_predictor(folder, f"{BACKEND[fmt]}-{REDUCED[fmt]}"), data, times[REDUCED[fmt]])
+    row["latency"] = {name: latency(t) for name, t in times.items()}
     iou_fp32 = np.concatenate([mask_iou(a, b).ravel() for a, b in zip(ref, fp32)])
     iou_low = np.concatenate([mask_iou(a, b).ravel() for a, b in zip(fp32, low)])
     row.update({"fp32_vs_torch_iou_mean": float(iou_fp32.mean()), "fp32_vs_torch_iou_min": float(iou_fp32.min()),

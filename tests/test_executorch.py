@@ -154,6 +154,8 @@ def test_sam2_masks_equal_pytorch(exported_sam2, image):
     """A SAM 2.1 export (Hiera encoder, three feature maps; SAM 2's slot order): the executorch backend gives
     the torch backend's features, logits, scores and masks, for clicks and boxes (mask inputs: the export's own
     check against PyTorch, and test_edge_export's slot-decoder test)."""
+    from mobilesam.backends.executorch_predictor import ExecuTorchSamPredictor
+
     sam, out, manifest = exported_sam2
     assert manifest["family"] == "sam2" and set(manifest["files"]) == {"encoder", "decoder"}
     checks = manifest["checks"]
@@ -161,6 +163,10 @@ def test_sam2_masks_equal_pytorch(exported_sam2, image):
     ref = small_sam2_predictor(sam)
     pred = create_predictor(out, "executorch")
     assert type(pred).__name__ == "ExecuTorchSam2Predictor"
+    with pytest.raises(ExportError, match="is a 'sam2' export, which ExecuTorchSamPredictor does not run"):
+        ExecuTorchSamPredictor(out)  # the MobileSAM class, opened directly on a SAM 2 folder
+    facade = SAM(out)  # (its prompt path wants 256x256 low-res logits: full size, in benchmarks/bench_edge.py)
+    assert facade.backend == "executorch" and type(facade.predictor).__name__ == "ExecuTorchSam2Predictor"
     ref.set_image(image)
     pred.set_image(image)
     for name, t in ref.get_features().tensors.items():

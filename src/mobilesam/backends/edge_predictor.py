@@ -242,7 +242,6 @@ class EdgeSamPredictor(ExportedPredictor):
                 "checks": self.manifest.get("checks", {})}
 
 
-
 class EdgeSam2Predictor(Sam2PredictorMethods, EdgeSamPredictor):
     """:class:`EdgeSamPredictor` for a SAM 2 / SAM 2.1 export, with ``SAM2ImagePredictor``'s methods: the
     image stretched to the square (no padding), three feature maps, SAM 2's slot order (box corners,
