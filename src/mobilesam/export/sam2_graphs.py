@@ -107,6 +107,14 @@ class Sam2DecoderGraph(nn.Module):
         self.prompt_encoder = sam.sam_prompt_encoder
         self.mask_decoder = optimize_for_export(sam.sam_mask_decoder)  # same weights, same values
 
+    def _embed_prompt(self, point_coords: torch.Tensor, point_labels: torch.Tensor, mask_input: torch.Tensor,
+                      has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse (B, N, C) and dense (B or 1, C, h, w) prompt embeddings; the points already padded."""
+        pe = self.prompt_encoder
+        sparse = pe._embed_points(point_coords, point_labels, pad=False)
+        dense = has_mask_input * pe.mask_downscaling(mask_input)
+        return sparse, dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+
     def forward(
         self,
         image_embed: torch.Tensor,
@@ -118,9 +126,7 @@ class Sam2DecoderGraph(nn.Module):
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pe = self.prompt_encoder
-        sparse = pe._embed_points(point_coords, point_labels, pad=False)
-        dense = has_mask_input * pe.mask_downscaling(mask_input)
-        dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        sparse, dense = self._embed_prompt(point_coords, point_labels, mask_input, has_mask_input)
         decoder = self.mask_decoder
         masks, iou, _, object_scores = decoder.predict_masks(
             image_embeddings=image_embed,
@@ -134,7 +140,7 @@ class Sam2DecoderGraph(nn.Module):
                 object_scores)
 
 
-class Sam2SlotDecoderGraph(nn.Module):
+class Sam2SlotDecoderGraph(Sam2DecoderGraph):
     """SAM 2's prompt encoder and mask decoder over ``max_points`` fixed point slots (see
     :mod:`.edge_graphs`): a slot labelled ``LABEL_UNUSED`` (-2) is masked out of the two attentions whose
     keys are prompt tokens, which gives the masks of the prompt without it.
@@ -147,12 +153,11 @@ class Sam2SlotDecoderGraph(nn.Module):
     """
 
     def __init__(self, sam: Sam2) -> None:
-        super().__init__()
-        self.prompt_encoder = sam.sam_prompt_encoder
+        super().__init__(sam)
         # The reference decoder, not optimize_for_export's view: XNNPACK takes tensors of at most 6 dimensions.
         self.mask_decoder = sam.sam_mask_decoder
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         image_embed: torch.Tensor,
         high_res_feats_0: torch.Tensor,
@@ -163,9 +168,7 @@ class Sam2SlotDecoderGraph(nn.Module):
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pe, decoder = self.prompt_encoder, self.mask_decoder
-        sparse = pe._embed_points(point_coords, point_labels, pad=False)
-        dense = has_mask_input * pe.mask_downscaling(mask_input)
-        dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        sparse, dense = self._embed_prompt(point_coords, point_labels, mask_input, has_mask_input)
         n_output_tokens = decoder.num_mask_tokens + 1 + int(decoder.pred_obj_scores)
         unused = (point_labels == LABEL_UNUSED).to(sparse.dtype)  # (1, P)
         key_bias = torch.cat([unused.new_zeros(1, n_output_tokens), unused], dim=1).view(1, 1, 1, -1) * _MASKED
