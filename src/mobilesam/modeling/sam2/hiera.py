@@ -214,7 +214,7 @@ class Hiera(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The blocks on patch tokens (B, H, W, C) with the position embedding added -> the stage maps.
-        (A fixed-size export adds a precomputed embedding: phone runtimes lack the bicubic resize.)"""
+        (The fixed-size phone export resizes the embedding its own way: Core ML has no bicubic resize.)"""
         outputs = []
         for i, block in enumerate(self.blocks):
             x = block(x)
