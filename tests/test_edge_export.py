@@ -98,7 +98,7 @@ def test_sam2_fixed_size_encoder_equals_the_reference(sam2):
     enc = graphs.parts["encoder"].module
     ref = Sam2EncoderGraph(sam2, graphs.preprocessing["pixel_mean"], graphs.preprocessing["pixel_std"]).eval()
     with torch.no_grad():
-        for image in graphs.check_images:
+        for image in (graphs.parts["encoder"].example_inputs[0], *graphs.check_images):
             for got, want in zip(enc(image), ref(image)):
                 assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
         assert enc.pos_rows.numel() + enc.pos_cols.numel() < 1000  # matrices, not the resized embedding
@@ -113,7 +113,7 @@ def test_sam2_graph_descriptions(sam2):
     with torch.no_grad():
         assert [list(t.shape) for t in enc.module(*enc.example_inputs)] == [v["shape"] for v in enc.outputs.values()]
         assert [list(t.shape) for t in dec.module(*dec.example_inputs)] == [v["shape"] for v in dec.outputs.values()]
-        for image in graphs.check_images:
+        for image in (enc.example_inputs[0], *graphs.check_images):
             assert list(image.shape) == enc.inputs["image"]["shape"] and 0 <= float(image.min()) < float(image.max()) <= 255
 
 

@@ -471,6 +471,15 @@ def check_torch_prompts(
     return next(iter(batches.values()), 1)
 
 
+def check_fill_areas(max_hole_area: Any, max_sprinkle_area: Any) -> tuple[float, float]:
+    """SAM 2's ``max_hole_area`` / ``max_sprinkle_area`` (pixels, 0 = off) as floats; a ValueError naming the
+    argument otherwise."""
+    for name, value in (("max_hole_area", max_hole_area), ("max_sprinkle_area", max_sprinkle_area)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name}: expected a number of pixels >= 0 (0 = off), got {value!r}")
+    return float(max_hole_area), float(max_sprinkle_area)
+
+
 class ExportedPredictor(PredictorBase):
     """A predictor over exported files (ONNX Runtime, OpenVINO, ExecuTorch, LiteRT): its tensors live on the
     CPU, and ``model_dir`` and ``precision`` say what runs (``_repr_extra`` adds a backend's own options)."""

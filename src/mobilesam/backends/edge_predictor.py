@@ -28,7 +28,7 @@ from ..export.graphs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PA
 from ..export.manifest import ExportError
 from ..transforms import ResizeLongestSide, ResizeSquare
 from ..weights import weights_digest
-from .base import ExportedPredictor
+from .base import ExportedPredictor, check_fill_areas
 from .onnx_predictor import OnnxSamPredictor
 from .onnx_sam2_predictor import OnnxSam2Predictor
 from .sam2_api import Sam2PredictorMethods
@@ -176,16 +176,14 @@ class EdgeSamPredictor(ExportedPredictor):
     _check_features = OnnxSamPredictor._check_features
 
     # --- prompts -------------------------------------------------------------------------------------
-    def prompt_slots(
-        self, point_coords: np.ndarray | None, point_labels: np.ndarray | None, box: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One object's prompt in the decoder's slots: (1, P, 2) coordinates and (1, P) labels.
+    # How the family's prompt fills the slots, for the error on a prompt that does not fit.
+    slot_rule = "a box takes 2, and without a box SAM adds a padding point"
 
-        Points (N, 2) and labels (N,) in the resized frame, box (4,) XYXY or None: the points, SAM's
-        padding point when there is no box, the box corners, then unused slots.
-        """
-        coords = np.zeros((self.max_points, 2), np.float32)
-        labels = np.full(self.max_points, LABEL_UNUSED, np.float32)
+    def slot_rows(
+        self, point_coords: np.ndarray | None, point_labels: np.ndarray | None, box: np.ndarray | None
+    ) -> list[tuple[Any, float]]:
+        """The (point, label) rows of one object's prompt in the family's order: the points, SAM's padding
+        point when there is no box, the box corners."""
         rows: list[tuple[Any, float]] = []
         if point_coords is not None:
             rows += [(p, float(lab)) for p, lab in zip(point_coords, point_labels)]
@@ -193,10 +191,23 @@ class EdgeSamPredictor(ExportedPredictor):
                 rows.append(((0.0, 0.0), float(LABEL_PAD)))
         if box is not None:
             rows += [(box[:2], float(LABEL_BOX_TOP_LEFT)), (box[2:], float(LABEL_BOX_BOTTOM_RIGHT))]
+        return rows
+
+    def prompt_slots(
+        self, point_coords: np.ndarray | None, point_labels: np.ndarray | None, box: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One object's prompt in the decoder's slots: (1, P, 2) coordinates and (1, P) labels.
+
+        Points (N, 2) and labels (N,) in the resized frame, box (4,) XYXY or None: the rows of
+        :meth:`slot_rows`, then unused slots.
+        """
+        rows = self.slot_rows(point_coords, point_labels, box)
         if len(rows) > self.max_points:
             raise ValueError(
-                f"prompts: the exported decoder takes at most {self.max_points} point slots (a box takes 2, and "
-                f"without a box SAM adds a padding point), got {len(rows)}; re-export with a larger --max-points")
+                f"prompts: the exported decoder takes at most {self.max_points} point slots ({self.slot_rule}), got "
+                f"{len(rows)}; re-export with a larger --max-points")
+        coords = np.zeros((self.max_points, 2), np.float32)
+        labels = np.full(self.max_points, LABEL_UNUSED, np.float32)
         for i, (p, lab) in enumerate(rows):
             coords[i] = p
             labels[i] = lab
@@ -256,11 +267,8 @@ class EdgeSam2Predictor(Sam2PredictorMethods, EdgeSamPredictor):
                  max_sprinkle_area: float = 0.0) -> None:
         from ..hub import SAM2_FAMILY
 
-        for name, value in (("max_hole_area", max_hole_area), ("max_sprinkle_area", max_sprinkle_area)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name}: expected a number of pixels >= 0 (0 = off), got {value!r}")
         self.family = SAM2_FAMILY
-        self.max_hole_area, self.max_sprinkle_area = float(max_hole_area), float(max_sprinkle_area)
+        self.max_hole_area, self.max_sprinkle_area = check_fill_areas(max_hole_area, max_sprinkle_area)
         super().__init__(model_dir, precision, threads, verify, max_batch)
         self.low_res_limit = float(self.manifest["prompt"].get("low_res_logit_limit", 32.0))
 
@@ -270,26 +278,18 @@ class EdgeSam2Predictor(Sam2PredictorMethods, EdgeSamPredictor):
     def _square(self, image: np.ndarray) -> np.ndarray:
         return image  # the transform already stretched it to S x S
 
-    def prompt_slots(
+    slot_rule = "a box takes 2, and SAM 2 adds a padding point"
+
+    def slot_rows(
         self, point_coords: np.ndarray | None, point_labels: np.ndarray | None, box: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One object's prompt in SAM 2's slot order: box corners, clicks, one padding point, unused slots."""
+    ) -> list[tuple[Any, float]]:
+        """SAM 2's order: box corners, clicks, one padding point (always)."""
         rows: list[tuple[Any, float]] = []
         if box is not None:
             rows += [(box[:2], float(LABEL_BOX_TOP_LEFT)), (box[2:], float(LABEL_BOX_BOTTOM_RIGHT))]
         if point_coords is not None:
             rows += [(p, float(lab)) for p, lab in zip(point_coords, point_labels)]
-        rows.append(((0.0, 0.0), float(LABEL_PAD)))
-        if len(rows) > self.max_points:
-            raise ValueError(
-                f"prompts: the exported decoder takes at most {self.max_points} point slots (a box takes 2, and SAM 2 "
-                f"adds a padding point), got {len(rows)}; re-export with a larger --max-points")
-        coords = np.zeros((self.max_points, 2), np.float32)
-        labels = np.full(self.max_points, LABEL_UNUSED, np.float32)
-        for i, (p, lab) in enumerate(rows):
-            coords[i] = p
-            labels[i] = lab
-        return coords[None], labels[None]
+        return rows + [((0.0, 0.0), float(LABEL_PAD))]
 
     # Several feature maps, SAM 2's hole filling and upscaling: the ONNX Runtime SAM 2 backend's own steps.
     _check_features = OnnxSam2Predictor._check_features

@@ -19,7 +19,7 @@ from ..export.manifest import ExportError, read_manifest
 from ..export.sam2_graphs import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS
 from ..hub import SAM2_FAMILY
 from ..transforms import fill_holes_and_sprinkles, transform_for
-from .base import ExportedPredictor, ImageFeatures
+from .base import ExportedPredictor, ImageFeatures, check_fill_areas
 from .sam2_api import Sam2PredictorMethods
 from .onnx_predictor import _key, cached_export, open_export, open_sessions
 
@@ -60,14 +60,11 @@ class OnnxSam2Predictor(Sam2PredictorMethods, ExportedPredictor):
         max_hole_area: float = 0.0,
         max_sprinkle_area: float = 0.0,
     ) -> None:
-        for name, value in (("max_hole_area", max_hole_area), ("max_sprinkle_area", max_sprinkle_area)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name}: expected a number of pixels >= 0 (0 = off), got {value!r}")
+        self.max_hole_area, self.max_sprinkle_area = check_fill_areas(max_hole_area, max_sprinkle_area)
         folder, manifest = open_export(self, model_dir, precision, decoder_precision)
         if manifest.get("family") != "sam2":
             raise ExportError(f"onnx model: '{folder}' is a {manifest.get('family', 'sam')!r} export, not SAM 2's; "
                               "run it with OnnxSamPredictor")
-        self.max_hole_area, self.max_sprinkle_area = float(max_hole_area), float(max_sprinkle_area)
         self.low_res_limit = float(manifest.get("low_res_logit_limit", 32.0))
         self.feature_layout = {k: tuple(v) for k, v in manifest["feature_layout"].items()}
         self.encoder, self.decoder = open_sessions(

@@ -19,7 +19,7 @@ from torch import nn
 from ..hub import family_of
 from ..modeling.mask_decoder import MaskDecoder
 from ..transforms import fill_holes_and_sprinkles, transform_for
-from .base import ImageFeatures, PredictorBase
+from .base import ImageFeatures, PredictorBase, check_fill_areas
 from .sam2_api import Sam2PredictorMethods
 from .torch_fast import optimize_for_inference
 
@@ -57,11 +57,7 @@ class SamPredictor(Sam2PredictorMethods, PredictorBase):
             raise TypeError(f"sam_model: expected a Sam module (build_sam(...)), got {type(sam_model).__name__}")
         if encoder_precision not in ENCODER_PRECISIONS:
             raise ValueError(f"encoder_precision: expected 'fp32' or 'bf16', got {encoder_precision!r}")
-        for name, value in (("max_hole_area", max_hole_area), ("max_sprinkle_area", max_sprinkle_area)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name}: expected a number of pixels >= 0 (0 = off), got {value!r}")
-        self.max_hole_area = float(max_hole_area)
-        self.max_sprinkle_area = float(max_sprinkle_area)
+        self.max_hole_area, self.max_sprinkle_area = check_fill_areas(max_hole_area, max_sprinkle_area)
         family = family_of(sam_model)
         self.model = sam_model
         self.family = family

@@ -283,7 +283,7 @@ def _gate_checks(graphs: EdgeGraphs, image: torch.Tensor, features: list[torch.T
     grid; with the encoder, a click grid on each further check image too (PyTorch fp32 answers)."""
     enc_part, dec_part = graphs.parts["encoder"], graphs.parts["decoder"]
     mean = torch.tensor(graphs.preprocessing["pixel_mean"]).view(3, 1, 1)
-    images = [image] + (list(graphs.check_images[1:]) if with_encoder else [])
+    images = [image] + (list(graphs.check_images) if with_encoder else [])
     checks = []
     with torch.no_grad():
         for i, img in enumerate(images):

@@ -66,8 +66,8 @@ class GraphPart:
 class EdgeGraphs:
     """What one model family exports for the edge runtimes, and what the app needs to feed it.
 
-    The encoder's outputs are the decoder's first inputs, in order. ``check_images`` are encoder inputs
-    the export's reduced-precision gate measures masks on (the example input first).
+    The encoder's outputs are the decoder's first inputs, in order. ``check_images``: further encoder inputs,
+    beside the encoder's example input, that the export's reduced-precision gate measures masks on.
     """
 
     parts: dict[str, GraphPart]
@@ -178,20 +178,13 @@ def sam_edge_graphs(sam: Sam, max_points: int = DEFAULT_MAX_POINTS) -> EdgeGraph
                                   "the pixel mean"}},
         {"image_embeddings": {"shape": emb_shape, "dtype": f32}},
     )
-    coords, labels = _example_prompt(max_points, s)
+    prompt_examples, prompt_inputs = slot_prompt(
+        max_points, s, low, f"(x, y) in the resized frame (longest side {s})",
+        "1 positive, 0 negative, 2/3 box corners, -1 SAM's padding point, -2 unused slot")
     decoder = GraphPart(
         SlotDecoderGraph(sam).eval(),
-        (torch.zeros(emb_shape), coords, labels, torch.zeros(1, 1, *low), torch.zeros(1)),
-        {
-            "image_embeddings": {"shape": emb_shape, "dtype": f32},
-            "point_coords": {"shape": [1, max_points, 2], "dtype": f32,
-                             "description": f"(x, y) in the resized frame (longest side {s})"},
-            "point_labels": {"shape": [1, max_points], "dtype": f32,
-                             "description": "1 positive, 0 negative, 2/3 box corners, -1 SAM's padding point, "
-                                            "-2 unused slot"},
-            "mask_input": {"shape": [1, 1, *low], "dtype": f32},
-            "has_mask_input": {"shape": [1], "dtype": f32},
-        },
+        (torch.zeros(emb_shape), *prompt_examples),
+        {"image_embeddings": {"shape": emb_shape, "dtype": f32}, **prompt_inputs},
         {
             "iou_predictions": {"shape": [1, 4], "dtype": f32},
             "low_res_masks": {"shape": [1, 4, *low], "dtype": f32,
@@ -207,7 +200,7 @@ def sam_edge_graphs(sam: Sam, max_points: int = DEFAULT_MAX_POINTS) -> EdgeGraph
         prompt={"max_points": max_points, "label_unused": LABEL_UNUSED, "label_pad": LABEL_PAD,
                 "low_res_size": low, "mask_threshold": float(sam.mask_threshold),
                 "order": "clicks, SAM's padding point (-1) when there is no box, box corners (2, 3), unused slots (-2)"},
-        check_images=(check_pattern(s, mean), check_pattern(s, mean, fill=0.75, seed=1)),
+        check_images=(check_pattern(s, mean, fill=0.75, seed=1),),
     )
 
 
@@ -232,13 +225,21 @@ def check_pattern(s: int, mean: list[float], fill: float = 2 / 3, seed: int = 0)
     return img[None]
 
 
-def _example_prompt(max_points: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A box and a click, the rest of the slots unused."""
+def slot_prompt(max_points: int, s: int, low: list[int], coords_description: str, labels_description: str
+                ) -> tuple[tuple[torch.Tensor, ...], dict[str, dict[str, Any]]]:
+    """The slot decoder's inputs after the image features, the same for every family: example values (a box
+    and a click, the rest of the slots unused, no mask input) and the manifest's descriptions."""
     coords = torch.zeros(1, max_points, 2)
     labels = torch.full((1, max_points), float(LABEL_UNUSED))
     coords[0, :3] = torch.tensor([[0.2 * s, 0.25 * s], [0.6 * s, 0.55 * s], [0.4 * s, 0.4 * s]])
     labels[0, :3] = torch.tensor([2.0, 3.0, 1.0])
-    return coords, labels
+    f32 = "float32"
+    return (coords, labels, torch.zeros(1, 1, *low), torch.zeros(1)), {
+        "point_coords": {"shape": [1, max_points, 2], "dtype": f32, "description": coords_description},
+        "point_labels": {"shape": [1, max_points], "dtype": f32, "description": labels_description},
+        "mask_input": {"shape": [1, 1, *low], "dtype": f32},
+        "has_mask_input": {"shape": [1], "dtype": f32},
+    }
 
 
 def _sam2_edge_graphs(model: nn.Module, max_points: int = DEFAULT_MAX_POINTS) -> EdgeGraphs:
